@@ -1,0 +1,42 @@
+"""Fields shared by every config (trainer, mesh, checkpoints, logging)."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`variant,key=value,...` → ConfigDict (big_vision's `parse_arg`); the first bare word is the variant."""
+  out = dict(defaults)
+  for i, tok in enumerate([t for t in (arg or "").split(",") if t]):
+    if "=" in tok:
+      k, v = tok.split("=", 1)
+      if k not in out:
+        raise ValueError(f"config argument {k!r} unknown; known: {sorted(out)}")
+      out[k] = type(out[k])(v) if not isinstance(out[k], bool) else v.lower() in ("1", "true")
+    elif i == 0 and "variant" in out:
+      out["variant"] = tok
+    else:
+      raise ValueError(f"config argument {tok!r}: expected key=value")
+  return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # PRNG seed: parameters, dropout (fold_in per step) and data order
+  c.batch_size = 32               # global batch (all hosts and devices together)
+  c.num_epochs = 100              # epochs over the training source
+  c.num_steps = -1                # >0 overrides num_epochs (total optimizer steps)
+  c.log_every_steps = 50          # train metrics / progress line period
+  c.eval_every_steps = 0          # 0 = once per epoch
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                # data-parallel axis size (-1 = all remaining devices)
+  c.mesh.fsdp = 1                 # FSDP axis size (parameters sharded over it by `sharding_rules`)
+  # (regex on the state path, tactic): 'replicate' or 'fsdp'; first match wins.
+  c.sharding_rules = (((".*", "replicate"),))
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep = 3           # keep the last N checkpoints ...
+  c.checkpoint.best_metric = "uar"  # ... and the best by this eval metric ('' = none)
+  c.checkpoint.best_mode = "max"  # 'max' or 'min'
+  c.checkpoint.every_steps = 0    # 0 = at every evaluation
+  c.checkpoint.async_save = True  # Orbax asynchronous saving
+  return c

@@ -1,0 +1,2 @@
+"""jaxaffect: video facial-affect recognition in JAX/Flax."""
+__version__ = "0.1.0"

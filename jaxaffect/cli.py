@@ -1,0 +1,165 @@
+"""`jaxaffect` command line: train, eval, export, bench, demo.
+
+  jaxaffect train --config configs/former_dfer.py:dfew --workdir DIR [--config.x=y ...]
+  jaxaffect eval --workdir DIR [--best] [--json]
+  jaxaffect export --checkpoint DIR --out FILE [--format safetensors|pth]
+  jaxaffect bench former_dfer [--json] [--reference PATH_TO_OFFICIAL_CHECKOUT]
+  jaxaffect demo [--workdir DIR]
+Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I` (or the JAX_* env
+variables / a cluster jax auto-detects) before the sub-command's own flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _configs_dir() -> str:
+  import configs
+  return os.path.dirname(os.path.abspath(configs.__file__))
+
+
+def resolve_config_path(spec: str) -> str:
+  """`configs/former_dfer.py:dfew`, an absolute path, or the short `former_dfer:dfew`."""
+  path, sep, arg = spec.partition(":")
+  if not os.path.exists(path):
+    cand = os.path.join(_configs_dir(), os.path.basename(path))
+    if not cand.endswith(".py"):
+      cand += ".py"
+    if os.path.exists(cand):
+      path = cand
+    else:
+      raise SystemExit(f"jaxaffect: config file {path!r} not found (nor {cand!r})")
+  return path + (sep + arg if sep else "")
+
+
+def _maybe_init_distributed(argv: list[str]) -> list[str]:
+  """Consumes the multi-host flags and calls `jax.distributed.initialize` when asked to."""
+  p = argparse.ArgumentParser(add_help=False)
+  p.add_argument("--coordinator_address")
+  p.add_argument("--num_processes", type=int)
+  p.add_argument("--process_id", type=int)
+  p.add_argument("--distributed", action="store_true",
+                 help="initialize from the environment (TPU pods, SLURM, Open MPI)")
+  known, rest = p.parse_known_args(argv)
+  from jaxaffect.train import distributed
+  distributed.maybe_initialize(known.coordinator_address, known.num_processes, known.process_id,
+                               force=known.distributed)
+  return rest
+
+
+def cmd_train(argv: list[str]) -> int:
+  from absl import app, flags
+  from ml_collections import config_flags
+  fl = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file[:arg]", flag_values=fl,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory (checkpoints, TensorBoard)", flag_values=fl)
+  argv = list(argv)
+  for i, a in enumerate(argv):
+    if a == "--config" and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_path(argv[i + 1])
+    elif a.startswith("--config="):
+      argv[i] = "--config=" + resolve_config_path(a.split("=", 1)[1])
+  try:
+    fl(["jaxaffect-train"] + argv)
+  except flags.Error as e:
+    raise SystemExit(f"jaxaffect train: {e}")
+  if fl.config is None or not fl.workdir:
+    raise SystemExit("jaxaffect train: --config and --workdir are required")
+  from jaxaffect.train import loop
+  _setup_logging()
+  metrics = loop.train(fl.config, fl.workdir)
+  _print_json({k: v for k, v in metrics.items() if not hasattr(v, "shape") or v.ndim == 0})
+  return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxaffect eval")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--best", action="store_true", help="the best checkpoint by the config's metric")
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--json", action="store_true", help="print one JSON line of metrics")
+  a = p.parse_args(argv)
+  from jaxaffect.train import loop
+  m = loop.evaluate_workdir(a.workdir, best=a.best, step=a.step)
+  scal = {k: v for k, v in m.items() if not hasattr(v, "ndim") or v.ndim == 0}
+  if "confusion_matrix" in m:
+    scal["confusion_matrix"] = m["confusion_matrix"].astype(int).tolist()
+  if a.json:
+    _print_json(scal)
+  else:
+    for k, v in scal.items():
+      print(f"{k}: {v}")
+  return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxaffect export")
+  p.add_argument("--checkpoint", required=True, help="a workdir or its checkpoints/ directory")
+  p.add_argument("--out", required=True, help="output file (.safetensors or .pth)")
+  p.add_argument("--format", choices=("safetensors", "pth"), default=None)
+  p.add_argument("--step", type=int, default=None)
+  a = p.parse_args(argv)
+  fmt = a.format or ("pth" if a.out.endswith((".pth", ".pt")) else "safetensors")
+  from jaxaffect import interop
+  from jaxaffect.train import loop
+  config, s, variables, step = loop.restore_state(a.checkpoint, a.step)
+  info = interop.export(config.model_name, s.task.module, variables, a.out, fmt=fmt)
+  print(f"exported step {step} of {config.model_name} to {a.out}")
+  print(info.get("snippet", ""))
+  return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+  from jaxaffect import bench
+  return bench.main(argv)
+
+
+def cmd_demo(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxaffect demo")
+  p.add_argument("--workdir", default="jaxaffect_demo")
+  p.add_argument("--config", default="former_dfer:smoke")
+  a, overrides = p.parse_known_args(argv)
+  from jaxaffect import demo
+  _setup_logging()
+  summary = demo.run(a.workdir, resolve_config_path(a.config), overrides)
+  _print_json(summary)
+  return 0
+
+
+def _setup_logging():
+  import logging
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  for noisy in ("absl", "orbax", "jax._src", "grain"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_json(d):
+  def default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+      return o.item()
+    if isinstance(o, np.ndarray):
+      return o.tolist()
+    raise TypeError(type(o))
+  print(json.dumps(d, default=default), flush=True)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = _maybe_init_distributed(argv)
+  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    print(__doc__)
+    return 0 if not argv or argv[0] in ("-h", "--help") else 2
+  return COMMANDS[argv[0]](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,220 @@
+"""grain input pipelines: per-host split, shuffle, clip sampling, augmentation, batching.
+
+Sources (random access, one record = one video):
+  - `synthetic`: procedural face videos from `jaxaffect.data.synthetic`, generated in memory;
+  - `list_file`: Former-DFER's annotation lists (`<frame dir> <num_frames> <label>` per line) over
+    folders of JPEG frames (DFEW/AFEW/FERV39K as the official code reads them).
+The TFRecord shard reader of the data issue plugs in here as one more source.
+
+The training iterator is a grain `DatasetIterator`: its state goes into the Orbax checkpoint and a
+restored run continues with the identical next batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Any, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from jaxaffect.data import samplers
+
+
+# ----------------------------------------------------------------------------------------- sources
+class InMemoryVideos(grain.sources.RandomAccessDataSource):
+  """Videos held as arrays: `frames (N,T,H,W,3) uint8`, `label (N,)`."""
+
+  def __init__(self, frames: np.ndarray, labels: np.ndarray, name: str = "memory"):
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+      raise ValueError(f"{name}: frames must be uint8 (N,T,H,W,3), got {frames.dtype}{frames.shape}")
+    if len(frames) != len(labels):
+      raise ValueError(f"{name}: {len(frames)} videos but {len(labels)} labels")
+    self.frames, self.labels, self.name = frames, np.asarray(labels, np.int32), name
+
+  def __len__(self) -> int:
+    return len(self.frames)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {"frames": self.frames[i], "label": self.labels[i], "index": np.int32(i)}
+
+  def __repr__(self) -> str:
+    return f"InMemoryVideos({self.name}, n={len(self)})"
+
+
+_TRAILING_INT = re.compile(r"(\d+)(?=\D*$)")
+
+
+def _frame_sort_key(path: str):
+  m = _TRAILING_INT.search(os.path.basename(path))
+  return (int(m.group(1)) if m else -1, os.path.basename(path))
+
+
+class ListFileVideos(grain.sources.RandomAccessDataSource):
+  """Former-DFER list files: one `<frame dir> <num_frames> <label>` line per video.
+
+  Frames are the `*.jpg`/`*.png` files of the directory, sorted by their trailing integer (DFEW's
+  `1.jpg … 105.jpg` would sort wrongly as strings). `root` replaces the absolute prefix of the
+  paths in the list (the official `annotation/script.py` rewrites it by hand).
+  """
+
+  def __init__(self, list_path: str, *, root: str | None = None, image_size: int = 112,
+               num_classes: int = 7):
+    self.list_path, self.image_size = list_path, image_size
+    self.items: list[tuple[str, int]] = []
+    with open(list_path) as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        parts = line.split()
+        if len(parts) != 3:
+          raise ValueError(f"{list_path}:{lineno}: expected '<frame dir> <num_frames> <label>', "
+                           f"got {len(parts)} fields: {line.strip()!r}")
+        path, _, label = parts
+        try:
+          label = int(label)
+        except ValueError:
+          raise ValueError(f"{list_path}:{lineno}: field 'label' is not an integer: {label!r}")
+        if not 0 <= label < num_classes:
+          raise ValueError(f"{list_path}:{lineno}: field 'label'={label} outside [0, {num_classes})")
+        if root:
+          path = os.path.join(root, os.path.basename(path.rstrip("/")))
+        self.items.append((path, label))
+    if not self.items:
+      raise ValueError(f"{list_path}: no videos listed")
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def frame_paths(self, i: int) -> list[str]:
+    d = self.items[i][0]
+    files = [p for p in glob.glob(os.path.join(d, "*")) if p.lower().endswith((".jpg", ".jpeg", ".png"))]
+    if not files:
+      raise FileNotFoundError(f"{self.list_path}: video {i} ({d}): no frames (*.jpg/*.png) found")
+    return sorted(files, key=_frame_sort_key)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    # Frames are decoded lazily by the sampler (only the sampled ones), see `VideoClip`.
+    return {"frame_paths": self.frame_paths(i), "label": np.int32(self.items[i][1]),
+            "index": np.int32(i)}
+
+
+def _load_frames(paths: list[str], size: int) -> np.ndarray:
+  from PIL import Image
+  out = np.empty((len(paths), size, size, 3), np.uint8)
+  for j, p in enumerate(paths):
+    try:
+      with Image.open(p) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+          im = im.resize((size, size), Image.BILINEAR)
+        out[j] = np.asarray(im)
+    except OSError as e:
+      raise ValueError(f"{p}: cannot decode frame: {e}") from e
+  return out
+
+
+# ------------------------------------------------------------------------------------- transforms
+@dataclasses.dataclass(frozen=True)
+class VideoClip:
+  """Samples a clip (Former-DFER: `num_segments` × `duration` frames), decodes and augments it."""
+  num_segments: int = 8
+  duration: int = 2
+  image_size: int = 112
+  train: bool = True
+  hflip: bool = True
+
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
+    if "frames" in record:
+      n = len(record["frames"])
+    else:
+      n = len(record["frame_paths"])
+    idx = samplers.former_dfer_indices(n, num_segments=self.num_segments, duration=self.duration,
+                                       train=self.train, rng=rng)
+    if "frames" in record:
+      video = record["frames"][idx]
+      if video.shape[1:3] != (self.image_size, self.image_size):
+        raise ValueError(f"video {int(record['index'])}: frames are {video.shape[1:3]}, "
+                         f"config data.image_size={self.image_size}")
+    else:
+      paths = record["frame_paths"]
+      video = _load_frames([paths[i] for i in idx], self.image_size)
+    if self.train and self.hflip and rng is not None and rng.random() < 0.5:
+      video = video[:, :, ::-1]            # the same flip for every frame of the clip
+    return {"video": np.ascontiguousarray(video), "label": np.int32(record["label"]),
+            "mask": np.float32(1.0)}
+
+
+# ---------------------------------------------------------------------------------------- builders
+def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """(train source, eval source) from `config.data`."""
+  if cfg.source == "synthetic":
+    from jaxaffect.data import synthetic
+    common = dict(num_frames=cfg.video_frames, size=cfg.image_size)
+    tr = synthetic.generate_dataset(cfg.num_train, seed=cfg.seed, **common)
+    ev = synthetic.generate_dataset(cfg.num_eval, seed=cfg.seed + 1_000_003, **common)
+    return (InMemoryVideos(tr["frames"], tr["label"], "synthetic-train"),
+            InMemoryVideos(ev["frames"], ev["label"], "synthetic-eval"))
+  if cfg.source == "list_file":
+    if not cfg.train_list or not cfg.eval_list:
+      raise ValueError("config.data.source='list_file' needs data.train_list and data.eval_list")
+    kw = dict(root=cfg.root or None, image_size=cfg.image_size, num_classes=cfg.num_classes)
+    return ListFileVideos(cfg.train_list, **kw), ListFileVideos(cfg.eval_list, **kw)
+  raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic' or 'list_file'")
+
+
+def local_batch_size(global_batch: int) -> int:
+  pc = jax.process_count()
+  if global_batch % pc:
+    raise ValueError(f"batch_size={global_batch} is not divisible by {pc} processes")
+  return global_batch // pc
+
+
+def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, seed: int):
+  """Infinite, reshuffled every epoch, this host's share of each global batch; checkpointable."""
+  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip)
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  # Random transforms are seeded by the position in the global order, before the per-host split,
+  # so any number of hosts sees the same clips (and augmentations) in each global batch.
+  ds = ds.random_map(lambda r, rng: clip(r, rng))
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+  return iter(ds.to_iter_dataset())
+
+
+def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> Iterator[dict]:
+  """Every eval video exactly once: this host's videos, the last batch padded with `mask=0`.
+
+  Every host yields the same number of batches (collectives need it).
+  """
+  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=False)
+  pi, pc = jax.process_index(), jax.process_count()
+  lb = local_batch_size(global_batch)
+  mine = list(range(pi, len(source), pc))
+  per_host = -(-len(source) // pc)
+  n_batches = -(-per_host // lb)
+  ds = grain.MapDataset.source(source)[pi::pc].map(clip)
+  template = None
+  for b in range(n_batches):
+    rows = [ds[i] for i in range(b * lb, min((b + 1) * lb, len(mine)))]
+    if rows:
+      template = rows[0]
+    elif template is None:
+      template = clip(source[0])
+    while len(rows) < lb:
+      pad = dict(template)
+      pad["mask"] = np.float32(0.0)
+      rows.append(pad)
+    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def batch_spec(source, cfg: ml_collections.ConfigDict, global_batch: int):
+  """Global shapes/dtypes of one batch (for `eval_shape` and sharded init)."""
+  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=False)
+  ex = clip(source[0])
+  return {k: jax.ShapeDtypeStruct((global_batch,) + np.shape(v), np.asarray(v).dtype)
+          for k, v in ex.items()}

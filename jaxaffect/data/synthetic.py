@@ -1,0 +1,762 @@
+"""Procedural face videos with FACS-style expressions and consistent per-frame labels.
+
+Pure numpy, deterministic from a seed, rendered directly at the requested size with anti-aliased
+shapes (coverage from approximate signed distances). This is the embedded data of the demo and of
+the learning tests of every model: clip classification (7 DFEW classes), per-frame expression,
+valence/arousal and 12 action units.
+
+How a video is made:
+
+* An **identity** (face oval and jaw, skin tone, eye spacing/size, iris colour, brow shape and
+  thickness, nose, mouth width and lips, resting mouth curvature, hair colour and style, ears, neck,
+  clothes, background colour and gradient) is drawn from its own random stream, so it does not
+  depend on the expression: `generate_video(s, expression=k)` shows the same person for every `k`.
+* The **expression** is a FACS-like prototype: a set of action-unit weights (`_PROTOTYPES`) over the
+  12 labelled AUs of `AUS` plus three drawn-but-unlabelled channels (AU5 upper-lid raiser, AU9 nose
+  wrinkler, AU20 lip stretcher) that real Surprise / Fear / Disgust faces need. Optional AUs of a
+  prototype appear in a fraction of the clips and weights are jittered per clip, so AU labels are
+  not a function of the class. Some clips also "talk" (AU25/26 oscillations independent of the
+  class).
+* **Dynamics:** a per-clip intensity curve neutral -> onset -> apex -> offset (random timings, apex
+  intensity in [0.65, 1], clips may start late in the onset or end before the offset), each AU
+  following it with a small random lag. Random blinks (unlabelled) in every clip.
+* **Pose:** in-plane rotation, translation, scale and yaw (horizontal squash of the whole head plus a
+  depth-dependent shift of the inner features), each a base value plus smooth drift plus jitter.
+* **Image formation:** directional illumination gradient, global gain and colour cast (slowly
+  varying), random occlusion patches on a span of frames of some clips, Gaussian sensor noise.
+
+Label definitions (per frame t; thresholds are module constants):
+
+* `intensity[t]` in [0, 1]: the expression intensity curve (all zeros for Neutral clips).
+* `expr[t]` = the clip's expression where `intensity[t] >= EXPR_THRESHOLD` (0.2), else Neutral (2).
+* `au[t, k]` = 1 iff the activation of AU `AUS[k]` is `>= AU_THRESHOLD` (0.5). Activations are
+  prototype weight x lagged intensity (and the class-independent talking signal for AU25/AU26).
+* `va[t]` = `PROTOTYPE_VA[label] * intensity[t]` + a per-clip offset (N(0, 0.05) per axis),
+  clipped to [-1, 1].
+* `label` = the clip's expression (the DFEW clip label).
+
+Coordinates: pixel (row i, column j) has its centre at (x=j, y=i) (OpenCV / dlib convention).
+`landmarks` follow the iBUG-68 ordering (0-16 jaw from the image-left side, 17-21 and 22-26 brows
+left to right, 27-30 nose bridge, 31-35 nostrils, 36-41 and 42-47 eyes clockwise from the
+image-left corner, 48-59 outer lips, 60-67 inner lips). `face_box` is the tight (x0, y0, x1, y1)
+box of the drawn face oval (forehead to chin, no hair or ears).
+
+Class order follows Former-DFER's DFEW labels: 0 Happy, 1 Sad, 2 Neutral, 3 Angry, 4 Surprise,
+5 Disgust, 6 Fear. `to_abaw` maps them to the Aff-Wild2 / ABAW 8-class order (Other never occurs).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+EXPRESSIONS = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
+NUM_EXPRESSIONS = len(EXPRESSIONS)
+NEUTRAL = 2
+ABAW_EXPRESSIONS = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise",
+                    "Other")
+DFEW_TO_ABAW = np.array([4, 5, 0, 1, 6, 2, 3], np.int32)
+AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+NUM_AUS = len(AUS)
+EXPR_THRESHOLD = 0.2
+AU_THRESHOLD = 0.5
+# Prototype (valence, arousal) at full intensity, in EXPRESSIONS order.
+PROTOTYPE_VA = np.array([[0.8, 0.5], [-0.7, -0.4], [0.0, 0.0], [-0.6, 0.7], [0.2, 0.8],
+                         [-0.7, 0.3], [-0.6, 0.6]], np.float32)
+
+_HIDDEN = ("AU5", "AU9", "AU20")  # drawn, never labelled
+_CHANNELS = AUS + _HIDDEN
+_CH = {name: i for i, name in enumerate(_CHANNELS)}
+# expression -> ((AU, weight, probability of being present), ...)
+_PROTOTYPES: dict[int, tuple[tuple[str, float, float], ...]] = {
+    0: (("AU6", 0.85, 1.0), ("AU12", 1.0, 1.0), ("AU25", 0.8, 0.5)),
+    1: (("AU1", 0.95, 1.0), ("AU4", 0.7, 1.0), ("AU15", 0.95, 1.0)),
+    2: (),
+    3: (("AU4", 1.0, 1.0), ("AU7", 0.85, 1.0), ("AU23", 0.8, 0.7), ("AU24", 0.85, 0.7)),
+    4: (("AU1", 1.0, 1.0), ("AU2", 1.0, 1.0), ("AU5", 0.9, 1.0), ("AU25", 1.0, 1.0),
+        ("AU26", 0.9, 0.8)),
+    5: (("AU9", 1.0, 1.0), ("AU10", 0.95, 1.0), ("AU4", 0.65, 1.0), ("AU15", 0.7, 0.6),
+        ("AU25", 0.6, 0.5), ("AU7", 0.6, 0.4)),
+    6: (("AU1", 1.0, 1.0), ("AU2", 0.8, 1.0), ("AU4", 0.7, 1.0), ("AU5", 1.0, 1.0),
+        ("AU20", 1.0, 1.0), ("AU25", 0.9, 1.0), ("AU26", 0.6, 0.4)),
+}
+
+_F = np.float32
+
+
+def to_abaw(expr: np.ndarray | int) -> np.ndarray:
+  """DFEW class indices (EXPRESSIONS) -> ABAW 8-class indices (ABAW_EXPRESSIONS)."""
+  return DFEW_TO_ABAW[np.asarray(expr)]
+
+
+def video_seed(seed: int, index: int) -> int:
+  """Seed of video `index` of the dataset `seed`; depends only on (seed, index)."""
+  return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Random content: identity, dynamics, pose.
+
+
+def _palette(rng: np.random.Generator, colours: Sequence[Sequence[float]], jitter: float):
+  c = np.asarray(colours[int(rng.integers(len(colours)))], np.float64)
+  return np.clip(c + rng.normal(0.0, jitter, 3), 0.0, 1.0)
+
+
+def _sample_identity(rng: np.random.Generator) -> dict[str, Any]:
+  """Face geometry (canonical units: face half-width 1, v pointing down) and colours."""
+  t = rng.uniform()
+  skin = (1 - t) * np.array([0.98, 0.82, 0.70]) + t * np.array([0.42, 0.27, 0.18])
+  skin = np.clip(skin + rng.normal(0, 0.02, 3), 0, 1)
+  hair = _palette(rng, [(0.08, 0.06, 0.05), (0.22, 0.13, 0.07), (0.40, 0.26, 0.14),
+                        (0.80, 0.66, 0.40), (0.55, 0.24, 0.10), (0.62, 0.60, 0.58)], 0.03)
+  iris = _palette(rng, [(0.25, 0.15, 0.08), (0.42, 0.26, 0.12), (0.30, 0.45, 0.66),
+                        (0.33, 0.46, 0.30), (0.45, 0.50, 0.55)], 0.03)
+  bg0 = rng.uniform(0.1, 0.9, 3)
+  bg1 = np.clip(bg0 + rng.normal(0, 0.2, 3), 0, 1)
+  return dict(
+      skin=skin,
+      lips=np.clip(skin * np.array([0.82, 0.52, 0.52]) + rng.normal(0, 0.02, 3), 0, 1),
+      hair=hair,
+      brow=hair * rng.uniform(0.45, 0.8),
+      iris=iris,
+      bg0=bg0, bg1=bg1, bg_angle=rng.uniform(0, 2 * np.pi),
+      clothes=rng.uniform(0.05, 0.9, 3),
+      face_bt=rng.uniform(1.2, 1.38),  # upper half-height of the oval
+      face_bl=rng.uniform(1.3, 1.48),  # lower half-height (to the chin)
+      jaw_taper=rng.uniform(0.12, 0.35),
+      eye_sep=rng.uniform(0.35, 0.43), eye_v=rng.uniform(-0.2, -0.1),
+      eye_w=rng.uniform(0.16, 0.2), eye_h=rng.uniform(0.075, 0.095),
+      eye_tilt=rng.uniform(-0.015, 0.03), iris_r=rng.uniform(0.085, 0.1),
+      gaze=rng.normal(0, 0.25, 2),
+      brow_gap=rng.uniform(0.17, 0.22), brow_th=rng.uniform(0.05, 0.08),
+      brow_arch=rng.uniform(0.02, 0.06), brow_in=rng.uniform(0.14, 0.19),
+      brow_out=rng.uniform(0.2, 0.26),
+      nose_v=rng.uniform(0.25, 0.33), nose_w=rng.uniform(0.1, 0.14),
+      mouth_v=rng.uniform(0.62, 0.7), mouth_w=rng.uniform(0.27, 0.34),
+      lip_u=rng.uniform(0.035, 0.055), lip_l=rng.uniform(0.045, 0.07),
+      rest_curve=rng.uniform(-0.02, 0.02),
+      hairline=rng.uniform(-0.9, -0.62), hair_curve=rng.uniform(0.05, 0.3),
+      hair_w=rng.uniform(1.08, 1.25), hair_h=rng.uniform(1.1, 1.3),
+      hair_len=rng.uniform(-0.2, 1.2),
+      va_offset=rng.normal(0, 0.05, 2),
+  )
+
+
+def _smoothstep(x):
+  x = np.clip(x, 0.0, 1.0)
+  return x * x * (3.0 - 2.0 * x)
+
+
+def _sample_dynamics(rng: np.random.Generator, expression: int, num_frames: int):
+  """Intensity curve (T,), channel activations (T, 15), blink closure (T,)."""
+  T = num_frames
+  t0 = rng.uniform(-0.2, 0.3) * T  # onset start (may be before the clip)
+  t1 = t0 + rng.uniform(0.1, 0.25) * T  # apex start
+  t2 = t1 + rng.uniform(0.3, 0.55) * T  # apex end
+  t3 = t2 + rng.uniform(0.1, 0.3) * T  # offset end
+  apex = rng.uniform(0.65, 1.0)
+  rest = rng.uniform(0.0, 0.5)  # fraction of the apex left after the offset
+  wobble_f, wobble_p = rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
+
+  def curve(tt):
+    up = _smoothstep((tt - t0) / max(t1 - t0, 1e-3))
+    down = 1.0 - (1.0 - rest) * _smoothstep((tt - t2) / max(t3 - t2, 1e-3))
+    wob = 1.0 + 0.04 * np.sin(2 * np.pi * wobble_f * tt / T + wobble_p)
+    return np.clip(apex * up * down * wob, 0.0, 1.0)
+
+  tt = np.arange(T, dtype=np.float64)
+  act = np.zeros((T, len(_CHANNELS)))
+  for name, weight, prob in _PROTOTYPES[expression]:
+    present = rng.uniform() < prob
+    w = min(1.0, weight * rng.uniform(0.85, 1.1))
+    lag = rng.uniform(-1.5, 1.5)
+    if present:
+      act[:, _CH[name]] = w * curve(tt - lag)
+  intensity = curve(tt) if expression != NEUTRAL else np.zeros(T)
+  if rng.uniform() < 0.15:  # talking: class-independent lip movement
+    f, p = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
+    talk = np.clip(np.sin(2 * np.pi * f * tt / T + p), 0, 1) * rng.uniform(0.4, 0.8)
+    act[:, _CH["AU25"]] = np.maximum(act[:, _CH["AU25"]], talk)
+    act[:, _CH["AU26"]] = np.maximum(act[:, _CH["AU26"]], 0.5 * talk)
+  blink = np.zeros(T)
+  for _ in range(int(rng.poisson(0.04 * T + 0.3))):
+    c = rng.uniform(-1, T)
+    blink = np.maximum(blink, np.clip(1.0 - np.abs(tt - c) / 1.6, 0, 1))
+  return intensity, act, np.minimum(blink * 1.25, 1.0)
+
+
+def _sample_pose(rng: np.random.Generator, num_frames: int, size: int, amount: float):
+  """Per-frame (cx, cy, scale S [px per canonical unit], rotation, yaw), each (T,)."""
+  T = num_frames
+  tt = np.arange(T) / max(T, 1)
+
+  def drift(amp):
+    f, p = rng.uniform(0.3, 1.5), rng.uniform(0, 2 * np.pi)
+    return amp * np.sin(2 * np.pi * f * tt + p) + rng.normal(0, 0.15 * amp, T)
+
+  a = amount
+  cx = size * (0.5 + a * rng.normal(0, 0.035) + a * drift(0.02))
+  cy = size * (0.47 + a * rng.normal(0, 0.03) + a * drift(0.02))
+  scale = size * rng.uniform(0.245, 0.265) * (1 + a * rng.uniform(-0.1, 0.1) + a * drift(0.03))
+  rot = a * (rng.uniform(-0.17, 0.17) + drift(0.06))
+  yaw = a * (rng.uniform(-0.35, 0.35) + drift(0.1))
+  return cx, cy, scale, rot, yaw
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing.
+
+
+def _cover(d, S):
+  """Pixel coverage of the region {d <= 0}; d in canonical units, S pixels per unit."""
+  return np.clip(0.5 - d * S, 0.0, 1.0)
+
+
+def _ellipse_sd(u, v, a, b):
+  """Approximate signed distance to the ellipse (u/a)^2 + (v/b)^2 = 1 (first-order)."""
+  g = (u / a) ** 2 + (v / b) ** 2
+  grad = 2.0 * np.sqrt((u / (a * a)) ** 2 + (v / (b * b)) ** 2) + 1e-6
+  return (g - 1.0) / grad
+
+
+def _band(v, top, bot, S):
+  """Coverage of top <= v <= bot (vertical extents, canonical units)."""
+  return np.clip((v - top) * S + 0.5, 0, 1) * np.clip((bot - v) * S + 0.5, 0, 1)
+
+
+def _stroke(dist, half, S):
+  """Coverage of |dist| <= half."""
+  return np.clip(0.5 - (np.abs(dist) - half) * S, 0.0, 1.0)
+
+
+class _Canvas:
+  """RGB float frames (T, H, W, 3) and the per-frame canonical -> pixel similarity + yaw."""
+
+  def __init__(self, img, pose):
+    self.img = img
+    self.T, self.H, self.W = img.shape[:3]
+    cx, cy, S, rot, yaw = (np.asarray(p, np.float64) for p in pose)
+    self.cx, self.cy, self.S = cx, cy, S
+    self.cos, self.sin = np.cos(rot), np.sin(rot)
+    self.sx, self.sy = np.cos(yaw), np.sin(yaw)
+    self.xs = np.arange(self.W, dtype=_F)
+    self.ys = np.arange(self.H, dtype=_F)
+
+  def to_pixels(self, u, v, depth=0.0):
+    """Canonical (u, v) (broadcast against (T, 1)) -> pixel x, y of shape (T, K)."""
+    a = self.sx[:, None] * u + self.sy[:, None] * depth
+    b = np.broadcast_to(v, a.shape) if np.ndim(v) else v + 0 * a
+    x = self.cx[:, None] + self.S[:, None] * (self.cos[:, None] * a - self.sin[:, None] * b)
+    y = self.cy[:, None] + self.S[:, None] * (self.sin[:, None] * a + self.cos[:, None] * b)
+    return x, y
+
+  def window(self, u0, u1, v0, v1, depth=0.0):
+    """Pixel window covering a canonical box in every frame, with canonical coordinates on it.
+
+    Returns None if the box is off-screen, else (ys, xs, qx, qy, S) where qx, qy are (T, h, w)
+    coordinates before the depth shift / yaw squash (see `u`), S is (T, 1, 1).
+    """
+    x, y = self.to_pixels(np.array([u0, u1, u1, u0]), np.array([v0, v0, v1, v1]), depth)
+    x0, x1 = max(int(np.floor(x.min())) - 1, 0), min(int(np.ceil(x.max())) + 2, self.W)
+    y0, y1 = max(int(np.floor(y.min())) - 1, 0), min(int(np.ceil(y.max())) + 2, self.H)
+    if x1 <= x0 or y1 <= y0:
+      return None
+    dx = (self.xs[x0:x1][None, None, :] - self.cx[:, None, None].astype(_F))
+    dy = (self.ys[y0:y1][None, :, None] - self.cy[:, None, None].astype(_F))
+    inv = (1.0 / self.S)[:, None, None].astype(_F)
+    c, s = self.cos[:, None, None].astype(_F), self.sin[:, None, None].astype(_F)
+    qx = (c * dx + s * dy) * inv
+    qy = (c * dy - s * dx) * inv
+    return slice(y0, y1), slice(x0, x1), qx, qy, self.S[:, None, None].astype(_F)
+
+  def u(self, qx, depth):
+    return (qx - self.sy[:, None, None].astype(_F) * _F(depth)) / self.sx[:, None, None].astype(_F)
+
+  def paint(self, ys, xs, alpha, colour):
+    """Alpha-composite `colour` ((3,) or broadcastable to (T, h, w, 3)) over the window."""
+    win = self.img[:, ys, xs]
+    col = np.asarray(colour, _F)
+    win += alpha[..., None].astype(_F) * (col - win)
+
+
+def _per_frame(x):
+  return np.asarray(x, _F)[:, None, None]
+
+
+def _face_geometry(ident, act, blink):
+  """Per-frame canonical feature geometry (each value (T,)) from AU activations."""
+  a = {name: act[:, i] for name, i in _CH.items()}
+  g = {}
+  # Face oval: the jaw drops with AU26.
+  g["bl"] = ident["face_bl"] + 0.16 * a["AU26"]
+  # Eyes (AU5 widens, AU6 pushes the lower lid up, AU7 tightens, AU4 lowers the upper lid).
+  open_ = 1.0 - blink
+  g["eye_up"] = ident["eye_h"] * np.clip(
+      1 + 0.9 * a["AU5"] + 0.15 * a["AU2"] - 0.5 * a["AU7"] - 0.3 * a["AU4"] - 0.15 * a["AU6"],
+      0.05, None) * open_
+  g["eye_low"] = ident["eye_h"] * 0.75 * np.clip(
+      1 + 0.35 * a["AU5"] - 0.65 * a["AU6"] - 0.45 * a["AU7"], 0.05, None) * open_
+  # Brows: inner / middle / outer heights and the inner end's distance to the midline.
+  vb = ident["eye_v"] - ident["brow_gap"]
+  g["brow_in_u"] = ident["eye_sep"] - ident["brow_in"] - 0.05 * a["AU4"]
+  g["brow_out_u"] = ident["eye_sep"] + ident["brow_out"]
+  g["brow_in_v"] = vb + 0.11 * a["AU4"] * (1 - 0.5 * a["AU1"]) - 0.14 * a["AU1"] - 0.03 * a["AU2"]
+  g["brow_mid_v"] = (vb - ident["brow_arch"] - 0.05 * a["AU1"] - 0.11 * a["AU2"]
+                     + 0.05 * a["AU4"])
+  g["brow_out_v"] = vb + 0.01 - 0.12 * a["AU2"] + 0.025 * a["AU4"] + 0.02 * a["AU1"]
+  # Nose: nostrils lift with AU9 / AU10.
+  g["nostril_v"] = ident["nose_v"] + 0.035 - 0.035 * a["AU9"] - 0.015 * a["AU10"]
+  g["nostril_w"] = ident["nose_w"] * (1 + 0.25 * a["AU9"] + 0.1 * a["AU10"])
+  # Mouth. Corners: AU12 up, AU15 down; width: AU12/AU20 wider, AU23/24/26 narrower.
+  g["mw"] = ident["mouth_w"] * (1 + 0.22 * a["AU12"] + 0.3 * a["AU20"] - 0.22 * a["AU23"]
+                                - 0.12 * a["AU24"] - 0.15 * a["AU26"] + 0.05 * a["AU10"])
+  g["mv"] = ident["mouth_v"] + 0.05 * a["AU26"] - 0.025 * a["AU10"] + 0.02 * a["AU15"]
+  g["corner_dv"] = (ident["rest_curve"] - 0.15 * a["AU12"] + 0.13 * a["AU15"]
+                    + 0.03 * a["AU20"] + 0.02 * a["AU10"])
+  g["gap_u"] = 0.018 * a["AU25"] + 0.045 * a["AU10"] * (0.4 + 0.6 * a["AU25"])
+  g["gap_l"] = 0.03 * a["AU25"] + 0.2 * a["AU26"] + 0.015 * a["AU10"]
+  g["open_pow"] = 0.55 - 0.3 * a["AU20"]
+  g["lip_u"] = ident["lip_u"] * np.clip(1 - 0.5 * a["AU23"] - 0.6 * a["AU24"] - 0.2 * a["AU10"],
+                                        0.15, None)
+  g["lip_l"] = ident["lip_l"] * np.clip(1 - 0.45 * a["AU23"] - 0.55 * a["AU24"], 0.15, None)
+  T = act.shape[0]
+  g = {k: np.broadcast_to(np.asarray(val, np.float64), (T,)).copy() for k, val in g.items()}
+  g["a"] = a
+  return g
+
+
+def _brow_curve(t, h0, h1, h2):
+  """Brow centre-line height at parameter t in [0, 1] (inner -> outer): the quadratic through
+  the inner (t=0), middle (t=0.45) and outer (t=1) heights."""
+  tm = 0.45
+  l0 = (t - tm) * (t - 1) / (tm * 1.0)
+  l1 = t * (t - 1) / (tm * (tm - 1))
+  l2 = t * (t - tm) / (1.0 - tm)
+  return h0 * l0 + h1 * l1 + h2 * l2
+
+
+def _mouth_curves(u, g):
+  """Lip-line, inner and outer lip heights at canonical u (arrays broadcast with (T, 1, 1))."""
+  mw = _per_frame(g["mw"])
+  s = np.clip(u / mw, -1.0, 1.0)
+  f = np.clip(1.0 - s * s, 0.0, 1.0)
+  mv, cdv = _per_frame(g["mv"]), _per_frame(g["corner_dv"])
+  line = mv + cdv * (1.0 - f)
+  fo = f ** _per_frame(g["open_pow"])
+  top_in = line - _per_frame(g["gap_u"]) * fo
+  bot_in = line + _per_frame(g["gap_l"]) * fo
+  bow = 1.0 - 0.3 * np.exp(-(s / 0.16) ** 2)
+  top_out = top_in - _per_frame(g["lip_u"]) * f ** 0.4 * bow
+  bot_out = bot_in + _per_frame(g["lip_l"]) * f ** 0.5
+  return s, line, top_in, bot_in, top_out, bot_out
+
+
+_EYE_DEPTH, _MOUTH_DEPTH, _NOSE_DEPTH = 0.15, 0.15, 0.3
+
+
+def _render(canvas: _Canvas, ident, g):
+  skin = ident["skin"]
+  bt = ident["face_bt"]
+  a = g["a"]
+  blm = float(np.max(g["bl"]))
+
+  def face_sd(u, v, bl):
+    """Signed distance to the face oval: ellipse above v=0, tapered jaw below."""
+    lower = v > 0
+    b = np.where(lower, bl, _F(bt))
+    uu = np.where(lower, u * (1.0 + ident["jaw_taper"] * v / bl), u)
+    return _ellipse_sd(uu, v, _F(1.0), b)
+
+  # Clothes / shoulders, neck, hair (back), ears, face, fringe.
+  w = canvas.window(-2.6, 2.6, blm + 0.2, blm + 2.8)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    d = _ellipse_sd(canvas.u(qx, 0), qy - (blm + 1.55), 2.2, 1.05)
+    canvas.paint(ys, xs, _cover(d, S), ident["clothes"])
+  w = canvas.window(-0.6, 0.6, 0.2, blm + 1.0)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    u = canvas.u(qx, 0)
+    d = np.maximum(np.abs(u) - 0.5, qy - (blm + 0.8))
+    canvas.paint(ys, xs, _cover(d, S), skin * 0.8)
+  hw, hh, hlen = ident["hair_w"], ident["hair_h"], ident["hair_len"]
+  w = canvas.window(-hw - 0.05, hw + 0.05, -0.25 - hh * bt - 0.05, max(hlen, 0.0) + 0.1)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    u = canvas.u(qx, 0)
+    d = _ellipse_sd(u, qy + 0.25, hw, hh * bt)
+    if hlen > 0:  # long hair: a rounded slab behind the head down to hlen
+      d = np.minimum(d, np.maximum(np.abs(u) - hw * 0.98, qy - hlen))
+    canvas.paint(ys, xs, _cover(d, S), ident["hair"])
+  for side in (-1.0, 1.0):
+    w = canvas.window(side * 0.97 - 0.16, side * 0.97 + 0.16, -0.3, 0.25)
+    if w is not None:
+      ys, xs, qx, qy, S = w
+      d = _ellipse_sd(canvas.u(qx, 0) - side * 0.97, qy + 0.03, 0.12, 0.22)
+      canvas.paint(ys, xs, _cover(d, S), skin * 0.88)
+  w = canvas.window(-1.02, 1.02, -bt - 0.02, blm + 0.02)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    u = canvas.u(qx, 0)
+    d = face_sd(u, qy, _per_frame(g["bl"]))
+    r2 = np.clip(u * u + (qy / bt) ** 2, 0, 1)
+    shade = (1.0 - 0.13 * r2)[..., None] * skin.astype(_F)
+    canvas.paint(ys, xs, _cover(d, S), shade)
+    # Fringe: hair over the forehead above the hairline, inside the hair ellipse.
+    hl = ident["hairline"] + ident["hair_curve"] * u * u
+    fringe = _cover(qy - hl, S) * _cover(_ellipse_sd(u, qy + 0.25, hw, hh * bt), S)
+    canvas.paint(ys, xs, fringe * _cover(d, S), ident["hair"])
+
+  # Eyes and brows.
+  ev, ew, sep = ident["eye_v"], ident["eye_w"], ident["eye_sep"]
+  dark = np.array([0.08, 0.06, 0.05])
+  w = canvas.window(-sep - ew - 0.3, sep + ew + 0.3, ev - ident["brow_gap"] - 0.42, ev + 0.16,
+                    _EYE_DEPTH)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    u, v = canvas.u(qx, _EYE_DEPTH), qy
+    up, low = _per_frame(g["eye_up"]), _per_frame(g["eye_low"])
+    a1, a2, a4 = (_per_frame(a[k]) for k in ("AU1", "AU2", "AU4"))
+    below_hair = _cover(ident["hairline"] + ident["hair_curve"] * u * u + 0.04 - v, S)
+    # Forehead wrinkles (AU1/AU2) and glabellar furrows (AU4).
+    wr = np.maximum(a1, a2)
+    vb = ev - ident["brow_gap"]
+    for k, dv in enumerate((0.2, 0.29)):
+      yline = vb - dv - 0.08 * wr + 0.06 * u * u
+      alpha = 0.5 * wr * _stroke(v - yline, 0.009, S) * _cover(np.abs(u) - 0.42 + 0.08 * k, S)
+      canvas.paint(ys, xs, alpha * below_hair, skin * 0.6)
+    for side in (-1.0, 1.0):
+      fu = side * (0.055 + 0.15 * (v - vb))
+      alpha = 0.6 * a4 * _stroke(u - fu, 0.01, S) * _band(v, vb - 0.03, vb + 0.12, S)
+      canvas.paint(ys, xs, alpha, skin * 0.58)
+    for side in (-1.0, 1.0):
+      ue = side * sep
+      s = (u - ue) / ew
+      f = np.clip(1.0 - s * s, 0.0, 1.0) ** 0.8
+      vc = ev - ident["eye_tilt"] * side * s
+      top, bot = vc - up * f, vc + low * f
+      inside_x = _cover((np.abs(s) - 1.0) * ew, S)
+      white = _band(v, top, bot, S) * inside_x
+      canvas.paint(ys, xs, white, (0.95, 0.94, 0.91))
+      ic = (u - ue - ident["gaze"][0] * 0.3 * ew, v - ev - ident["gaze"][1] * 0.01)
+      dist = np.sqrt(ic[0] ** 2 + ic[1] ** 2)
+      ir = ident["iris_r"]
+      canvas.paint(ys, xs, white * _cover(dist - ir, S), ident["iris"])
+      canvas.paint(ys, xs, white * _cover(dist - 0.45 * ir, S), dark)
+      hl_d = np.sqrt((ic[0] + 0.35 * ir) ** 2 + (ic[1] + 0.35 * ir) ** 2)
+      canvas.paint(ys, xs, 0.85 * white * _cover(hl_d - 0.22 * ir, S), (1.0, 1.0, 1.0))
+      # Upper lid / lash line and a faint lower lid line; crease above the lid.
+      lash = _stroke(v - (top - 0.012), 0.014, S) * _cover((np.abs(s) - 1.06) * ew, S)
+      canvas.paint(ys, xs, lash, dark)
+      canvas.paint(ys, xs, 0.3 * _stroke(v - bot, 0.008, S) * inside_x, skin * 0.5)
+      crease = _stroke(v - (vc - up * f - 0.045 - 0.3 * up * f), 0.008, S)
+      canvas.paint(ys, xs, 0.25 * crease * _cover((np.abs(s) - 0.9) * ew, S), skin * 0.6)
+      # Brow.
+      u_in, u_out = side * _per_frame(g["brow_in_u"]), side * _per_frame(g["brow_out_u"])
+      t = (u - u_in) / (u_out - u_in)
+      length = np.abs(u_out - u_in)
+      hv = _brow_curve(np.clip(t, 0, 1), *(_per_frame(g[k]) for k in
+                                          ("brow_in_v", "brow_mid_v", "brow_out_v")))
+      th = ident["brow_th"] * (1.0 - 0.45 * np.clip(t, 0, 1)) * 0.5
+      ends = _cover(-np.minimum(t, 1 - t) * length, S)
+      canvas.paint(ys, xs, _stroke(v - hv, th, S) * ends, ident["brow"])
+
+  # Nose, cheeks, nasolabial folds, mouth.
+  mw_max = float(np.max(g["mw"]))
+  nv, nw = ident["nose_v"], ident["nose_w"]
+  w = canvas.window(-0.8, 0.8, nv - 0.42, float(np.max(g["mv"] + g["gap_l"])) + 0.16,
+                    _MOUTH_DEPTH)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    v = qy
+    um = canvas.u(qx, _MOUTH_DEPTH)
+    un = canvas.u(qx, _NOSE_DEPTH)
+    a6, a9, a10, a12 = (_per_frame(a[k]) for k in ("AU6", "AU9", "AU10", "AU12"))
+    # Cheeks raised (AU6).
+    for side in (-1.0, 1.0):
+      r2 = ((um - side * 0.5) / 0.24) ** 2 + ((v - (0.2 - 0.08 * a6)) / 0.15) ** 2
+      canvas.paint(ys, xs, 0.3 * a6 * np.clip(1.0 - r2, 0, 1),
+                   np.clip(skin * np.array([1.05, 0.85, 0.85]), 0, 1))
+    # Nose: side shadow of the bridge, tip shading, nostrils, AU9 wrinkles.
+    canvas.paint(ys, xs, 0.15 * _stroke(un - 0.06, 0.02, S) * _band(v, nv - 0.35, nv - 0.02, S),
+                 skin * 0.6)
+    tip = np.clip(1.0 - (un / (nw * 1.3)) ** 2 - ((v - nv) / 0.08) ** 2, 0, 1)
+    canvas.paint(ys, xs, 0.22 * tip, skin * 0.7)
+    nsv, nsw = _per_frame(g["nostril_v"]), _per_frame(g["nostril_w"])
+    for side in (-1.0, 1.0):
+      d = _ellipse_sd(un - side * 0.5 * nsw, v - nsv, 0.38 * nsw, 0.022)
+      canvas.paint(ys, xs, 0.85 * _cover(d, S), skin * 0.3)
+      wing = _ellipse_sd(un - side * 0.85 * nsw, v - nsv + 0.02, 0.25 * nsw, 0.06)
+      canvas.paint(ys, xs, 0.3 * _stroke(wing, 0.006, S) * (side * (un - side * 0.85 * nsw) > 0),
+                   skin * 0.5)
+    for k in range(3):
+      yl = nv - 0.32 + 0.05 * k
+      alpha = 0.55 * a9 * _stroke(v - yl - 0.05 * un * un, 0.008, S) * _cover(np.abs(un) - 0.1, S)
+      canvas.paint(ys, xs, alpha, skin * 0.55)
+    # Nasolabial folds, deepened by AU6/AU9/AU10/AU12.
+    deep = 0.12 + 0.5 * np.maximum(np.maximum(a12, a10), np.maximum(a9, 0.6 * a6))
+    mv, mw = _per_frame(g["mv"]), _per_frame(g["mw"])
+    v_top, v_bot = nv - 0.02, mv + 0.06
+    for side in (-1.0, 1.0):
+      r = np.clip((v - v_top) / (v_bot - v_top), 0, 1)
+      fu = side * (nw + 0.07 + (mw + 0.06 - nw - 0.07) * r ** 0.7)
+      alpha = deep * _stroke(um - fu, 0.008, S) * _band(v, v_top, v_bot, S)
+      canvas.paint(ys, xs, alpha, skin * 0.55)
+    # Mouth: lips, dark interior, teeth.
+    s, line, top_in, bot_in, top_out, bot_out = _mouth_curves(um, g)
+    inside_x = _cover((np.abs(s) - 1.0) * mw, S) * _cover(np.abs(um) - mw, S)
+    canvas.paint(ys, xs, _band(v, top_out, bot_out, S) * inside_x, ident["lips"])
+    interior = _band(v, top_in, bot_in, S) * _cover(np.abs(um) - mw * 0.97, S)
+    canvas.paint(ys, xs, interior, (0.22, 0.05, 0.06))
+    teeth = interior * _cover(v - (top_in + 0.045), S)
+    canvas.paint(ys, xs, teeth, (0.93, 0.91, 0.86))
+    lower_teeth = interior * _cover((bot_in - 0.025) - v, S) * _cover(np.abs(s) - 0.6, S)
+    canvas.paint(ys, xs, 0.8 * lower_teeth, (0.9, 0.88, 0.83))
+    canvas.paint(ys, xs, 0.55 * _stroke(v - line, 0.006, S) * inside_x
+                 * (1.0 - interior), ident["lips"] * 0.45)
+
+
+def _landmarks(canvas: _Canvas, ident, g) -> np.ndarray:
+  """iBUG-68 points in pixels (T, 68, 2), from the same geometry the renderer draws."""
+  T = canvas.T
+  pts_u, pts_v, depth = [], [], []
+
+  def add(u, v, d):
+    pts_u.append(np.broadcast_to(np.asarray(u, np.float64), (T,)))
+    pts_v.append(np.broadcast_to(np.asarray(v, np.float64), (T,)))
+    depth.append(d)
+
+  bt, bl, taper = ident["face_bt"], g["bl"], ident["jaw_taper"]
+  for ang in np.linspace(-0.2, np.pi + 0.2, 17):  # 0..16 jaw, image-left -> chin -> image-right
+    sn = np.sin(ang)
+    if sn < 0:
+      add(-np.cos(ang) * np.ones(T), bt * sn * np.ones(T), 0.0)
+    else:
+      v = bl * sn
+      add(-np.cos(ang) / (1.0 + taper * v / bl), v, 0.0)
+  for side, ts in ((-1.0, (1.0, 0.75, 0.5, 0.25, 0.0)), (1.0, (0.0, 0.25, 0.5, 0.75, 1.0))):
+    for t in ts:  # 17..21 image-left brow outer->inner; 22..26 image-right brow inner->outer
+      u = side * (g["brow_in_u"] + t * (g["brow_out_u"] - g["brow_in_u"]))
+      add(u, _brow_curve(t, g["brow_in_v"], g["brow_mid_v"], g["brow_out_v"]), _EYE_DEPTH)
+  nv, nw = ident["nose_v"], ident["nose_w"]
+  for k in range(4):  # 27..30 bridge
+    add(0.0, ident["eye_v"] + (nv - 0.03 - ident["eye_v"]) * k / 3,
+        _EYE_DEPTH + (_NOSE_DEPTH - _EYE_DEPTH) * k / 3)
+  for k in range(5):  # 31..35 nose bottom
+    x = (k - 2) / 2.0
+    add(x * g["nostril_w"] * 0.9, g["nostril_v"] + 0.02 * (1 - abs(x)), _NOSE_DEPTH)
+  ev, ew = ident["eye_v"], ident["eye_w"]
+  up, low = g["eye_up"], g["eye_low"]
+  for side in (-1.0, 1.0):  # 36..41, 42..47: corner, top, top, corner, bottom, bottom
+    for s, lid in ((-1, 0), (-1 / 3, -1), (1 / 3, -1), (1, 0), (1 / 3, 1), (-1 / 3, 1)):
+      f = (1 - s * s) ** 0.8
+      vc = ev - ident["eye_tilt"] * side * s
+      v = vc - up * f if lid < 0 else vc + low * f if lid > 0 else vc * np.ones(T)
+      add(side * ident["eye_sep"] + s * ew, v, _EYE_DEPTH)
+  mw = g["mw"][:, None, None]
+
+  def mouth_at(s, which):
+    cur = _mouth_curves(s * mw, g)
+    return cur[which][:, 0, 0]
+
+  for s in (-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1):  # 48..54 outer upper lip
+    add(s * g["mw"], mouth_at(s, 4), _MOUTH_DEPTH)
+  for s in (2 / 3, 1 / 3, 0, -1 / 3, -2 / 3):  # 55..59 outer lower lip, right -> left
+    add(s * g["mw"], mouth_at(s, 5), _MOUTH_DEPTH)
+  add(-0.92 * g["mw"], mouth_at(-0.92, 1), _MOUTH_DEPTH)  # 60
+  for s in (-0.5, 0.0, 0.5):  # 61..63
+    add(s * g["mw"], mouth_at(s, 2), _MOUTH_DEPTH)
+  add(0.92 * g["mw"], mouth_at(0.92, 1), _MOUTH_DEPTH)  # 64
+  for s in (0.5, 0.0, -0.5):  # 65..67
+    add(s * g["mw"], mouth_at(s, 3), _MOUTH_DEPTH)
+  u = np.stack(pts_u, 1)
+  v = np.stack(pts_v, 1)
+  x, y = canvas.to_pixels(u, v, np.asarray(depth)[None, :])
+  return np.stack([x, y], -1).astype(np.float32)
+
+
+def _face_box(canvas: _Canvas, ident, g) -> np.ndarray:
+  ang = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+  sn, cs = np.sin(ang)[None], np.cos(ang)[None]
+  bl = g["bl"][:, None]
+  v = np.where(sn < 0, ident["face_bt"] * sn, bl * sn)
+  u = cs / (1.0 + ident["jaw_taper"] * np.maximum(v, 0) / bl)
+  x, y = canvas.to_pixels(u, v, 0.0)
+  return np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], -1).astype(np.float32)
+
+
+def generate_video(
+    seed: int,
+    *,
+    expression: int | None = None,
+    num_frames: int = 32,
+    size: int = 112,
+    pose_amount: float = 1.0,
+    occlusion_prob: float = 0.2,
+    noise: bool = True,
+) -> dict[str, Any]:
+  """One procedural face video and its per-frame labels (module docstring).
+
+  Args:
+    seed: everything is a function of the seed (identity, pose, scene and dynamics come from
+      independent child streams, so the identity is the same for every `expression`).
+    expression: class index in EXPRESSIONS; None draws it uniformly from the seed.
+    num_frames: T.
+    size: height = width in pixels (rendered directly at this size).
+    pose_amount: scale of the head-pose variation (0 = frontal, centred, static).
+    occlusion_prob: probability that a span of frames has an occluding patch.
+    noise: add Gaussian sensor noise.
+
+  Returns:
+    dict with `frames` uint8 (T, size, size, 3) RGB, `label` int, `expr` int32 (T,), `au` int32
+    (T, 12) in AUS order, `va` float32 (T, 2), `intensity` float32 (T,), `face_box` float32 (T, 4)
+    (x0, y0, x1, y1), `landmarks` float32 (T, 68, 2) (x, y), `occluded` bool (T,), `seed` int.
+  """
+  if num_frames < 1 or size < 8:
+    raise ValueError(f"generate_video: need num_frames >= 1 and size >= 8, got "
+                     f"num_frames={num_frames}, size={size}.")
+  ss = np.random.SeedSequence(int(seed))
+  r_expr, r_id, r_pose, r_dyn, r_scene = (np.random.default_rng(s) for s in ss.spawn(5))
+  if expression is None:
+    expression = int(r_expr.integers(NUM_EXPRESSIONS))
+  if not 0 <= int(expression) < NUM_EXPRESSIONS:
+    raise ValueError(f"generate_video: expression must be in [0, {NUM_EXPRESSIONS}), "
+                     f"got {expression}.")
+  expression = int(expression)
+  T = int(num_frames)
+  ident = _sample_identity(r_id)
+  pose = _sample_pose(r_pose, T, size, pose_amount)
+  intensity, act, blink = _sample_dynamics(r_dyn, expression, T)
+  g = _face_geometry(ident, act, blink)
+
+  # Background: a static linear gradient between two colours.
+  ca, sa = np.cos(ident["bg_angle"]), np.sin(ident["bg_angle"])
+  coord = np.arange(size, dtype=_F) / size - 0.5
+  ramp = np.clip(0.5 + ca * coord[None, :] + sa * coord[:, None], 0, 1)[..., None]
+  bg = (ident["bg0"] * (1 - ramp) + ident["bg1"] * ramp).astype(_F)
+  img = np.empty((T, size, size, 3), _F)
+  img[:] = bg
+  canvas = _Canvas(img, pose)
+  _render(canvas, ident, g)
+
+  # Occluder (a patch of flat or striped colour) over a contiguous span of frames.
+  occluded = np.zeros(T, bool)
+  if r_scene.uniform() < occlusion_prob:
+    span = max(1, int(round(T * r_scene.uniform(0.15, 0.5))))
+    start = int(r_scene.integers(0, T - span + 1))
+    occluded[start:start + span] = True
+    cx, cy = r_scene.uniform(0.25, 0.75, 2) * size
+    hw, hh = r_scene.uniform(0.1, 0.2, 2) * size
+    col = r_scene.uniform(0.05, 0.95, 3)
+    stripes = r_scene.uniform() < 0.5
+    x0, x1 = int(max(cx - hw, 0)), int(min(cx + hw, size))
+    y0, y1 = int(max(cy - hh, 0)), int(min(cy + hh, size))
+    patch = np.broadcast_to(col.astype(_F), (y1 - y0, x1 - x0, 3)).copy()
+    if stripes:
+      patch *= (0.75 + 0.25 * np.sign(np.sin(np.arange(x1 - x0) * 0.6)))[None, :, None]
+    if r_scene.uniform() < 0.5:  # elliptical patch, e.g. a hand
+      yy = (np.arange(y0, y1) - cy)[:, None] / hh
+      xx = (np.arange(x0, x1) - cx)[None, :] / hw
+      m = np.clip((1.0 - np.sqrt(xx * xx + yy * yy)) * min(hw, hh), 0, 1)[..., None]
+    else:
+      m = np.ones((y1 - y0, x1 - x0, 1), _F)
+    img[start:start + span, y0:y1, x0:x1] += m * (patch - img[start:start + span, y0:y1, x0:x1])
+
+  # Illumination: gain x directional gradient x colour cast, slowly varying over time.
+  gain = r_scene.uniform(0.65, 1.25) * (1 + 0.04 * np.sin(
+      2 * np.pi * r_scene.uniform(0.2, 1.0) * np.arange(T) / T + r_scene.uniform(0, 6.3)))
+  la = r_scene.uniform(0, 2 * np.pi)
+  strength = r_scene.uniform(0.0, 0.7)
+  light = 1.0 + strength * (np.cos(la) * coord[None, :] + np.sin(la) * coord[:, None])
+  cast = r_scene.uniform(0.88, 1.12, 3)
+  img *= (gain[:, None, None, None] * light[None, :, :, None] * cast).astype(_F)
+  if noise:
+    sigma = r_scene.uniform(0.004, 0.03)
+    img += r_scene.standard_normal((T, size, size, 1), dtype=_F) * _F(sigma)
+  frames = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+  expr = np.where(intensity >= EXPR_THRESHOLD, expression, NEUTRAL).astype(np.int32)
+  au = (act[:, :NUM_AUS] >= AU_THRESHOLD).astype(np.int32)
+  va = np.clip(PROTOTYPE_VA[expression][None, :] * intensity[:, None] + ident["va_offset"],
+               -1, 1).astype(np.float32)
+  return dict(
+      frames=frames, label=expression, expr=expr, au=au, va=va,
+      intensity=intensity.astype(np.float32), face_box=_face_box(canvas, ident, g),
+      landmarks=_landmarks(canvas, ident, g), occluded=occluded, seed=int(seed))
+
+
+_STACKED = ("frames", "label", "expr", "au", "va", "intensity", "face_box", "landmarks",
+            "occluded", "seed")
+
+
+def iter_videos(num_videos: int, seed: int, *, start: int = 0, balanced: bool = True,
+                **video_kwargs) -> Iterator[dict[str, Any]]:
+  """Videos `start .. start+num_videos-1` of the dataset `seed`, one at a time.
+
+  Video i is `generate_video(video_seed(seed, i), expression=i % 7 if balanced else None, ...)`,
+  so it depends only on (seed, i): shards generated separately are identical to one big run.
+  """
+  for i in range(start, start + num_videos):
+    expression = i % NUM_EXPRESSIONS if balanced else None
+    yield generate_video(video_seed(seed, i), expression=expression, **video_kwargs)
+
+
+def generate_dataset(num_videos: int, seed: int, *, num_frames: int = 32, size: int = 112,
+                     balanced: bool = True, start: int = 0, **video_kwargs) -> dict[str, Any]:
+  """`num_videos` videos stacked along a leading axis (see `iter_videos` for determinism).
+
+  Returns the keys of `generate_video` stacked (`frames` (N, T, H, W, 3) uint8, `label` (N,), ...)
+  plus `index` (N,) (the dataset indices) and `names` (the list EXPRESSIONS). With `balanced` the
+  labels cycle 0..6, so every class has num_videos // 7 or one more videos.
+  """
+  videos = list(iter_videos(num_videos, seed, start=start, balanced=balanced,
+                            num_frames=num_frames, size=size, **video_kwargs))
+  out: dict[str, Any] = {k: np.stack([np.asarray(v[k]) for v in videos]) for k in _STACKED}
+  out["label"] = out["label"].astype(np.int32)
+  out["index"] = np.arange(start, start + num_videos, dtype=np.int64)
+  out["names"] = list(EXPRESSIONS)
+  return out
+
+
+def contact_sheet(videos: Sequence[dict[str, Any]], frame_indices: Sequence[int] | None = None,
+                  *, draw_landmarks: bool = False) -> np.ndarray:
+  """Grid image (uint8 RGB): one row per video, one column per frame index.
+
+  Without `frame_indices` each row shows the first frame, the onset midpoint and the apex.
+  """
+  rows = []
+  for vid in videos:
+    fr = vid["frames"]
+    if frame_indices is None:
+      inten = vid["intensity"]
+      apex = int(np.argmax(inten))
+      onset = int(np.argmin(np.abs(inten[:apex + 1] - 0.5 * inten[apex]))) if apex else 0
+      idx = [0, onset, apex]
+    else:
+      idx = list(frame_indices)
+    tiles = []
+    for t in idx:
+      tile = fr[t].copy()
+      if draw_landmarks:
+        for x, y in np.round(vid["landmarks"][t]).astype(int):
+          if 0 <= x < tile.shape[1] and 0 <= y < tile.shape[0]:
+            tile[y, x] = (0, 255, 0)
+      tiles.append(np.pad(tile, ((1, 1), (1, 1), (0, 0)), constant_values=255))
+    rows.append(np.concatenate(tiles, 1))
+  return np.concatenate(rows, 0)
+
+
+def save_preview_png(path: str, videos: Sequence[dict[str, Any]] | None = None,
+                     frame_indices: Sequence[int] | None = None, *, seed: int = 0,
+                     size: int = 112, draw_landmarks: bool = False) -> np.ndarray:
+  """Write a contact sheet PNG; default: the 7 expressions of one identity (first/onset/apex)."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+
+  if videos is None:
+    videos = [generate_video(seed, expression=k, size=size, occlusion_prob=0.0)
+              for k in range(NUM_EXPRESSIONS)]
+  sheet = contact_sheet(videos, frame_indices, draw_landmarks=draw_landmarks)
+  matplotlib.image.imsave(path, sheet)
+  return sheet

@@ -1,0 +1,134 @@
+"""PyTorch export and import, one mapping table per model (`MODELS`).
+
+    sd = to_torch_state_dict("former_dfer", variables)            # official key names, numpy
+    variables = from_torch_state_dict("former_dfer", sd, like)    # accepts `module.` prefixes
+    info = export("former_dfer", module, variables, "out/model.safetensors")
+    print(info["snippet"])                                        # how to check it in PyTorch
+
+Adding a model: write `jaxaffect/interop/<model>.py` with a `MAPPING = ModelMapping(...)` and list
+it in `MODELS` below. torch is optional (dev extra): safetensors export and import of numpy/
+safetensors state dicts work without it; `.pth` files need it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from jaxaffect.interop import former_dfer as _former_dfer
+from jaxaffect.interop import resnet as _resnet
+from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, from_torch,
+                                       strip_prefix, to_torch)
+
+MODELS: dict[str, ModelMapping] = {
+    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING)
+}
+
+FORMATS = ("safetensors", "pth")
+
+
+def get_mapping(model_name: str) -> ModelMapping:
+  if model_name not in MODELS:
+    raise KeyError(f"no PyTorch mapping for model {model_name!r}; known: {sorted(MODELS)}")
+  return MODELS[model_name]
+
+
+def to_torch_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Flax variables (`params` + `batch_stats`) → official PyTorch `state_dict` (numpy, float32;
+  BatchNorm `num_batches_tracked` = 0)."""
+  return to_torch(get_mapping(model_name).rules, variables, where=model_name)
+
+
+def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
+                          like_variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Official PyTorch `state_dict` (tensors or numpy; `module.` prefix accepted) → Flax variables.
+  With `like_variables` (e.g. `module.init(...)` or `jax.eval_shape` of it) keys and shapes are
+  checked and dtypes taken from it."""
+  return from_torch(get_mapping(model_name).rules, state_dict, like_variables, where=model_name)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Read `.safetensors` (numpy, no torch needed) or `.pth`/`.pth.tar`/`.pt` (torch,
+  `weights_only=True`); unwraps `{"state_dict": …}` / `{"model": …}` checkpoints."""
+  path = str(path)
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    return dict(load_file(path))
+  try:
+    import torch
+  except ImportError as e:   # pragma: no cover - torch is a dev extra
+    raise ImportError(f"reading {path} needs torch (pip install torch)") from e
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+  for k in ("state_dict", "model"):
+    if isinstance(obj, dict) and k in obj and isinstance(obj[k], dict):
+      obj = obj[k]
+  return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike,
+                    fmt: str = "safetensors") -> None:
+  if fmt == "safetensors":
+    from safetensors.numpy import save_file
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(path))
+  elif fmt == "pth":
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError("fmt='pth' needs torch; use fmt='safetensors' without it") from e
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, str(path))
+  else:
+    raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
+
+
+def verify_path(out_path: str | os.PathLike) -> Path:
+  """`model.safetensors` → `model.verify.npz`."""
+  p = Path(out_path)
+  return p.with_suffix(".verify.npz") if p.suffix else p.with_name(p.name + ".verify.npz")
+
+
+def export(model_name: str, module, variables: Mapping[str, Any], out_path: str | os.PathLike,
+           fmt: str = "safetensors", seed: int = 0, batch: int = 2,
+           input_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+  """Write the weights in the official PyTorch layout plus a verification sample.
+
+  `<out>.verify.npz` holds `input` (a random batch in the official torch layout, e.g.
+  `(B,16,3,112,112)` for Former-DFER) and `output` (this model's eval-mode outputs for it).
+  Returns `{"weights", "verify", "format", "num_tensors", "num_params", "snippet"}`; `snippet` is
+  Python code that loads the export into the official PyTorch model and compares outputs.
+  `input_shape=(H, W)` overrides the image size inferred from the variables.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
+  mapping = get_mapping(model_name)
+  variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+  sd = to_torch(mapping.rules, variables, where=model_name)
+  out_path = Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  vpath = verify_path(out_path)
+  x_torch, x_flax = mapping.example_input(module, variables, batch, np.random.default_rng(seed),
+                                          input_shape)
+  if mapping.run_eval is not None:
+    y = mapping.run_eval(module, variables, x_flax)
+  else:
+    y = module.apply(variables, x_flax, train=False)
+  y = np.asarray(jax.device_get(y), np.float32)
+  # Write to temporary names first: a failure never leaves a half-written export behind.
+  tmp_w, tmp_v = out_path.with_name(out_path.name + ".tmp"), vpath.with_name(vpath.name + ".tmp")
+  save_state_dict(sd, tmp_w, fmt)
+  with open(tmp_v, "wb") as f:
+    np.savez(f, input=x_torch, output=y, model_name=np.array(model_name))
+  os.replace(tmp_w, out_path)
+  os.replace(tmp_v, vpath)
+  num_params = int(sum(v.size for k, v in flatten_variables({"params": variables["params"]})
+                       .items()))
+  return {"weights": str(out_path), "verify": str(vpath), "format": fmt,
+          "num_tensors": len(sd), "num_params": num_params,
+          "snippet": mapping.snippet(str(out_path), str(vpath), module)}
+
+
+__all__ = ["FORMATS", "MODELS", "ModelMapping", "Rule", "export", "from_torch_state_dict",
+           "get_mapping", "load_state_dict_file", "save_state_dict", "strip_prefix",
+           "to_torch_state_dict", "verify_path"]

@@ -1,0 +1,1 @@
+"""Paper models composed from `jaxaffect.nn`; one file per paper."""

@@ -1,0 +1,38 @@
+"""Model and task registry: config → (flax module, task). Adding a paper adds one entry here."""
+from __future__ import annotations
+
+import importlib
+
+import jax.numpy as jnp
+import ml_collections
+
+from jaxaffect.models import tasks
+
+# name -> (module path, class name)
+MODELS = {
+    "former_dfer": ("jaxaffect.models.former_dfer", "FormerDFER"),
+}
+TASKS = {
+    "clip_classification": tasks.ClipClassificationTask,
+}
+
+
+def build_module(config: ml_collections.ConfigDict):
+  if config.model_name not in MODELS:
+    raise ValueError(f"config.model_name={config.model_name!r}: known models {sorted(MODELS)}")
+  mod_path, cls_name = MODELS[config.model_name]
+  cls = getattr(importlib.import_module(mod_path), cls_name)
+  kwargs = dict(config.model)
+  for k in ("dtype", "param_dtype"):
+    if isinstance(kwargs.get(k), str):
+      kwargs[k] = jnp.dtype(kwargs[k])
+  return cls(**kwargs)
+
+
+def build_task(config: ml_collections.ConfigDict):
+  module = build_module(config)
+  name = config.task.name
+  if name not in TASKS:
+    raise ValueError(f"config.task.name={name!r}: known tasks {sorted(TASKS)}")
+  kwargs = {k: v for k, v in dict(config.task).items() if k != "name"}
+  return TASKS[name](module=module, **kwargs)

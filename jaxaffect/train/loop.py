@@ -1,0 +1,259 @@
+"""The training loop: config → mesh, task, optimizer, data, checkpoints; resumable; eval."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxaffect.data import pipeline
+from jaxaffect.models import registry
+from jaxaffect.train import checkpoint as ckpt_lib
+from jaxaffect.train import mesh as mesh_lib
+from jaxaffect.train import optim, step as step_lib, writer as writer_lib
+
+log = logging.getLogger("jaxaffect.train")
+
+
+@dataclasses.dataclass
+class Setup:
+  config: ml_collections.ConfigDict
+  mesh: Any
+  task: Any
+  tx: Any
+  schedule: Any
+  train_source: Any
+  eval_source: Any
+  steps_per_epoch: int
+  total_steps: int
+  batch_shapes: dict
+  abstract_state: Any
+  state_shardings: Any
+  init_fn: Any
+  train_step: Any
+  eval_step: Any
+
+
+def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setup:
+  """Everything a run needs, without touching the workdir (used by train, eval and bench)."""
+  mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  n_dev = mesh.devices.size
+  if config.batch_size % n_dev:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{n_dev} devices of the mesh {dict(mesh.shape)}")
+  train_src, eval_src = sources or pipeline.build_sources(config.data)
+  steps_per_epoch = max(len(train_src) // config.batch_size, 1)
+  total = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
+  tx, sched = optim.make_optimizer(config.optim, steps_per_epoch, total)
+  task = registry.build_task(config)
+  shapes = pipeline.batch_spec(train_src, config.data, config.batch_size)
+  rng0 = jax.random.key(config.seed)
+  abstract = step_lib.abstract_state(task, tx, rng0, shapes)
+  shardings = mesh_lib.state_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
+  return Setup(config, mesh, task, tx, sched, train_src, eval_src, steps_per_epoch, total, shapes,
+               abstract, shardings, step_lib.make_init_fn(task, tx, mesh, shardings, shapes),
+               step_lib.make_train_step(task, tx, mesh, shardings),
+               step_lib.make_eval_step(task, mesh, shardings))
+
+
+def spec_sources(config):
+  """A one-video stand-in source with the configured shapes (to restore without reading data)."""
+  d = config.data
+  t = max(d.get("video_frames", 0) or 0, d.num_segments * d.duration)
+  src = pipeline.InMemoryVideos(np.zeros((1, t, d.image_size, d.image_size, 3), np.uint8),
+                                np.zeros((1,), np.int32), "spec")
+  return src, src
+
+
+def _rngs(config):
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  return init_rng, step_rng
+
+
+def compute_metrics(collection) -> dict[str, Any]:
+  """`clu` Collection → flat dict (scalars as floats, arrays as numpy)."""
+  out = {}
+  for k, v in mesh_lib.to_host(collection).compute().items():
+    if isinstance(v, dict):
+      for kk, vv in v.items():
+        out[kk if k == "confusion" else f"{k}/{kk}"] = np.asarray(vv)
+    else:
+      out[k] = np.asarray(v)
+  return {k: (float(v) if v.ndim == 0 else v) for k, v in out.items()}
+
+
+def evaluate(s: Setup, state) -> dict[str, Any]:
+  total = None
+  with jax.set_mesh(s.mesh):
+    for local in pipeline.eval_batches(s.eval_source, s.config.data, s.config.batch_size):
+      batch = mesh_lib.global_batch_from_local(local, s.mesh)
+      m, _ = s.eval_step(state, batch)
+      total = m if total is None else total.merge(m)
+  if total is None:
+    raise ValueError("evaluation set is empty")
+  return compute_metrics(total)
+
+
+class _StopFlag:
+  """SIGTERM (preemption) → save a checkpoint at the next step boundary and exit cleanly."""
+
+  def __init__(self):
+    self.stop = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:       # not the main thread
+      self._old = None
+    return self
+
+  def _handler(self, *_):
+    self.stop = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains (resuming from `workdir` if it holds a checkpoint) and returns the last eval metrics.
+
+  `stop_after_steps` ends the run early (as a kill would) after that many steps of this call,
+  saving a checkpoint first; used by tests of exact resumption.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  s = build(config, sources=sources)
+  cc = config.checkpoint
+  mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=cc.keep,
+                               best_metric=cc.best_metric or None, best_mode=cc.best_mode,
+                               async_save=cc.async_save)
+  writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
+  init_rng, step_rng = _rngs(config)
+  it = pipeline.train_iterator(s.train_source, config.data, config.batch_size, config.seed)
+  eval_every = config.eval_every_steps or s.steps_per_epoch
+  ckpt_every = cc.every_steps or eval_every
+  last_eval: dict[str, Any] = {}
+
+  with jax.set_mesh(s.mesh):
+    latest = mngr.latest_step()
+    if latest is not None:
+      abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
+      state, saved_cfg = ckpt_lib.restore(mngr, latest, abstract, it)
+      _check_resume_config(saved_cfg, config)
+      log.info("resumed from step %d in %s", latest, workdir)
+    else:
+      state = s.init_fn(init_rng)
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          f.write(config.to_json_best_effort(indent=2))
+    start = int(mesh_lib.host_value(state["step"]))
+    progress = writer_lib.Progress(s.total_steps, start, config.batch_size)
+    acc, t_first = None, None
+    steps_run = 0
+    with _StopFlag() as flag:
+      for step in range(start, s.total_steps):
+        local = next(it)
+        batch = mesh_lib.global_batch_from_local(local, s.mesh)
+        t0 = time.time()
+        state, m = s.train_step(state, batch, step_rng)
+        if t_first is None:
+          jax.block_until_ready(state["step"])
+          t_first = time.time() - t0
+          progress.reset(step + 1)
+        acc = m if acc is None else acc.merge(m)
+        done = step + 1
+        steps_run += 1
+        if done % config.log_every_steps == 0 or done == s.total_steps:
+          vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
+          vals["train/lr"] = float(s.schedule(step))
+          sps, cps = progress.rates(done)
+          vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
+          writer.scalars(done, vals)
+          progress.update(done, {"loss": vals.get("train/loss", float("nan")),
+                                 "acc": vals.get("train/war", float("nan"))})
+          acc = None
+        is_eval = done % eval_every == 0 or done == s.total_steps
+        killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
+        if is_eval:
+          last_eval = evaluate(s, state)
+          sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
+          writer.scalars(done, sc)
+          if "confusion_matrix" in last_eval and jax.process_index() == 0:
+            from jaxaffect import plots
+            img = plots.confusion_matrix_image(last_eval["confusion_matrix"],
+                                               list(config.data.class_names))
+            writer.image(done, "eval/confusion_matrix", img)
+          if jax.process_index() == 0:
+            print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
+                  flush=True)
+          ckpt_lib.save(mngr, done, state, config, it,
+                        metrics={k.split("/", 1)[1]: v for k, v in sc.items()})
+        elif done % ckpt_every == 0 or killed:
+          ckpt_lib.save(mngr, done, state, config, it)
+        if killed:
+          log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
+          break
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  if t_first is not None:
+    last_eval["first_step_seconds"] = t_first
+  return last_eval
+
+
+def _check_resume_config(saved: dict, config: ml_collections.ConfigDict):
+  """A resumed run must train the same model on the same data; schedule length may change."""
+  new = json.loads(config.to_json_best_effort())
+  for key in ("model_name", "model", "task", "data", "batch_size", "seed"):
+    if json.dumps(saved.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
+      raise ValueError(f"workdir holds a checkpoint of a different run: config.{key} was "
+                       f"{saved.get(key)!r}, now {new.get(key)!r} (use a new --workdir)")
+
+
+def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = None,
+                     config_overrides: dict | None = None) -> dict[str, Any]:
+  """Evaluates the latest (or best) checkpoint of `workdir` with the config stored beside it."""
+  cdir = os.path.join(workdir, "checkpoints")
+  config, latest = ckpt_lib.read_config(cdir)
+  if config_overrides:
+    config.update(config_overrides)
+  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
+  if best:
+    step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
+    if step is None:
+      raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
+                              f"{config.checkpoint.best_metric!r}")
+  step = latest if step is None else step
+  s = build(config)
+  with jax.set_mesh(s.mesh):
+    abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    state, _ = ckpt_lib.restore(mngr, step, abstract)
+    metrics = evaluate(s, state)
+  mngr.close()
+  metrics["step"] = step
+  return metrics
+
+
+def restore_state(workdir: str, step: int | None = None):
+  """(config, task, variables dict {'params', ...extra}) of a checkpoint, on the host."""
+  cdir = os.path.join(workdir, "checkpoints") if os.path.isdir(
+      os.path.join(workdir, "checkpoints")) else workdir
+  config, latest = ckpt_lib.read_config(cdir)
+  step = latest if step is None else step
+  s = build(config, sources=spec_sources(config))
+  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
+  with jax.set_mesh(s.mesh):
+    abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    state, _ = ckpt_lib.restore(mngr, step, abstract)
+  mngr.close()
+  variables = {"params": mesh_lib.to_host(state["params"]), **mesh_lib.to_host(state["extra"])}
+  return config, s, variables, step

@@ -1,0 +1,58 @@
+"""Optimizers and learning-rate schedules from a config, with torch-equivalent semantics."""
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
+  """Schedules indexed by optimizer step.
+
+  - `step`: torch StepLR(step_size=`decay_epochs`, gamma=`decay_factor`), stepped once per epoch.
+  - `cosine`: linear warm-up for `warmup_epochs`, then cosine to 0 at the end of training.
+  - `constant`.
+  """
+  lr = cfg.lr
+  warm = int(round(cfg.get("warmup_epochs", 0) * steps_per_epoch))
+  if cfg.schedule == "constant":
+    sched = optax.constant_schedule(lr)
+  elif cfg.schedule == "step":
+    every = int(cfg.decay_epochs * steps_per_epoch)
+    if every <= 0:
+      raise ValueError(f"optim.decay_epochs={cfg.decay_epochs} gives no decay step")
+    bounds = {k * every: cfg.decay_factor for k in range(1, total_steps // every + 1)}
+    sched = optax.piecewise_constant_schedule(lr, bounds)
+  elif cfg.schedule == "cosine":
+    sched = optax.cosine_decay_schedule(lr, max(total_steps - warm, 1))
+  else:
+    raise ValueError(f"optim.schedule={cfg.schedule!r}: expected step, cosine or constant")
+  if warm > 0:
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warm), sched], [warm])
+  return sched
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
+  """(optax transform, schedule).
+
+  - `sgd`: torch SGD with momentum and coupled weight decay (`g + wd·p` before momentum), which is
+    what `torch.optim.SGD(weight_decay=...)` does.
+  - `adam`: torch Adam with coupled L2 weight decay.
+  - `adamw`: decoupled weight decay (torch AdamW).
+  """
+  sched = make_schedule(cfg, steps_per_epoch, total_steps)
+  wd = cfg.get("weight_decay", 0.0)
+  clip = cfg.get("grad_clip_norm", 0.0)
+  chain = [optax.clip_by_global_norm(clip)] if clip else []
+  if cfg.name == "sgd":
+    chain += [optax.add_decayed_weights(wd), optax.sgd(sched, momentum=cfg.momentum or None,
+                                                       nesterov=cfg.get("nesterov", False))]
+  elif cfg.name == "adam":
+    chain += [optax.add_decayed_weights(wd),
+              optax.adam(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                         eps=cfg.get("eps", 1e-8))]
+  elif cfg.name == "adamw":
+    chain += [optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                          eps=cfg.get("eps", 1e-8), weight_decay=wd)]
+  else:
+    raise ValueError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
+  return optax.chain(*chain), sched

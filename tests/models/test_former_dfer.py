@@ -1,0 +1,147 @@
+"""FormerDFER == a PyTorch Former-DFER written from the official equations (timm resnet18 pieces,
+official key names, `load_state_dict(strict=True)` of our export): logits in eval mode at the
+official size; logits, BatchNorm statistics and every gradient in train mode at another size."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jaxaffect import interop
+from jaxaffect.models import former_dfer as fd
+from tests.interop.torch_refs import (TorchFormerDFER, assert_close, assert_grads_match,
+                                      load_numpy_state_dict, random_variables)
+
+
+def _shapes(model, x_shape):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x_shape), train=False))
+
+
+def test_official_param_count():
+  shapes = _shapes(fd.FormerDFER(), (1, 16, 112, 112, 3))
+  assert fd.num_params(shapes["params"]) == fd.OFFICIAL_NUM_PARAMS == 18_031_943
+  ref = TorchFormerDFER()
+  assert sum(p.numel() for p in ref.parameters()) == 18_031_943
+  assert shapes["params"]["cs_former"]["pos_embedding"].shape == (1, 49, 256)
+  assert shapes["params"]["t_former"]["pos_embedding"].shape == (1, 17, 512)
+
+
+def test_official_config_eval_logits_match_torch():
+  model = fd.FormerDFER()
+  variables = random_variables(_shapes(model, (1, 16, 112, 112, 3)), seed=0)
+  ref = TorchFormerDFER().eval()
+  load_numpy_state_dict(ref, interop.to_torch_state_dict("former_dfer", variables))  # strict
+  x = np.random.default_rng(1).random((1, 16, 112, 112, 3), dtype=np.float32)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  with torch.no_grad():
+    ref_logits = ref(torch.from_numpy(x.transpose(0, 1, 4, 2, 3).copy())).numpy()
+  assert logits.shape == (1, 7) and logits.dtype == jnp.float32
+  assert np.abs(ref_logits).max() > 1.0
+  assert_close(logits, ref_logits, err="logits")   # measured max |Δ| ≈ 1e-5 for |logit| ≈ 10
+
+
+def test_train_mode_logits_stats_and_grads_match_torch():
+  """N=2, M=2, 64×64 px, clips of 4 frames with num_frames=6 (the temporal positional embedding is
+  sliced as in the official code), B=2: every parameter's gradient, the input gradient, and the
+  BatchNorm running statistics (BN over all B·T frames)."""
+  b, t, hw, nf = 2, 4, 64, 6
+  model = fd.FormerDFER(num_frames=nf, num_spatial_layers=2, num_temporal_layers=2)
+  variables = random_variables(_shapes(model, (1, t, hw, hw, 3)), seed=2)
+  ref = TorchFormerDFER(num_frames=nf, num_patches=(hw // 16) ** 2, num_spatial_layers=2,
+                        num_temporal_layers=2).train()
+  load_numpy_state_dict(ref, interop.to_torch_state_dict("former_dfer", variables))
+  rng = np.random.default_rng(3)
+  x = rng.random((b, t, hw, hw, 3), dtype=np.float32)
+  w = rng.normal(size=(b, 7)).astype(np.float32)
+
+  @jax.jit
+  def f(params, x):
+    def loss(params, x):
+      y, stats = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.key(0)})
+      return jnp.sum(y * w), (y, stats)
+    return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+
+  (_, (y, stats)), (gp, gx) = f(variables["params"], x)
+  xt = torch.from_numpy(x.transpose(0, 1, 4, 2, 3).copy()).requires_grad_(True)
+  yt = ref(xt)
+  (yt * torch.from_numpy(w)).sum().backward()
+
+  assert_close(y, yt.detach().numpy(), err="logits")
+  assert_close(gx, xt.grad.numpy().transpose(0, 1, 3, 4, 2), err="d input")
+  grads_sd = interop.to_torch_state_dict("former_dfer", {"params": gp})
+  # layer4's BN sees 2·4·2·2 values per channel: gradients agree to ~1e-5 of the largest entry.
+  n = assert_grads_match(ref, grads_sd, atol_frac=5e-5)
+  assert n == 60 + 2 * 11 + 1 + 2 + 2 * 11 + 2
+  new_sd = interop.to_torch_state_dict("former_dfer", {"params": variables["params"], **stats})
+  for k, v in ref.state_dict().items():
+    if k.endswith(("running_mean", "running_var")):
+      assert_close(new_sd[k], v.numpy(), err=k)
+
+
+def test_width_scaling():
+  """width=16: token dims 4·16 and 8·16, head dims and MLPs scaled by 16/64, heads unchanged."""
+  p = _shapes(fd.FormerDFER(width=16, num_frames=8), (1, 8, 64, 64, 3))["params"]
+  assert p["cs_former"]["pos_embedding"].shape == (1, 16, 64)
+  s_layer = p["cs_former"]["encoder"]["layer_0"]
+  assert s_layer["attn"]["qkv"]["kernel"].shape == (64, 3 * 8 * 8)
+  assert s_layer["mlp"]["fc1"]["kernel"].shape == (64, 128)
+  t_layer = p["t_former"]["encoder"]["layer_2"]
+  assert t_layer["attn"]["qkv"]["kernel"].shape == (128, 3 * 8 * 16)
+  assert t_layer["mlp"]["fc1"]["kernel"].shape == (128, 256)
+  assert p["t_former"]["pos_embedding"].shape == (1, 9, 128) and p["fc"]["kernel"].shape == (128, 7)
+  with pytest.raises(ValueError, match="not an integer"):
+    _shapes(fd.FormerDFER(width=20), (1, 8, 64, 64, 3))
+
+
+def test_dropout_uses_rng_in_training_only():
+  model = fd.FormerDFER(width=8, num_frames=2, dropout=0.3)
+  variables = random_variables(_shapes(model, (1, 2, 32, 32, 3)), seed=4)
+  x = np.random.default_rng(5).random((2, 2, 32, 32, 3), dtype=np.float32)
+
+  @jax.jit
+  def run(key, train):
+    return model.apply(variables, x, train=train, mutable=["batch_stats"],
+                       rngs={"dropout": key})[0]
+  a, b, a2 = run(jax.random.key(0), True), run(jax.random.key(1), True), run(jax.random.key(0), True)
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+  np.testing.assert_array_equal(a, a2)
+  np.testing.assert_array_equal(run(jax.random.key(0), False), run(jax.random.key(1), False))
+
+
+def test_input_errors():
+  model = fd.FormerDFER(width=8, num_frames=2)
+  variables = random_variables(_shapes(model, (1, 2, 32, 32, 3)), seed=6)
+  with pytest.raises(ValueError, match="more than num_frames"):
+    model.apply(variables, jnp.zeros((1, 3, 32, 32, 3)), train=False)
+  with pytest.raises(ValueError, match="pos_embedding has 4 rows"):
+    model.apply(variables, jnp.zeros((1, 2, 64, 64, 3)), train=False)
+  with pytest.raises(ValueError, match=r"\(B, T, H, W, 3\)"):
+    model.apply(variables, jnp.zeros((1, 2, 32, 32)), train=False)
+
+
+@pytest.mark.parametrize("n,m", [(1, 3), (3, 2)])
+def test_macs_match_torch_flop_counter(n, m):
+  """Analytic MACs == torch FlopCounterMode / 2 on the torch model (meta tensors: no compute)."""
+  with torch.device("meta"):
+    ref = TorchFormerDFER(num_spatial_layers=n, num_temporal_layers=m)
+    x = torch.empty(1, 16, 3, 112, 112)
+  with FlopCounterMode(display=False) as counter:
+    ref(x)
+  assert fd.former_dfer_macs(n, m)["total"] * 2 == counter.get_total_flops()
+
+
+def test_table3_rows_reproduce_quoted_range():
+  rows = fd.former_dfer_table3_rows()
+  assert [(r.num_spatial_layers, r.num_temporal_layers) for r in rows][:4] == \
+      [(1, 1), (1, 2), (1, 3), (2, 1)]
+  assert len(rows) == 18
+  by_nm = {(r.num_spatial_layers, r.num_temporal_layers): r for r in rows}
+  for nm, paper in fd.TABLE3_SOURCED.items():
+    assert by_nm[nm].paper_gflops == paper
+    assert round(by_nm[nm].gmacs, 2) == paper
+  assert min(r.gmacs for r in rows) == by_nm[(1, 1)].gmacs
+  assert max(r.gmacs for r in rows) == by_nm[(6, 3)].gmacs
+  assert sum(r.paper_gflops is not None for r in rows) == len(fd.TABLE3_SOURCED)
