@@ -3,6 +3,7 @@
   jaxaffect train --config configs/former_dfer.py:dfew --workdir DIR [--config.x=y ...]
   jaxaffect eval --workdir DIR [--best] [--json]
   jaxaffect export --checkpoint DIR --out FILE [--format safetensors|pth]
+  jaxaffect import --weights FILE --config CONFIG --workdir DIR   (then `train` fine-tunes it)
   jaxaffect bench former_dfer [--json] [--reference PATH_TO_OFFICIAL_CHECKOUT]
   jaxaffect demo [--workdir DIR]
 Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I` (or the JAX_* env
@@ -113,6 +114,25 @@ def cmd_export(argv: list[str]) -> int:
   return 0
 
 
+def cmd_import(argv: list[str]) -> int:
+  """PyTorch weights (official key layout) → a step-0 checkpoint that `train` then fine-tunes."""
+  p = argparse.ArgumentParser(prog="jaxaffect import")
+  p.add_argument("--weights", required=True, help=".safetensors / .pth / .pth.tar state dict")
+  p.add_argument("--config", required=True, help="config file[:arg] of the run to start")
+  p.add_argument("--workdir", required=True, help="new run directory (must hold no checkpoint)")
+  a, overrides = p.parse_known_args(argv)
+  from absl import flags
+  from ml_collections import config_flags
+  fl = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fl, lock_config=True)
+  fl(["import", f"--config={resolve_config_path(a.config)}", *overrides])
+  from jaxaffect.train import loop
+  step = loop.import_weights(fl.config, a.workdir, a.weights)
+  print(f"imported {a.weights} into {a.workdir}/checkpoints/{step}; "
+        f"continue with: jaxaffect train --config {a.config} --workdir {a.workdir}")
+  return 0
+
+
 def cmd_bench(argv: list[str]) -> int:
   from jaxaffect import bench
   return bench.main(argv)
@@ -148,8 +168,8 @@ def _print_json(d):
   print(json.dumps(d, default=default), flush=True)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench,
-            "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "import": cmd_import,
+            "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

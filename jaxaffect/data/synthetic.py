@@ -29,8 +29,9 @@ Label definitions (per frame t; thresholds are module constants):
 
 * `intensity[t]` in [0, 1]: the expression intensity curve (all zeros for Neutral clips).
 * `expr[t]` = the clip's expression where `intensity[t] >= EXPR_THRESHOLD` (0.2), else Neutral (2).
-* `au[t, k]` = 1 iff the activation of AU `AUS[k]` is `>= AU_THRESHOLD` (0.5). Activations are
-  prototype weight x lagged intensity (and the class-independent talking signal for AU25/AU26).
+* `au_intensity[t, k]` in [0, 1]: activation of AU `AUS[k]` = prototype weight x lagged intensity
+  (max'ed with the class-independent talking signal for AU25/AU26); it drives the drawing.
+* `au[t, k]` = 1 iff `au_intensity[t, k] >= AU_THRESHOLD` (0.5).
 * `va[t]` = `PROTOTYPE_VA[label] * intensity[t]` + a per-clip offset (N(0, 0.05) per axis),
   clipped to [-1, 1].
 * `label` = the clip's expression (the DFEW clip label).
@@ -70,14 +71,14 @@ _CHANNELS = AUS + _HIDDEN
 _CH = {name: i for i, name in enumerate(_CHANNELS)}
 # expression -> ((AU, weight, probability of being present), ...)
 _PROTOTYPES: dict[int, tuple[tuple[str, float, float], ...]] = {
-    0: (("AU6", 0.85, 1.0), ("AU12", 1.0, 1.0), ("AU25", 0.8, 0.5)),
+    0: (("AU6", 0.85, 1.0), ("AU12", 1.0, 1.0), ("AU25", 0.8, 0.6)),
     1: (("AU1", 0.95, 1.0), ("AU4", 0.7, 1.0), ("AU15", 0.95, 1.0)),
     2: (),
     3: (("AU4", 1.0, 1.0), ("AU7", 0.85, 1.0), ("AU23", 0.8, 0.7), ("AU24", 0.85, 0.7)),
     4: (("AU1", 1.0, 1.0), ("AU2", 1.0, 1.0), ("AU5", 0.9, 1.0), ("AU25", 1.0, 1.0),
         ("AU26", 0.9, 0.8)),
     5: (("AU9", 1.0, 1.0), ("AU10", 0.95, 1.0), ("AU4", 0.65, 1.0), ("AU15", 0.7, 0.6),
-        ("AU25", 0.6, 0.5), ("AU7", 0.6, 0.4)),
+        ("AU25", 0.6, 0.7), ("AU7", 0.6, 0.4)),
     6: (("AU1", 1.0, 1.0), ("AU2", 0.8, 1.0), ("AU4", 0.7, 1.0), ("AU5", 1.0, 1.0),
         ("AU20", 1.0, 1.0), ("AU25", 0.9, 1.0), ("AU26", 0.6, 0.4)),
 }
@@ -117,9 +118,9 @@ def _sample_identity(rng: np.random.Generator) -> dict[str, Any]:
   bg1 = np.clip(bg0 + rng.normal(0, 0.2, 3), 0, 1)
   return dict(
       skin=skin,
-      lips=np.clip(skin * np.array([0.82, 0.52, 0.52]) + rng.normal(0, 0.02, 3), 0, 1),
+      lips=np.clip(skin * np.array([0.75, 0.4, 0.42]) + rng.normal(0, 0.02, 3), 0, 1),
       hair=hair,
-      brow=hair * rng.uniform(0.45, 0.8),
+      brow=np.minimum(hair * rng.uniform(0.4, 0.7), 0.3),
       iris=iris,
       bg0=bg0, bg1=bg1, bg_angle=rng.uniform(0, 2 * np.pi),
       clothes=rng.uniform(0.05, 0.9, 3),
@@ -127,15 +128,15 @@ def _sample_identity(rng: np.random.Generator) -> dict[str, Any]:
       face_bl=rng.uniform(1.3, 1.48),  # lower half-height (to the chin)
       jaw_taper=rng.uniform(0.12, 0.35),
       eye_sep=rng.uniform(0.35, 0.43), eye_v=rng.uniform(-0.2, -0.1),
-      eye_w=rng.uniform(0.16, 0.2), eye_h=rng.uniform(0.075, 0.095),
+      eye_w=rng.uniform(0.18, 0.21), eye_h=rng.uniform(0.085, 0.1),
       eye_tilt=rng.uniform(-0.015, 0.03), iris_r=rng.uniform(0.085, 0.1),
       gaze=rng.normal(0, 0.25, 2),
-      brow_gap=rng.uniform(0.17, 0.22), brow_th=rng.uniform(0.05, 0.08),
+      brow_gap=rng.uniform(0.18, 0.22), brow_th=rng.uniform(0.1, 0.13),
       brow_arch=rng.uniform(0.02, 0.06), brow_in=rng.uniform(0.14, 0.19),
       brow_out=rng.uniform(0.2, 0.26),
       nose_v=rng.uniform(0.25, 0.33), nose_w=rng.uniform(0.1, 0.14),
-      mouth_v=rng.uniform(0.62, 0.7), mouth_w=rng.uniform(0.27, 0.34),
-      lip_u=rng.uniform(0.035, 0.055), lip_l=rng.uniform(0.045, 0.07),
+      mouth_v=rng.uniform(0.62, 0.7), mouth_w=rng.uniform(0.3, 0.36),
+      lip_u=rng.uniform(0.05, 0.07), lip_l=rng.uniform(0.06, 0.085),
       rest_curve=rng.uniform(-0.02, 0.02),
       hairline=rng.uniform(-0.9, -0.62), hair_curve=rng.uniform(0.05, 0.3),
       hair_w=rng.uniform(1.08, 1.25), hair_h=rng.uniform(1.1, 1.3),
@@ -156,7 +157,7 @@ def _sample_dynamics(rng: np.random.Generator, expression: int, num_frames: int)
   t1 = t0 + rng.uniform(0.1, 0.25) * T  # apex start
   t2 = t1 + rng.uniform(0.3, 0.55) * T  # apex end
   t3 = t2 + rng.uniform(0.1, 0.3) * T  # offset end
-  apex = rng.uniform(0.65, 1.0)
+  apex = rng.uniform(0.7, 1.0)
   rest = rng.uniform(0.0, 0.5)  # fraction of the apex left after the offset
   wobble_f, wobble_p = rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
 
@@ -167,23 +168,27 @@ def _sample_dynamics(rng: np.random.Generator, expression: int, num_frames: int)
     return np.clip(apex * up * down * wob, 0.0, 1.0)
 
   tt = np.arange(T, dtype=np.float64)
-  act = np.zeros((T, len(_CHANNELS)))
-  for name, weight, prob in _PROTOTYPES[expression]:
-    present = rng.uniform() < prob
-    w = min(1.0, weight * rng.uniform(0.85, 1.1))
-    lag = rng.uniform(-1.5, 1.5)
-    if present:
-      act[:, _CH[name]] = w * curve(tt - lag)
-  intensity = curve(tt) if expression != NEUTRAL else np.zeros(T)
-  if rng.uniform() < 0.15:  # talking: class-independent lip movement
-    f, p = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
-    talk = np.clip(np.sin(2 * np.pi * f * tt / T + p), 0, 1) * rng.uniform(0.4, 0.8)
-    act[:, _CH["AU25"]] = np.maximum(act[:, _CH["AU25"]], talk)
-    act[:, _CH["AU26"]] = np.maximum(act[:, _CH["AU26"]], 0.5 * talk)
+  # Class-independent draws first (same for every expression of a seed): blinks, talking.
   blink = np.zeros(T)
   for _ in range(int(rng.poisson(0.04 * T + 0.3))):
     c = rng.uniform(-1, T)
     blink = np.maximum(blink, np.clip(1.0 - np.abs(tt - c) / 1.6, 0, 1))
+  talking = rng.uniform() < 0.15
+  f, p, amp = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.8)
+  # Per-channel presence, weight jitter and lag, drawn for every channel in a fixed order.
+  u_present = rng.uniform(size=len(_CHANNELS))
+  jitter = rng.uniform(0.85, 1.1, len(_CHANNELS))
+  lags = rng.uniform(-1.5, 1.5, len(_CHANNELS))
+  act = np.zeros((T, len(_CHANNELS)))
+  for name, weight, prob in _PROTOTYPES[expression]:
+    c = _CH[name]
+    if u_present[c] < prob:
+      act[:, c] = min(1.0, weight * jitter[c]) * curve(tt - lags[c])
+  intensity = curve(tt) if expression != NEUTRAL else np.zeros(T)
+  if talking:  # class-independent lip movement
+    talk = np.clip(np.sin(2 * np.pi * f * tt / T + p), 0, 1) * amp
+    act[:, _CH["AU25"]] = np.maximum(act[:, _CH["AU25"]], talk)
+    act[:, _CH["AU26"]] = np.maximum(act[:, _CH["AU26"]], 0.5 * talk)
   return intensity, act, np.minimum(blink * 1.25, 1.0)
 
 
@@ -197,11 +202,11 @@ def _sample_pose(rng: np.random.Generator, num_frames: int, size: int, amount: f
     return amp * np.sin(2 * np.pi * f * tt + p) + rng.normal(0, 0.15 * amp, T)
 
   a = amount
-  cx = size * (0.5 + a * rng.normal(0, 0.035) + a * drift(0.02))
-  cy = size * (0.47 + a * rng.normal(0, 0.03) + a * drift(0.02))
-  scale = size * rng.uniform(0.245, 0.265) * (1 + a * rng.uniform(-0.1, 0.1) + a * drift(0.03))
-  rot = a * (rng.uniform(-0.17, 0.17) + drift(0.06))
-  yaw = a * (rng.uniform(-0.35, 0.35) + drift(0.1))
+  cx = size * (0.5 + a * rng.normal(0, 0.025) + a * drift(0.015))
+  cy = size * (0.5 + a * rng.normal(0, 0.025) + a * drift(0.015))
+  scale = size * rng.uniform(0.3, 0.33) * (1 + a * rng.uniform(-0.07, 0.07) + a * drift(0.025))
+  rot = a * (rng.uniform(-0.14, 0.14) + drift(0.05))
+  yaw = a * (rng.uniform(-0.3, 0.3) + drift(0.08))
   return cx, cy, scale, rot, yaw
 
 
@@ -232,11 +237,14 @@ def _stroke(dist, half, S):
 
 
 class _Canvas:
-  """RGB float frames (T, H, W, 3) and the per-frame canonical -> pixel similarity + yaw."""
+  """Channel-planar RGB frames (3, T, H, W) float32, a (T, H, W) shading field, and the per-frame
+  canonical -> pixel similarity with yaw. (Planar layout: compositing on (T, h, w, 3) views with a
+  broadcast alpha is ~5x slower in numpy.)"""
 
   def __init__(self, img, pose):
     self.img = img
-    self.T, self.H, self.W = img.shape[:3]
+    self.T, self.H, self.W = img.shape[1:]
+    self.shade = np.ones(img.shape[1:], _F)
     cx, cy, S, rot, yaw = (np.asarray(p, np.float64) for p in pose)
     self.cx, self.cy, self.S = cx, cy, S
     self.cos, self.sin = np.cos(rot), np.sin(rot)
@@ -247,17 +255,20 @@ class _Canvas:
   def to_pixels(self, u, v, depth=0.0):
     """Canonical (u, v) (broadcast against (T, 1)) -> pixel x, y of shape (T, K)."""
     a = self.sx[:, None] * u + self.sy[:, None] * depth
-    b = np.broadcast_to(v, a.shape) if np.ndim(v) else v + 0 * a
+    b = v + 0.0 * a
     x = self.cx[:, None] + self.S[:, None] * (self.cos[:, None] * a - self.sin[:, None] * b)
     y = self.cy[:, None] + self.S[:, None] * (self.sin[:, None] * a + self.cos[:, None] * b)
     return x, y
 
   def window(self, u0, u1, v0, v1, depth=0.0):
-    """Pixel window covering a canonical box in every frame, with canonical coordinates on it.
+    """Pixel window covering the canonical box [u0, u1] x [v0, v1] (arrays allowed: their
+    extremes are used) in every frame, with canonical coordinates on it.
 
-    Returns None if the box is off-screen, else (ys, xs, qx, qy, S) where qx, qy are (T, h, w)
-    coordinates before the depth shift / yaw squash (see `u`), S is (T, 1, 1).
+    Returns None if the box is off-screen, else (ys, xs, qx, qy, S): qx, qy are (T, h, w)
+    coordinates before the depth shift / yaw squash (see `u`), S is (T, 1, 1) pixels per unit.
     """
+    u0, u1, v0, v1 = (float(f(x)) for f, x in ((np.min, u0), (np.max, u1), (np.min, v0),
+                                               (np.max, v1)))
     x, y = self.to_pixels(np.array([u0, u1, u1, u0]), np.array([v0, v0, v1, v1]), depth)
     x0, x1 = max(int(np.floor(x.min())) - 1, 0), min(int(np.ceil(x.max())) + 2, self.W)
     y0, y1 = max(int(np.floor(y.min())) - 1, 0), min(int(np.ceil(y.max())) + 2, self.H)
@@ -272,13 +283,17 @@ class _Canvas:
     return slice(y0, y1), slice(x0, x1), qx, qy, self.S[:, None, None].astype(_F)
 
   def u(self, qx, depth):
+    """Canonical u of a feature at `depth` (yaw shifts nearer features more)."""
     return (qx - self.sy[:, None, None].astype(_F) * _F(depth)) / self.sx[:, None, None].astype(_F)
 
   def paint(self, ys, xs, alpha, colour):
-    """Alpha-composite `colour` ((3,) or broadcastable to (T, h, w, 3)) over the window."""
-    win = self.img[:, ys, xs]
-    col = np.asarray(colour, _F)
-    win += alpha[..., None].astype(_F) * (col - win)
+    """Alpha-composite a constant `colour` (3,) over the window (alpha (T, h, w))."""
+    alpha = np.asarray(alpha, _F)
+    for c in range(3):
+      win = self.img[c, :, ys, xs]
+      d = _F(colour[c]) - win
+      d *= alpha
+      win += d
 
 
 def _per_frame(x):
@@ -294,30 +309,30 @@ def _face_geometry(ident, act, blink):
   # Eyes (AU5 widens, AU6 pushes the lower lid up, AU7 tightens, AU4 lowers the upper lid).
   open_ = 1.0 - blink
   g["eye_up"] = ident["eye_h"] * np.clip(
-      1 + 0.9 * a["AU5"] + 0.15 * a["AU2"] - 0.5 * a["AU7"] - 0.3 * a["AU4"] - 0.15 * a["AU6"],
+      1 + 1.2 * a["AU5"] + 0.2 * a["AU2"] - 0.6 * a["AU7"] - 0.3 * a["AU4"] - 0.2 * a["AU6"],
       0.05, None) * open_
   g["eye_low"] = ident["eye_h"] * 0.75 * np.clip(
-      1 + 0.35 * a["AU5"] - 0.65 * a["AU6"] - 0.45 * a["AU7"], 0.05, None) * open_
+      1 + 0.5 * a["AU5"] - 0.7 * a["AU6"] - 0.5 * a["AU7"], 0.05, None) * open_
   # Brows: inner / middle / outer heights and the inner end's distance to the midline.
   vb = ident["eye_v"] - ident["brow_gap"]
-  g["brow_in_u"] = ident["eye_sep"] - ident["brow_in"] - 0.05 * a["AU4"]
+  g["brow_in_u"] = ident["eye_sep"] - ident["brow_in"] - 0.07 * a["AU4"]
   g["brow_out_u"] = ident["eye_sep"] + ident["brow_out"]
-  g["brow_in_v"] = vb + 0.11 * a["AU4"] * (1 - 0.5 * a["AU1"]) - 0.14 * a["AU1"] - 0.03 * a["AU2"]
-  g["brow_mid_v"] = (vb - ident["brow_arch"] - 0.05 * a["AU1"] - 0.11 * a["AU2"]
-                     + 0.05 * a["AU4"])
-  g["brow_out_v"] = vb + 0.01 - 0.12 * a["AU2"] + 0.025 * a["AU4"] + 0.02 * a["AU1"]
+  g["brow_in_v"] = vb + 0.15 * a["AU4"] * (1 - 0.5 * a["AU1"]) - 0.19 * a["AU1"] - 0.04 * a["AU2"]
+  g["brow_mid_v"] = (vb - ident["brow_arch"] - 0.06 * a["AU1"] - 0.15 * a["AU2"]
+                     + 0.06 * a["AU4"])
+  g["brow_out_v"] = vb + 0.01 - 0.16 * a["AU2"] + 0.03 * a["AU4"] + 0.03 * a["AU1"]
   # Nose: nostrils lift with AU9 / AU10.
   g["nostril_v"] = ident["nose_v"] + 0.035 - 0.035 * a["AU9"] - 0.015 * a["AU10"]
   g["nostril_w"] = ident["nose_w"] * (1 + 0.25 * a["AU9"] + 0.1 * a["AU10"])
   # Mouth. Corners: AU12 up, AU15 down; width: AU12/AU20 wider, AU23/24/26 narrower.
-  g["mw"] = ident["mouth_w"] * (1 + 0.22 * a["AU12"] + 0.3 * a["AU20"] - 0.22 * a["AU23"]
-                                - 0.12 * a["AU24"] - 0.15 * a["AU26"] + 0.05 * a["AU10"])
+  g["mw"] = ident["mouth_w"] * (1 + 0.3 * a["AU12"] + 0.4 * a["AU20"] - 0.28 * a["AU23"]
+                                - 0.15 * a["AU24"] - 0.2 * a["AU26"] + 0.05 * a["AU10"])
   g["mv"] = ident["mouth_v"] + 0.05 * a["AU26"] - 0.025 * a["AU10"] + 0.02 * a["AU15"]
-  g["corner_dv"] = (ident["rest_curve"] - 0.15 * a["AU12"] + 0.13 * a["AU15"]
+  g["corner_dv"] = (ident["rest_curve"] - 0.22 * a["AU12"] + 0.18 * a["AU15"]
                     + 0.03 * a["AU20"] + 0.02 * a["AU10"])
-  g["gap_u"] = 0.018 * a["AU25"] + 0.045 * a["AU10"] * (0.4 + 0.6 * a["AU25"])
-  g["gap_l"] = 0.03 * a["AU25"] + 0.2 * a["AU26"] + 0.015 * a["AU10"]
-  g["open_pow"] = 0.55 - 0.3 * a["AU20"]
+  g["gap_u"] = 0.03 * a["AU25"] + 0.07 * a["AU10"] * (0.5 + 0.5 * a["AU25"])
+  g["gap_l"] = 0.05 * a["AU25"] + 0.28 * a["AU26"] + 0.02 * a["AU10"]
+  g["open_pow"] = 0.55 - 0.35 * a["AU20"]
   g["lip_u"] = ident["lip_u"] * np.clip(1 - 0.5 * a["AU23"] - 0.6 * a["AU24"] - 0.2 * a["AU10"],
                                         0.15, None)
   g["lip_l"] = ident["lip_l"] * np.clip(1 - 0.45 * a["AU23"] - 0.55 * a["AU24"], 0.15, None)
@@ -357,165 +372,216 @@ _EYE_DEPTH, _MOUTH_DEPTH, _NOSE_DEPTH = 0.15, 0.15, 0.3
 
 
 def _render(canvas: _Canvas, ident, g):
+  """Draw one video's frames (back to front), every feature in its own pixel window."""
   skin = ident["skin"]
   bt = ident["face_bt"]
   a = g["a"]
-  blm = float(np.max(g["bl"]))
+  bl_all = g["bl"]
+  blm = float(np.max(bl_all))
+  on = {k: float(np.max(val)) > 1e-3 for k, val in a.items()}  # skip invisible layers
 
-  def face_sd(u, v, bl):
-    """Signed distance to the face oval: ellipse above v=0, tapered jaw below."""
-    lower = v > 0
-    b = np.where(lower, bl, _F(bt))
-    uu = np.where(lower, u * (1.0 + ident["jaw_taper"] * v / bl), u)
-    return _ellipse_sd(uu, v, _F(1.0), b)
-
-  # Clothes / shoulders, neck, hair (back), ears, face, fringe.
-  w = canvas.window(-2.6, 2.6, blm + 0.2, blm + 2.8)
+  # Clothes / shoulders, neck, hair (back), ears.
+  w = canvas.window(-2.4, 2.4, blm + 0.45, blm + 2.6)
   if w is not None:
     ys, xs, qx, qy, S = w
     d = _ellipse_sd(canvas.u(qx, 0), qy - (blm + 1.55), 2.2, 1.05)
     canvas.paint(ys, xs, _cover(d, S), ident["clothes"])
-  w = canvas.window(-0.6, 0.6, 0.2, blm + 1.0)
+  w = canvas.window(-0.55, 0.55, 0.3, blm + 0.85)
   if w is not None:
     ys, xs, qx, qy, S = w
-    u = canvas.u(qx, 0)
-    d = np.maximum(np.abs(u) - 0.5, qy - (blm + 0.8))
+    d = np.maximum(np.abs(canvas.u(qx, 0)) - 0.5, qy - (blm + 0.8))
     canvas.paint(ys, xs, _cover(d, S), skin * 0.8)
   hw, hh, hlen = ident["hair_w"], ident["hair_h"], ident["hair_len"]
-  w = canvas.window(-hw - 0.05, hw + 0.05, -0.25 - hh * bt - 0.05, max(hlen, 0.0) + 0.1)
+  hair_top = -0.25 - hh * bt
+  w = canvas.window(-hw - 0.03, hw + 0.03, hair_top - 0.03, max(hlen, 0.0) + 0.05)
   if w is not None:
     ys, xs, qx, qy, S = w
     u = canvas.u(qx, 0)
     d = _ellipse_sd(u, qy + 0.25, hw, hh * bt)
-    if hlen > 0:  # long hair: a rounded slab behind the head down to hlen
-      d = np.minimum(d, np.maximum(np.abs(u) - hw * 0.98, qy - hlen))
+    if hlen > 0:  # long hair: a slab behind the head down to hlen
+      d = np.minimum(d, np.maximum(np.maximum(np.abs(u) - hw * 0.98, qy - hlen), -0.25 - qy))
     canvas.paint(ys, xs, _cover(d, S), ident["hair"])
   for side in (-1.0, 1.0):
-    w = canvas.window(side * 0.97 - 0.16, side * 0.97 + 0.16, -0.3, 0.25)
+    w = canvas.window(side * 0.97 - 0.14, side * 0.97 + 0.14, -0.28, 0.22)
     if w is not None:
       ys, xs, qx, qy, S = w
       d = _ellipse_sd(canvas.u(qx, 0) - side * 0.97, qy + 0.03, 0.12, 0.22)
       canvas.paint(ys, xs, _cover(d, S), skin * 0.88)
-  w = canvas.window(-1.02, 1.02, -bt - 0.02, blm + 0.02)
+
+  # Face oval (jaw drops with AU26), shading into the shade field, fringe over the forehead.
+  w = canvas.window(-1.01, 1.01, -bt - 0.01, blm + 0.01)
   if w is not None:
     ys, xs, qx, qy, S = w
-    u = canvas.u(qx, 0)
-    d = face_sd(u, qy, _per_frame(g["bl"]))
-    r2 = np.clip(u * u + (qy / bt) ** 2, 0, 1)
-    shade = (1.0 - 0.13 * r2)[..., None] * skin.astype(_F)
-    canvas.paint(ys, xs, _cover(d, S), shade)
-    # Fringe: hair over the forehead above the hairline, inside the hair ellipse.
+    u, v = canvas.u(qx, 0), qy
+    lower = v > 0
+    bl = _per_frame(bl_all)
+    uu = np.where(lower, u * (1.0 + _F(ident["jaw_taper"]) * v / bl), u)
+    face = _cover(_ellipse_sd(uu, v, _F(1.0), np.where(lower, bl, _F(bt))), S)
+    canvas.paint(ys, xs, face, skin)
     hl = ident["hairline"] + ident["hair_curve"] * u * u
-    fringe = _cover(qy - hl, S) * _cover(_ellipse_sd(u, qy + 0.25, hw, hh * bt), S)
-    canvas.paint(ys, xs, fringe * _cover(d, S), ident["hair"])
+    fringe = _cover(v - hl, S) * _cover(_ellipse_sd(u, v + 0.25, hw, hh * bt), S)
+    canvas.paint(ys, xs, fringe, ident["hair"])
+    r2 = np.minimum(uu * uu + (v / np.where(lower, bl, _F(bt))) ** 2, 1.0)
+    canvas.shade[:, ys, xs] *= 1.0 - 0.16 * r2 * face * (1.0 - fringe)
 
-  # Eyes and brows.
   ev, ew, sep = ident["eye_v"], ident["eye_w"], ident["eye_sep"]
+  vb = ev - ident["brow_gap"]
   dark = np.array([0.08, 0.06, 0.05])
-  w = canvas.window(-sep - ew - 0.3, sep + ew + 0.3, ev - ident["brow_gap"] - 0.42, ev + 0.16,
-                    _EYE_DEPTH)
-  if w is not None:
+  a1, a2, a4, a6, a9, a10, a12 = (_per_frame(a[k]) for k in
+                                  ("AU1", "AU2", "AU4", "AU6", "AU9", "AU10", "AU12"))
+  # Forehead wrinkles (AU1/AU2), glabellar furrows (AU4).
+  if on["AU1"] or on["AU2"]:
+    w = canvas.window(-0.45, 0.45, vb - 0.48, vb - 0.12, _EYE_DEPTH)
+    if w is not None:
+      ys, xs, qx, qy, S = w
+      u, v = canvas.u(qx, _EYE_DEPTH), qy
+      below_hair = _cover(ident["hairline"] + ident["hair_curve"] * u * u + 0.04 - v, S)
+      wr = np.maximum(a1, a2)
+      for k, dv in enumerate((0.2, 0.29)):
+        yline = vb - dv - 0.08 * wr + 0.06 * u * u
+        alpha = 0.55 * wr * _stroke(v - yline, 0.01, S) * _cover(np.abs(u) - 0.42 + 0.08 * k, S)
+        canvas.paint(ys, xs, alpha * below_hair, skin * 0.55)
+  if on["AU4"]:
+    w = canvas.window(-0.12, 0.12, vb - 0.04, vb + 0.14, _EYE_DEPTH)
+    if w is not None:
+      ys, xs, qx, qy, S = w
+      u, v = canvas.u(qx, _EYE_DEPTH), qy
+      for side in (-1.0, 1.0):
+        fu = side * (0.05 + 0.15 * (v - vb))
+        alpha = 0.65 * a4 * _stroke(u - fu, 0.011, S) * _band(v, vb - 0.02, vb + 0.12, S)
+        canvas.paint(ys, xs, alpha, skin * 0.5)
+
+  # Eyes.
+  up, low = _per_frame(g["eye_up"]), _per_frame(g["eye_low"])
+  up_max = float(np.max(g["eye_up"]))
+  for side in (-1.0, 1.0):
+    ue = side * sep
+    w = canvas.window(ue - ew - 0.04, ue + ew + 0.04, ev - 1.3 * up_max - 0.1, ev + 0.12,
+                      _EYE_DEPTH)
+    if w is None:
+      continue
     ys, xs, qx, qy, S = w
     u, v = canvas.u(qx, _EYE_DEPTH), qy
-    up, low = _per_frame(g["eye_up"]), _per_frame(g["eye_low"])
-    a1, a2, a4 = (_per_frame(a[k]) for k in ("AU1", "AU2", "AU4"))
-    below_hair = _cover(ident["hairline"] + ident["hair_curve"] * u * u + 0.04 - v, S)
-    # Forehead wrinkles (AU1/AU2) and glabellar furrows (AU4).
-    wr = np.maximum(a1, a2)
-    vb = ev - ident["brow_gap"]
-    for k, dv in enumerate((0.2, 0.29)):
-      yline = vb - dv - 0.08 * wr + 0.06 * u * u
-      alpha = 0.5 * wr * _stroke(v - yline, 0.009, S) * _cover(np.abs(u) - 0.42 + 0.08 * k, S)
-      canvas.paint(ys, xs, alpha * below_hair, skin * 0.6)
-    for side in (-1.0, 1.0):
-      fu = side * (0.055 + 0.15 * (v - vb))
-      alpha = 0.6 * a4 * _stroke(u - fu, 0.01, S) * _band(v, vb - 0.03, vb + 0.12, S)
-      canvas.paint(ys, xs, alpha, skin * 0.58)
-    for side in (-1.0, 1.0):
-      ue = side * sep
-      s = (u - ue) / ew
-      f = np.clip(1.0 - s * s, 0.0, 1.0) ** 0.8
-      vc = ev - ident["eye_tilt"] * side * s
-      top, bot = vc - up * f, vc + low * f
-      inside_x = _cover((np.abs(s) - 1.0) * ew, S)
-      white = _band(v, top, bot, S) * inside_x
-      canvas.paint(ys, xs, white, (0.95, 0.94, 0.91))
-      ic = (u - ue - ident["gaze"][0] * 0.3 * ew, v - ev - ident["gaze"][1] * 0.01)
-      dist = np.sqrt(ic[0] ** 2 + ic[1] ** 2)
-      ir = ident["iris_r"]
-      canvas.paint(ys, xs, white * _cover(dist - ir, S), ident["iris"])
-      canvas.paint(ys, xs, white * _cover(dist - 0.45 * ir, S), dark)
-      hl_d = np.sqrt((ic[0] + 0.35 * ir) ** 2 + (ic[1] + 0.35 * ir) ** 2)
-      canvas.paint(ys, xs, 0.85 * white * _cover(hl_d - 0.22 * ir, S), (1.0, 1.0, 1.0))
-      # Upper lid / lash line and a faint lower lid line; crease above the lid.
-      lash = _stroke(v - (top - 0.012), 0.014, S) * _cover((np.abs(s) - 1.06) * ew, S)
-      canvas.paint(ys, xs, lash, dark)
-      canvas.paint(ys, xs, 0.3 * _stroke(v - bot, 0.008, S) * inside_x, skin * 0.5)
-      crease = _stroke(v - (vc - up * f - 0.045 - 0.3 * up * f), 0.008, S)
-      canvas.paint(ys, xs, 0.25 * crease * _cover((np.abs(s) - 0.9) * ew, S), skin * 0.6)
-      # Brow.
-      u_in, u_out = side * _per_frame(g["brow_in_u"]), side * _per_frame(g["brow_out_u"])
-      t = (u - u_in) / (u_out - u_in)
-      length = np.abs(u_out - u_in)
-      hv = _brow_curve(np.clip(t, 0, 1), *(_per_frame(g[k]) for k in
-                                          ("brow_in_v", "brow_mid_v", "brow_out_v")))
-      th = ident["brow_th"] * (1.0 - 0.45 * np.clip(t, 0, 1)) * 0.5
-      ends = _cover(-np.minimum(t, 1 - t) * length, S)
-      canvas.paint(ys, xs, _stroke(v - hv, th, S) * ends, ident["brow"])
+    s = (u - ue) / ew
+    f = np.clip(1.0 - s * s, 0.0, 1.0) ** 0.8
+    vc = ev - ident["eye_tilt"] * side * s
+    top, bot = vc - up * f, vc + low * f
+    inside_x = _cover((np.abs(s) - 1.0) * ew, S)
+    white = _band(v, top, bot, S) * inside_x
+    canvas.paint(ys, xs, white, (0.95, 0.94, 0.91))
+    ic_u = u - ue - ident["gaze"][0] * 0.3 * ew
+    ic_v = v - ev - ident["gaze"][1] * 0.01
+    dist = np.sqrt(ic_u * ic_u + ic_v * ic_v)
+    ir = ident["iris_r"]
+    canvas.paint(ys, xs, white * _cover(dist - ir, S), ident["iris"])
+    canvas.paint(ys, xs, white * _cover(dist - 0.45 * ir, S), dark)
+    hl_d = np.sqrt((ic_u + 0.35 * ir) ** 2 + (ic_v + 0.35 * ir) ** 2)
+    canvas.paint(ys, xs, 0.85 * white * _cover(hl_d - 0.22 * ir, S), (1.0, 1.0, 1.0))
+    # Lash line on the upper lid, faint lower lid, lid crease.
+    lash = _stroke(v - (top - 0.012), 0.015, S) * _cover((np.abs(s) - 1.06) * ew, S)
+    canvas.paint(ys, xs, lash, dark)
+    canvas.paint(ys, xs, 0.3 * _stroke(v - bot, 0.008, S) * inside_x, skin * 0.5)
+    crease = _stroke(v - (top - 0.05 - 0.3 * up * f), 0.008, S)
+    canvas.paint(ys, xs, 0.3 * crease * _cover((np.abs(s) - 0.9) * ew, S), skin * 0.55)
 
-  # Nose, cheeks, nasolabial folds, mouth.
-  mw_max = float(np.max(g["mw"]))
+  # Brows: a tapered stroke along a quadratic through inner / middle / outer heights.
+  hs = [g[k] for k in ("brow_in_v", "brow_mid_v", "brow_out_v")]
+  hmin = min(float(np.min(h)) for h in hs) - 0.03
+  hmax = max(float(np.max(h)) for h in hs)
+  for side in (-1.0, 1.0):
+    u_lo = side * g["brow_in_u"] if side > 0 else side * g["brow_out_u"]
+    u_hi = side * g["brow_out_u"] if side > 0 else side * g["brow_in_u"]
+    th_max = ident["brow_th"]
+    w = canvas.window(u_lo - 0.02, u_hi + 0.02, hmin - th_max, hmax + th_max, _EYE_DEPTH)
+    if w is None:
+      continue
+    ys, xs, qx, qy, S = w
+    u, v = canvas.u(qx, _EYE_DEPTH), qy
+    u_in, u_out = side * _per_frame(g["brow_in_u"]), side * _per_frame(g["brow_out_u"])
+    t = (u - u_in) / (u_out - u_in)
+    tc = np.clip(t, 0.0, 1.0)
+    hv = _brow_curve(tc, *(_per_frame(h) for h in hs))
+    th = th_max * (1.0 - 0.45 * tc) * 0.5
+    ends = _cover(-np.minimum(t, 1 - t) * np.abs(u_out - u_in), S)
+    canvas.paint(ys, xs, _stroke(v - hv, th, S) * ends, ident["brow"])
+
+  # Cheeks raised (AU6): a soft flush that moves up.
+  if on["AU6"]:
+    for side in (-1.0, 1.0):
+      w = canvas.window(side * 0.5 - 0.25, side * 0.5 + 0.25, 0.0, 0.36, _MOUTH_DEPTH)
+      if w is not None:
+        ys, xs, qx, qy, S = w
+        r2 = ((canvas.u(qx, _MOUTH_DEPTH) - side * 0.5) / 0.24) ** 2 + (
+            (qy - (0.2 - 0.08 * a6)) / 0.15) ** 2
+        canvas.paint(ys, xs, 0.3 * a6 * np.clip(1.0 - r2, 0, 1),
+                     np.clip(skin * np.array([1.05, 0.85, 0.85]), 0, 1))
+
+  # Nose: bridge shadow, tip shading, nostrils and wings, AU9 wrinkles.
   nv, nw = ident["nose_v"], ident["nose_w"]
-  w = canvas.window(-0.8, 0.8, nv - 0.42, float(np.max(g["mv"] + g["gap_l"])) + 0.16,
-                    _MOUTH_DEPTH)
+  nsv, nsw = _per_frame(g["nostril_v"]), _per_frame(g["nostril_w"])
+  nsw_max = float(np.max(g["nostril_w"]))
+  w = canvas.window(-max(1.3 * nw, 1.15 * nsw_max) - 0.02, max(1.3 * nw, 1.15 * nsw_max) + 0.02,
+                    nv - 0.36, nv + 0.1, _NOSE_DEPTH)
   if w is not None:
     ys, xs, qx, qy, S = w
-    v = qy
-    um = canvas.u(qx, _MOUTH_DEPTH)
-    un = canvas.u(qx, _NOSE_DEPTH)
-    a6, a9, a10, a12 = (_per_frame(a[k]) for k in ("AU6", "AU9", "AU10", "AU12"))
-    # Cheeks raised (AU6).
-    for side in (-1.0, 1.0):
-      r2 = ((um - side * 0.5) / 0.24) ** 2 + ((v - (0.2 - 0.08 * a6)) / 0.15) ** 2
-      canvas.paint(ys, xs, 0.3 * a6 * np.clip(1.0 - r2, 0, 1),
-                   np.clip(skin * np.array([1.05, 0.85, 0.85]), 0, 1))
-    # Nose: side shadow of the bridge, tip shading, nostrils, AU9 wrinkles.
+    un, v = canvas.u(qx, _NOSE_DEPTH), qy
     canvas.paint(ys, xs, 0.15 * _stroke(un - 0.06, 0.02, S) * _band(v, nv - 0.35, nv - 0.02, S),
                  skin * 0.6)
     tip = np.clip(1.0 - (un / (nw * 1.3)) ** 2 - ((v - nv) / 0.08) ** 2, 0, 1)
     canvas.paint(ys, xs, 0.22 * tip, skin * 0.7)
-    nsv, nsw = _per_frame(g["nostril_v"]), _per_frame(g["nostril_w"])
     for side in (-1.0, 1.0):
       d = _ellipse_sd(un - side * 0.5 * nsw, v - nsv, 0.38 * nsw, 0.022)
       canvas.paint(ys, xs, 0.85 * _cover(d, S), skin * 0.3)
-      wing = _ellipse_sd(un - side * 0.85 * nsw, v - nsv + 0.02, 0.25 * nsw, 0.06)
-      canvas.paint(ys, xs, 0.3 * _stroke(wing, 0.006, S) * (side * (un - side * 0.85 * nsw) > 0),
-                   skin * 0.5)
-    for k in range(3):
-      yl = nv - 0.32 + 0.05 * k
-      alpha = 0.55 * a9 * _stroke(v - yl - 0.05 * un * un, 0.008, S) * _cover(np.abs(un) - 0.1, S)
-      canvas.paint(ys, xs, alpha, skin * 0.55)
-    # Nasolabial folds, deepened by AU6/AU9/AU10/AU12.
-    deep = 0.12 + 0.5 * np.maximum(np.maximum(a12, a10), np.maximum(a9, 0.6 * a6))
-    mv, mw = _per_frame(g["mv"]), _per_frame(g["mw"])
-    v_top, v_bot = nv - 0.02, mv + 0.06
-    for side in (-1.0, 1.0):
-      r = np.clip((v - v_top) / (v_bot - v_top), 0, 1)
-      fu = side * (nw + 0.07 + (mw + 0.06 - nw - 0.07) * r ** 0.7)
-      alpha = deep * _stroke(um - fu, 0.008, S) * _band(v, v_top, v_bot, S)
-      canvas.paint(ys, xs, alpha, skin * 0.55)
-    # Mouth: lips, dark interior, teeth.
+      wing_u = un - side * 0.85 * nsw
+      wing = _ellipse_sd(wing_u, v - nsv + 0.02, 0.25 * nsw, 0.06)
+      canvas.paint(ys, xs, 0.35 * _stroke(wing, 0.007, S) * (side * wing_u > 0), skin * 0.5)
+    if on["AU9"]:
+      for k in range(3):
+        yl = nv - 0.32 + 0.05 * k
+        alpha = 0.6 * a9 * _stroke(v - yl - 0.05 * un * un, 0.009, S) * _cover(
+            np.abs(un) - 0.1, S)
+        canvas.paint(ys, xs, alpha, skin * 0.5)
+
+  # Nasolabial folds, deepened by AU6/AU9/AU10/AU12.
+  mv, mw = _per_frame(g["mv"]), _per_frame(g["mw"])
+  mw_max = float(np.max(g["mw"]))
+  v_top = nv - 0.02
+  v_bot_max = float(np.max(g["mv"])) + 0.06
+  deep = 0.12 + 0.5 * np.maximum(np.maximum(a12, a10), np.maximum(a9, 0.6 * a6))
+  for side in (-1.0, 1.0):
+    u_a, u_b = side * (nw + 0.05), side * (mw_max + 0.08)
+    w = canvas.window(min(u_a, u_b), max(u_a, u_b), v_top, v_bot_max, _MOUTH_DEPTH)
+    if w is None:
+      continue
+    ys, xs, qx, qy, S = w
+    um, v = canvas.u(qx, _MOUTH_DEPTH), qy
+    v_bot = mv + 0.06
+    r = np.clip((v - v_top) / (v_bot - v_top), 0, 1)
+    fu = side * (nw + 0.07 + (mw + 0.06 - nw - 0.07) * r ** 0.7)
+    alpha = deep * _stroke(um - fu, 0.009, S) * _band(v, v_top, v_bot, S)
+    canvas.paint(ys, xs, alpha, skin * 0.55)
+
+  # Mouth: lips, dark interior, teeth, lip line.
+  cdv = g["corner_dv"]
+  v0 = float(np.min(g["mv"] + np.minimum(cdv, 0) - g["gap_u"] - g["lip_u"])) - 0.03
+  v1 = float(np.max(g["mv"] + np.maximum(cdv, 0) + g["gap_l"] + g["lip_l"])) + 0.03
+  w = canvas.window(-mw_max - 0.02, mw_max + 0.02, v0, v1, _MOUTH_DEPTH)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    um, v = canvas.u(qx, _MOUTH_DEPTH), qy
     s, line, top_in, bot_in, top_out, bot_out = _mouth_curves(um, g)
-    inside_x = _cover((np.abs(s) - 1.0) * mw, S) * _cover(np.abs(um) - mw, S)
+    inside_x = _cover(np.abs(um) - mw, S)
     canvas.paint(ys, xs, _band(v, top_out, bot_out, S) * inside_x, ident["lips"])
-    interior = _band(v, top_in, bot_in, S) * _cover(np.abs(um) - mw * 0.97, S)
-    canvas.paint(ys, xs, interior, (0.22, 0.05, 0.06))
-    teeth = interior * _cover(v - (top_in + 0.045), S)
-    canvas.paint(ys, xs, teeth, (0.93, 0.91, 0.86))
-    lower_teeth = interior * _cover((bot_in - 0.025) - v, S) * _cover(np.abs(s) - 0.6, S)
-    canvas.paint(ys, xs, 0.8 * lower_teeth, (0.9, 0.88, 0.83))
-    canvas.paint(ys, xs, 0.55 * _stroke(v - line, 0.006, S) * inside_x
-                 * (1.0 - interior), ident["lips"] * 0.45)
+    if on["AU25"] or on["AU26"] or on["AU10"]:
+      interior = _band(v, top_in, bot_in, S) * _cover(np.abs(um) - mw * 0.97, S)
+      canvas.paint(ys, xs, interior, (0.22, 0.05, 0.06))
+      canvas.paint(ys, xs, interior * _cover(v - (top_in + 0.045), S), (0.93, 0.91, 0.86))
+      lower_teeth = interior * _cover((bot_in - 0.025) - v, S) * _cover(np.abs(s) - 0.6, S)
+      canvas.paint(ys, xs, 0.8 * lower_teeth, (0.9, 0.88, 0.83))
+    else:
+      interior = 0.0
+    canvas.paint(ys, xs, 0.55 * _stroke(v - line, 0.007, S) * inside_x * (1.0 - interior),
+                 ident["lips"] * 0.45)
 
 
 def _landmarks(canvas: _Canvas, ident, g) -> np.ndarray:
@@ -611,7 +677,8 @@ def generate_video(
 
   Returns:
     dict with `frames` uint8 (T, size, size, 3) RGB, `label` int, `expr` int32 (T,), `au` int32
-    (T, 12) in AUS order, `va` float32 (T, 2), `intensity` float32 (T,), `face_box` float32 (T, 4)
+    (T, 12) in AUS order, `au_intensity` float32 (T, 12) (the activations `au` thresholds),
+    `va` float32 (T, 2), `intensity` float32 (T,), `face_box` float32 (T, 4)
     (x0, y0, x1, y1), `landmarks` float32 (T, 68, 2) (x, y), `occluded` bool (T,), `seed` int.
   """
   if num_frames < 1 or size < 8:
@@ -634,14 +701,14 @@ def generate_video(
   # Background: a static linear gradient between two colours.
   ca, sa = np.cos(ident["bg_angle"]), np.sin(ident["bg_angle"])
   coord = np.arange(size, dtype=_F) / size - 0.5
-  ramp = np.clip(0.5 + ca * coord[None, :] + sa * coord[:, None], 0, 1)[..., None]
-  bg = (ident["bg0"] * (1 - ramp) + ident["bg1"] * ramp).astype(_F)
-  img = np.empty((T, size, size, 3), _F)
-  img[:] = bg
+  ramp = np.clip(0.5 + ca * coord[None, :] + sa * coord[:, None], 0, 1)
+  img = np.empty((3, T, size, size), _F)
+  for c in range(3):
+    img[c] = ident["bg0"][c] * (1 - ramp) + ident["bg1"][c] * ramp
   canvas = _Canvas(img, pose)
   _render(canvas, ident, g)
 
-  # Occluder (a patch of flat or striped colour) over a contiguous span of frames.
+  # Occluder (a patch of flat or striped colour, rectangular or elliptical) on a span of frames.
   occluded = np.zeros(T, bool)
   if r_scene.uniform() < occlusion_prob:
     span = max(1, int(round(T * r_scene.uniform(0.15, 0.5))))
@@ -651,43 +718,58 @@ def generate_video(
     hw, hh = r_scene.uniform(0.1, 0.2, 2) * size
     col = r_scene.uniform(0.05, 0.95, 3)
     stripes = r_scene.uniform() < 0.5
+    ellipse = r_scene.uniform() < 0.5
     x0, x1 = int(max(cx - hw, 0)), int(min(cx + hw, size))
     y0, y1 = int(max(cy - hh, 0)), int(min(cy + hh, size))
-    patch = np.broadcast_to(col.astype(_F), (y1 - y0, x1 - x0, 3)).copy()
+    mod = np.ones((1, x1 - x0), _F)
     if stripes:
-      patch *= (0.75 + 0.25 * np.sign(np.sin(np.arange(x1 - x0) * 0.6)))[None, :, None]
-    if r_scene.uniform() < 0.5:  # elliptical patch, e.g. a hand
+      mod = mod * (0.75 + 0.25 * np.sign(np.sin(np.arange(x1 - x0) * 0.6)))[None, :]
+    if ellipse:
       yy = (np.arange(y0, y1) - cy)[:, None] / hh
       xx = (np.arange(x0, x1) - cx)[None, :] / hw
-      m = np.clip((1.0 - np.sqrt(xx * xx + yy * yy)) * min(hw, hh), 0, 1)[..., None]
+      m = np.clip((1.0 - np.sqrt(xx * xx + yy * yy)) * min(hw, hh), 0, 1).astype(_F)
     else:
-      m = np.ones((y1 - y0, x1 - x0, 1), _F)
-    img[start:start + span, y0:y1, x0:x1] += m * (patch - img[start:start + span, y0:y1, x0:x1])
+      m = np.ones((y1 - y0, x1 - x0), _F)
+    for c in range(3):
+      win = img[c, start:start + span, y0:y1, x0:x1]
+      win += m * (col[c] * mod - win)
 
-  # Illumination: gain x directional gradient x colour cast, slowly varying over time.
-  gain = r_scene.uniform(0.65, 1.25) * (1 + 0.04 * np.sin(
+  # Illumination: gain x directional gradient x face shading x colour cast; then sensor noise.
+  gain = r_scene.uniform(0.75, 1.25) * (1 + 0.04 * np.sin(
       2 * np.pi * r_scene.uniform(0.2, 1.0) * np.arange(T) / T + r_scene.uniform(0, 6.3)))
   la = r_scene.uniform(0, 2 * np.pi)
   strength = r_scene.uniform(0.0, 0.7)
   light = 1.0 + strength * (np.cos(la) * coord[None, :] + np.sin(la) * coord[:, None])
   cast = r_scene.uniform(0.88, 1.12, 3)
-  img *= (gain[:, None, None, None] * light[None, :, :, None] * cast).astype(_F)
-  if noise:
-    sigma = r_scene.uniform(0.004, 0.03)
-    img += r_scene.standard_normal((T, size, size, 1), dtype=_F) * _F(sigma)
-  frames = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  field = canvas.shade
+  field *= light[None].astype(_F)
+  field *= gain[:, None, None].astype(_F)
+  sigma = r_scene.uniform(0.004, 0.025)
+  noise_img = (r_scene.standard_normal((T, size, size), dtype=_F) * _F(sigma * 255.0)
+               if noise else None)
+  frames = np.empty((T, size, size, 3), np.uint8)
+  for c in range(3):
+    plane = img[c]
+    plane *= field
+    plane *= _F(cast[c] * 255.0)
+    if noise_img is not None:
+      plane += noise_img
+    plane += 0.5
+    np.clip(plane, 0, 255, out=plane)
+    frames[..., c] = plane
 
   expr = np.where(intensity >= EXPR_THRESHOLD, expression, NEUTRAL).astype(np.int32)
-  au = (act[:, :NUM_AUS] >= AU_THRESHOLD).astype(np.int32)
+  au_intensity = act[:, :NUM_AUS].astype(np.float32)
+  au = (au_intensity >= AU_THRESHOLD).astype(np.int32)
   va = np.clip(PROTOTYPE_VA[expression][None, :] * intensity[:, None] + ident["va_offset"],
                -1, 1).astype(np.float32)
   return dict(
-      frames=frames, label=expression, expr=expr, au=au, va=va,
+      frames=frames, label=expression, expr=expr, au=au, au_intensity=au_intensity, va=va,
       intensity=intensity.astype(np.float32), face_box=_face_box(canvas, ident, g),
       landmarks=_landmarks(canvas, ident, g), occluded=occluded, seed=int(seed))
 
 
-_STACKED = ("frames", "label", "expr", "au", "va", "intensity", "face_box", "landmarks",
+_STACKED = ("frames", "label", "expr", "au", "au_intensity", "va", "intensity", "face_box", "landmarks",
             "occluded", "seed")
 
 

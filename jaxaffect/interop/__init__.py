@@ -11,6 +11,7 @@ safetensors state dicts work without it; `.pth` files need it.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,6 +90,11 @@ def verify_path(out_path: str | os.PathLike) -> Path:
   return p.with_suffix(".verify.npz") if p.suffix else p.with_name(p.name + ".verify.npz")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_eval(module, variables, x):
+  return module.apply(variables, x, train=False)
+
+
 def export(model_name: str, module, variables: Mapping[str, Any], out_path: str | os.PathLike,
            fmt: str = "safetensors", seed: int = 0, batch: int = 2,
            input_shape: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -113,7 +119,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   if mapping.run_eval is not None:
     y = mapping.run_eval(module, variables, x_flax)
   else:
-    y = module.apply(variables, x_flax, train=False)
+    y = _apply_eval(module, variables, x_flax)
   y = np.asarray(jax.device_get(y), np.float32)
   # Write to temporary names first: a failure never leaves a half-written export behind.
   tmp_w, tmp_v = out_path.with_name(out_path.name + ".tmp"), vpath.with_name(vpath.name + ".tmp")

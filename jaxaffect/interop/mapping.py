@@ -191,8 +191,10 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
 
 
 def to_torch(rules: Sequence[Rule], variables: Mapping[str, Any], *,
-             num_batches_tracked: int = 0, where: str = "") -> dict[str, np.ndarray]:
-  """Flax variables → torch-layout `state_dict` of float32 numpy arrays."""
+             num_batches_tracked: int = 0, float_dtype: Any = np.float32,
+             where: str = "") -> dict[str, np.ndarray]:
+  """Flax variables → torch-layout `state_dict` of numpy arrays; floating arrays (incl. bfloat16)
+  are cast to `float_dtype` (None keeps them), integer arrays keep their dtype."""
   flat = flatten_variables(variables)
   out: dict[str, np.ndarray] = {}
   used: set[str] = set()
@@ -210,9 +212,8 @@ def to_torch(rules: Sequence[Rule], variables: Mapping[str, Any], *,
       tkey = _fill(rule.torch, groups)
       if tkey in out:
         raise KeyError(f"{where}: two Flax entries map to torch key {tkey!r}")
-      # Floats (incl. bfloat16) are written as float32; integer arrays keep their dtype.
-      parts = [flat[k] if flat[k].dtype.kind in "iub" else flat[k].astype(np.float32)
-               for k in keys]
+      parts = [flat[k] if flat[k].dtype.kind in "iub" or float_dtype is None
+               else flat[k].astype(float_dtype) for k in keys]
       out[tkey] = np.ascontiguousarray(TRANSFORMS[rule.transform].to_torch(parts))
       used.update(keys)
   left = sorted(set(flat) - used)

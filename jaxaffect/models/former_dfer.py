@@ -77,11 +77,13 @@ class CSFormer(nn.Module):
     x = ResNetStage(4 * w, 2, 2, name="layer3", **kw)(x, train=train)
     n, h, wd, c = x.shape
     tokens = x.reshape(n, h * wd, c)                     # torch: (b,c,h·w).permute(0,2,1)
+    if self.has_variable("params", "pos_embedding"):
+      rows = self.get_variable("params", "pos_embedding").shape[1]
+      if rows != h * wd:
+        raise ValueError(f"CS-Former: the input gives {h}×{wd}={h * wd} tokens after layer3 but "
+                         f"pos_embedding has {rows} rows (fixed by the image size at init)")
     pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, h * wd, c),
                      self.param_dtype)
-    if pos.shape[1] != h * wd:
-      raise ValueError(f"CS-Former: the input gives {h}×{wd}={h * wd} tokens after layer3 but "
-                       f"pos_embedding has {pos.shape[1]} rows (fixed by the image size at init)")
     tokens = tokens + pos.astype(self.dtype)
     tokens = _encoder(self.num_layers, self.heads, self.dim_head, self.mlp_dim, self.dropout,
                       self.dtype, self.param_dtype, "encoder")(tokens, deterministic=not train)
@@ -119,7 +121,8 @@ class TFormer(nn.Module):
 
 
 class FormerDFER(nn.Module):
-  """Former-DFER: `x (B, T, H, W, 3)` float pixels in [0,1] → logits `(B, num_classes)` (float32).
+  """Former-DFER: `x (B, T, H, W, 3)` float pixels in [0,1] → logits `(B, num_classes)` (float32,
+  or float64 for a float64 model).
 
   Defaults are the official code (`GenerateModel()`: N=1, M=3, 18,031,943 parameters at 112 px,
   16 frames). Any H, W that survive the ResNet strides and T ≤ num_frames work; the spatial
@@ -155,7 +158,7 @@ class FormerDFER(nn.Module):
                 s(self.temporal_dim_head), s(self.temporal_mlp), name="t_former",
                 **kw)(f.reshape(b, t, -1), train=train)
     logits = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(z)
-    return logits.astype(jnp.float32)
+    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 # ----------------------------------------------------------------------------------------------

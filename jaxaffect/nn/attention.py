@@ -10,7 +10,7 @@ Layouts (parameter names → PyTorch, see `jaxaffect.interop.mapping`):
 The output projection is Dense `out` (Former-DFER `to_out.0`, timm `proj`, torch `out_proj`).
 
 Scores are `softmax(q·kᵀ·Dh^-0.5)` (Vaswani et al. Eq. 1; all official codes use this scale),
-computed in float32. Attention-weight dropout (`attn_dropout`, torch MHA `dropout`) and dropout after
+computed in (at least) float32. Attention-weight dropout (`attn_dropout`, torch MHA `dropout`) and dropout after
 the output projection (`proj_dropout`, Former-DFER `to_out.1`, torch `dropout1`) are separate.
 """
 from __future__ import annotations
@@ -80,11 +80,11 @@ class MultiHeadAttention(nn.Module):
       v = dense(inner, self.qkv_bias, "v")(kv_in)
     split = lambda t: t.reshape(t.shape[:-1] + (h, dh))   # (h d): head index outermost
     q, k, v = split(q), split(k), split(v)
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k,
-                        preferred_element_type=jnp.float32) * (dh ** -0.5)
+    acc = jnp.promote_types(self.dtype, jnp.float32)    # softmax in (at least) float32
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=acc) * (dh ** -0.5)
     if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      logits = jnp.where(mask, logits, jnp.finfo(acc).min)
+    weights = jax.nn.softmax(logits, axis=-1)
     self.sow("intermediates", "attention_weights", weights)
     weights = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
     out = jnp.einsum("...hqk,...khd->...qhd", weights.astype(self.dtype), v)

@@ -51,9 +51,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
   """Restores state (onto the shardings carried by `abstract_state`) and the iterator in place."""
-  items = mngr.item_metadata(step)
   args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
-  has_iter = items is not None and "data_iter" in items.keys() and items["data_iter"] is not None
+  # (item_metadata() reports None for the grain item even when it was saved: look at the files.)
+  has_iter = (mngr.directory / str(step) / "data_iter").exists()
   if data_iter is not None and has_iter:
     args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
   out = mngr.restore(step, args=ocp.args.Composite(**args))

@@ -257,3 +257,32 @@ def restore_state(workdir: str, step: int | None = None):
   mngr.close()
   variables = {"params": mesh_lib.to_host(state["params"]), **mesh_lib.to_host(state["extra"])}
   return config, s, variables, step
+
+
+def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path: str) -> int:
+  """Writes a step-0 checkpoint of `config` whose parameters (and BatchNorm statistics) come from a
+  PyTorch state dict in the official key layout; the optimizer state is fresh."""
+  from jaxaffect import interop
+  cdir = os.path.join(workdir, "checkpoints")
+  mngr = ckpt_lib.make_manager(cdir, keep=config.checkpoint.keep, async_save=False)
+  if mngr.latest_step() is not None:
+    raise FileExistsError(f"{cdir} already holds checkpoints; import into a new --workdir")
+  s = build(config, sources=spec_sources(config))
+  like = {"params": s.abstract_state["params"], **s.abstract_state["extra"]}
+  sd = interop.load_state_dict_file(weights_path)
+  variables = interop.from_torch_state_dict(config.model_name, sd, like)
+  init_rng, _ = _rngs(config)
+  with jax.set_mesh(s.mesh):
+    state = s.init_fn(init_rng)
+    params = jax.device_put(variables["params"], s.state_shardings["params"])
+    extra = jax.device_put({k: variables[k] for k in state["extra"]}, s.state_shardings["extra"])
+    state = dict(state, params=params, extra=extra,
+                 opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings["opt_state"])(params))
+    ckpt_lib.save(mngr, 0, state, config)
+  mngr.wait_until_finished()
+  mngr.close()
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return 0

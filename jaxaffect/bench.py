@@ -1,0 +1,488 @@
+"""`jaxaffect bench MODEL`: compile time, train-step speed and FLOP rates of the real train step.
+
+  jaxaffect bench former_dfer [--json] [--config former_dfer:dfew] [--batch 4] [--steps 5]
+                              [--warmup 1] [--reference PATH_TO_OFFICIAL_CHECKOUT]
+                              [--peak-size 2048] [--init host|model] [--config.x=y ...]
+  jaxaffect bench former_dfer --table3 [--xla] [--json]
+
+What is measured (one process, the same batch shape for both frameworks):
+  * the train step that `jaxaffect train` runs (`train.loop.build`: task loss, optimizer, mesh
+    shardings), on random uint8 clips of the configured shape (`pipeline.InMemoryVideos`); the
+    input pipeline is not timed (one batch is made once and reused), nor is initialisation
+    (`--init host` fills the state on the host, `--init model` compiles the model's init_fn);
+  * compile: `lower` and `compile` seconds of the AOT path, and the first execution;
+  * steady state: median seconds per step over `--steps` steps after `--warmup` steps, each
+    followed by `block_until_ready`; clips/s = batch / median;
+  * FLOPs: XLA cost analysis of the compiled step (per device × devices), achieved FLOP/s, and the
+    ratio to a measured f32 matmul peak of this machine (a jitted `--peak-size`² matmul, median of
+    several runs); the model's forward matmul/conv GMACs per clip (torch convention) and params;
+  * device memory of the compiled step from `compiled.memory_analysis()` (arguments + outputs −
+    donated + temporaries, per device) when the backend reports it;
+  * `--reference PATH`: the official PyTorch model imported from that checkout, trained with the
+    same loss and optimizer family on the same batch (torch threads = CPUs JAX may use), its
+    median step and clips/s, and jax/torch throughput.
+`--table3` prints the paper-vs-ours compute table of the model instead (Former-DFER's Table 3).
+A readable table goes to stdout; with `--json` it goes to stderr and stdout gets one JSON line.
+
+Timings on shared machines vary with the load of other processes: compare ratios measured in one
+run (jax/torch, achieved/peak) rather than absolute numbers across runs.
+
+New models (`bench est`, `bench abaw_tcn`) register a `BenchModel`: name → default config,
+reference loader, optional paper table, random sources and the batch key of the model input.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+# -------------------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass
+class Reference:
+  """A PyTorch model to compare with: `module(*to_inputs(batch))` → logits `(B, classes)`."""
+  name: str
+  module: Any                                   # torch.nn.Module
+  to_inputs: Callable[[dict[str, np.ndarray]], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+  name: str
+  default_config: str                           # `configs` spec, e.g. 'former_dfer:dfew'
+  # (checkout path, config) -> Reference; None when no reference implementation exists.
+  reference: Callable[[str, Any], Reference] | None = None
+  # (xla: bool) -> (printable text, JSON-able data): the paper's compute table, if any.
+  table: Callable[[bool], tuple[str, Any]] | None = None
+  # (config, n) -> (train source, eval source) of n random examples with the configured shapes.
+  sources: Callable[[Any, int], tuple[Any, Any]] | None = None
+  input_key: str = "video"                      # batch entry the model's forward takes
+
+
+MODELS: dict[str, BenchModel] = {}
+
+
+def register(model: BenchModel) -> BenchModel:
+  MODELS[model.name] = model
+  return model
+
+
+# ----------------------------------------------------------------------------------- Former-DFER
+
+
+def _former_dfer_reference(path: str, config) -> Reference:
+  """The official `models.ST_Former.GenerateModel` (zengqunzhao/Former-DFER) from a checkout."""
+  import torch
+  d, m = config.data, config.model
+  t = d.num_segments * d.duration
+  if (t, d.image_size) != (16, 112):
+    raise SystemExit(f"bench --reference: the official Former-DFER only runs 16×112² clips "
+                     f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"
+                     f"{d.image_size}² (use --config former_dfer:dfew)")
+  if (m.num_spatial_layers, m.num_temporal_layers, m.width, m.num_classes) != (1, 3, 64, 7):
+    raise SystemExit(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
+                     f"classes; the config has N={m.num_spatial_layers}, "
+                     f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
+  if not os.path.isfile(os.path.join(path, "models", "ST_Former.py")):
+    raise SystemExit(f"bench --reference {path}: models/ST_Former.py not found (expected a "
+                     "checkout of zengqunzhao/Former-DFER)")
+  cached = sys.modules.get("models")
+  where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
+  if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
+    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
+                     f"imported ({cached!r}); run the reference in a fresh process")
+  sys.path.insert(0, os.path.abspath(path))
+  try:
+    from models.ST_Former import GenerateModel  # type: ignore[import-not-found]
+  finally:
+    sys.path.pop(0)
+
+  def to_inputs(batch):
+    # (B,T,H,W,3) uint8 → (B,T,3,H,W) float in [0,1] (official loader: /255, no normalisation).
+    v = torch.from_numpy(np.ascontiguousarray(batch["video"]))
+    return (v.permute(0, 1, 4, 2, 3).float().div_(255.0).contiguous(),)
+
+  return Reference("official Former-DFER (PyTorch)", GenerateModel(), to_inputs)
+
+
+def _former_dfer_table(xla: bool) -> tuple[str, Any]:
+  from jaxaffect import flops
+  rows = flops.former_dfer_table3(xla=xla)
+  return flops.format_table3(rows), {"table3": rows, "paper_source": flops.PAPER_TABLE3_SOURCE}
+
+
+register(BenchModel("former_dfer", "former_dfer:dfew", _former_dfer_reference, _former_dfer_table))
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _log(msg: str) -> None:
+  print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_threads() -> int:
+  """CPUs this process may run on (XLA:CPU sizes its intra-op pool to them)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def load_config(spec: str, overrides: list[str]):
+  """`former_dfer:dfew` / a path[:arg] → the config, with `--config.a.b=value` overrides applied."""
+  from jaxaffect import cli
+  path, _, arg = cli.resolve_config_path(spec).partition(":")
+  mod_spec = importlib.util.spec_from_file_location(f"_bench_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for item in overrides:
+    if not item.startswith("--config.") or "=" not in item:
+      raise SystemExit(f"bench: unrecognised argument {item!r} (overrides are --config.a.b=value)")
+    key, value = item[len("--config."):].split("=", 1)
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    if last not in node:
+      raise SystemExit(f"bench: --config.{key}: no such field in {spec}")
+    old = node[last]
+    if isinstance(old, bool):
+      new = value.lower() in ("1", "true", "yes")
+    elif isinstance(old, (int, float)):
+      new = type(old)(value)
+    elif isinstance(old, str):
+      new = value
+    else:
+      new = ast.literal_eval(value)
+    node[last] = new
+  return config
+
+
+def random_sources(config, n: int):
+  """Random uint8 videos of the configured clip shape (train source = eval source)."""
+  from jaxaffect.data import pipeline
+  d = config.data
+  t = max(d.get("video_frames", 0) or 0, d.num_segments * d.duration)
+  rng = np.random.default_rng(config.seed)
+  frames = rng.integers(0, 256, (n, t, d.image_size, d.image_size, 3), np.uint8)
+  labels = rng.integers(0, config.model.num_classes, (n,)).astype(np.int32)
+  src = pipeline.InMemoryVideos(frames, labels, "bench-random")
+  return src, src
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """Measured f32 matmul rate of the default device: median of `repeats` jitted n×n products."""
+  import jax
+  import jax.numpy as jnp
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  sec = statistics.median(times)
+  return {"size": n, "seconds": sec, "flops_per_s": 2.0 * n ** 3 / sec}
+
+
+def torch_matmul_peak(n: int, threads: int, repeats: int = 5) -> dict[str, float]:
+  """The same measure for torch with `threads` intra-op threads."""
+  import torch
+  old_threads = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      torch.mm(a, b)
+      times.append(time.perf_counter() - t0)
+  finally:
+    torch.set_num_threads(old_threads)
+  sec = statistics.median(times)
+  return {"size": n, "seconds": sec, "flops_per_s": 2.0 * n ** 3 / sec}
+
+
+def _memory(compiled) -> dict[str, int | None]:
+  """Device memory of the compiled step (per device): `memory_bytes` = arguments + outputs −
+  donated (aliased) + temporaries, and XLA's own `peak_memory_in_bytes` as reported (on XLA:CPU
+  it is not a heap peak: 140 MiB for a step whose temporaries alone are 665 MiB)."""
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 (backends without memory analysis raise various errors)
+    ma = None
+  if ma is None:
+    return {"memory_bytes": None, "xla_peak_memory_bytes": None}
+  total = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+           + ma.temp_size_in_bytes)
+  return {"memory_bytes": int(total),
+          "xla_peak_memory_bytes": int(getattr(ma, "peak_memory_in_bytes", 0)) or None}
+
+
+def host_state(abstract_state, shardings, seed: int = 0):
+  """A train state of the right shapes, dtypes and shardings, filled on the host without compiling
+  anything (the model's `init_fn` is slow to compile and not what is measured):
+  parameters with ≥ 2 dims ~ N(0, 1/fan_in) (fan_in = all but the last dim, HWIO / (in, out)),
+  `scale` leaves 1, other 1-D parameters 0; batch statistics `var` 1, everything else (means,
+  optimizer moments and counts, the step) 0. Values are sane for timing (no NaN/Inf), not trained.
+  """
+  import jax
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf, sharding):
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    shape, dtype = tuple(leaf.shape), leaf.dtype
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+      raise TypeError(f"host_state: {'/'.join(names)} has dtype {dtype} (use --init model)")
+    if names[0] == "params" and len(shape) >= 2:
+      fan_in = int(np.prod(shape[:-1]))
+      host = rng.standard_normal(shape, np.float32) / np.sqrt(fan_in)
+    elif names[0] in ("params", "extra") and names[-1] in ("scale", "var"):
+      host = np.ones(shape, np.float32)
+    else:
+      host = np.zeros(shape, np.float32)
+    host = host.astype(dtype)
+    # Works for shardings over other hosts' devices too (each process fills its shards).
+    return jax.make_array_from_callback(shape, sharding, lambda idx: host[idx])
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_state, shardings)
+
+
+# ----------------------------------------------------------------------------------- measuring
+
+
+def bench_jax(config, *, steps: int, warmup: int, sources=None, input_key: str = "video",
+              init: str = "host") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Builds and times the configured train step; returns (figures, the host batch used)."""
+  import jax
+  from jaxaffect import flops
+  from jaxaffect.data import pipeline
+  from jaxaffect.train import loop, mesh as mesh_lib
+
+  b = config.batch_size
+  s = loop.build(config, sources=(sources or random_sources)(config, b))
+  local = next(pipeline.train_iterator(s.train_source, config.data, b, config.seed))
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  out: dict[str, Any] = {}
+  with jax.set_mesh(s.mesh):
+    batch = mesh_lib.global_batch_from_local(local, s.mesh)
+    if init == "model":
+      # The model's own initialisation, compiled. Slow to compile on XLA:CPU: with jax 0.12's
+      # default partitionable threefry each random initializer takes ~2-3 s (Former-DFER's init_fn:
+      # 40 s on one device, 70 s on 8 simulated ones); the classic threefry is 4-5x faster and the
+      # values do not matter for timing.
+      with jax.threefry_partitionable(False):
+        state = s.init_fn(init_rng)
+    else:
+      state = host_state(s.abstract_state, s.state_shardings, config.seed)
+    jax.block_until_ready(state)
+    _log("lowering and compiling the train step")
+    t0 = time.perf_counter()
+    lowered = s.train_step.lower(state, batch, step_rng)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    state, _ = compiled(state, batch, step_rng)
+    jax.block_until_ready(state)
+    t3 = time.perf_counter()
+    out.update(lower_s=t1 - t0, compile_s=t2 - t1, first_step_s=t3 - t2)
+    for _ in range(max(warmup - 1, 0)):
+      state, _ = compiled(state, batch, step_rng)
+    jax.block_until_ready(state)
+    _log(f"timing {steps} steps")
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      state, metrics = compiled(state, batch, step_rng)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t0)
+    loss = loop.compute_metrics(metrics).get("loss")
+  n_dev = int(s.mesh.devices.size)
+  step_s = statistics.median(times)
+  step_flops = flops.xla_cost(compiled)["flops"] * n_dev      # cost analysis is per device
+  example = tuple(int(x) for x in s.batch_shapes[input_key].shape[1:])
+  fwd = flops.forward_flops(s.task.module, None, (1,) + example, xla=False)
+  out.update(
+      input_shape=list(example), devices=n_dev, last_loss=loss, step_s=step_s, step_s_all=times,
+      clips_per_s=b / step_s,
+      train_step_flops=step_flops, achieved_flops_per_s=step_flops / step_s,
+      fwd_gmacs_per_clip=fwd["macs_per_example"] / 1e9, params=int(fwd["params"]),
+      **_memory(compiled))
+  return out, local
+
+
+def bench_torch(ref: Reference, config, batch: dict[str, np.ndarray], *, steps: int,
+                warmup: int, threads: int) -> dict[str, Any]:
+  """Times forward + cross-entropy backward + optimizer step of the reference module."""
+  import torch
+  old_threads = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    model = ref.module.train()
+    o = config.optim
+    params = model.parameters()
+    if o.name == "sgd":
+      opt = torch.optim.SGD(params, lr=o.lr, momentum=o.get("momentum", 0.0),
+                            weight_decay=o.get("weight_decay", 0.0))
+    elif o.name == "adamw":
+      opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.get("weight_decay", 0.0))
+    else:
+      opt = torch.optim.Adam(params, lr=o.lr)
+    inputs = ref.to_inputs(batch)
+    labels = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64))
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step():
+      opt.zero_grad(set_to_none=True)
+      loss = criterion(model(*inputs), labels)
+      loss.backward()
+      opt.step()
+      return float(loss.detach())
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+      step()
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      loss = step()
+      times.append(time.perf_counter() - t0)
+  finally:
+    torch.set_num_threads(old_threads)
+  step_s = statistics.median(times)
+  b = len(batch["label"])
+  return {"name": ref.name, "threads": threads, "first_step_s": first, "step_s": step_s,
+          "step_s_all": times, "clips_per_s": b / step_s, "last_loss": loss,
+          "params": int(sum(p.numel() for p in ref.module.parameters()))}
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def _fmt_table(r: dict[str, Any]) -> str:
+  peak = r["peak_matmul"]["flops_per_s"]
+  lines = [
+      f"jaxaffect bench {r['model']}  config {r['config']}  batch {r['batch']}  input "
+      f"{'x'.join(map(str, r['input_shape']))}  backend {r['backend']} x{r['devices']}  "
+      f"{r['threads']} CPU threads",
+      f"{'':18}{'step ms':>10}{'clips/s':>10}{'GFLOP/s':>10}{'of peak':>9}{'1st step s':>12}",
+  ]
+
+  def row(name, d):
+    ach = r["train_step_flops"] / d["step_s"]
+    return (f"{name:18}{d['step_s'] * 1e3:>10.1f}{d['clips_per_s']:>10.2f}{ach / 1e9:>10.1f}"
+            f"{ach / peak:>9.1%}{d['first_step_s']:>12.2f}")
+
+  lines.append(row("jax (XLA)", r))
+  if r.get("reference"):
+    lines.append(row("torch (reference)", r["reference"]))
+    lines.append(f"jax/torch throughput: {r['jax_over_torch']:.2f}x  ({r['reference']['name']}, "
+                 f"{r['reference']['params']:,} params)")
+  mem = r["memory_bytes"]
+  lines += [
+      f"compile: lower {r['lower_s']:.2f} s + compile {r['compile_s']:.2f} s; first step "
+      f"{r['first_step_s']:.2f} s",
+      f"XLA train step {r['train_step_flops'] / 1e9:.1f} GFLOP; forward "
+      f"{r['fwd_gmacs_per_clip']:.3f} GMACs/example (torch convention); {r['params']:,} params; "
+      f"memory/device {'n/a' if mem is None else f'{mem / 2**20:.0f} MiB'}",
+      f"peak f32 matmul {r['peak_matmul']['size']}^2 (jax): {peak / 1e9:.1f} GFLOP/s"
+      + (f"; torch: {r['torch_peak_matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
+         if r.get("torch_peak_matmul") else ""),
+      "(timings vary with other load on this machine; compare the ratios of one run)",
+  ]
+  return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxaffect bench", description=__doc__.split("\n")[0])
+  p.add_argument("model", help=f"one of: {', '.join(sorted(MODELS))}")
+  p.add_argument("--json", action="store_true", help="print one JSON line (table to stderr)")
+  p.add_argument("--config", default=None, help="config spec (default: the model's)")
+  p.add_argument("--batch", type=int, default=4, help="global batch size")
+  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps, the first included")
+  p.add_argument("--reference", default=None, metavar="PATH",
+                 help="checkout of the official PyTorch code to time beside JAX")
+  p.add_argument("--peak-size", type=int, default=2048, help="matmul size of the peak measure")
+  p.add_argument("--init", choices=("host", "model"), default="host",
+                 help="initial state: filled on the host (no compile) or the model's init_fn")
+  p.add_argument("--table3", action="store_true", help="print the paper's compute table only")
+  p.add_argument("--xla", action="store_true", help="with --table3: add XLA cost analysis column")
+  return p
+
+
+def main(argv: list[str]) -> int:
+  p = _parser()
+  args, rest = p.parse_known_args(argv)
+  if args.model not in MODELS:
+    print(f"jaxaffect bench: unknown model {args.model!r}; known: {', '.join(sorted(MODELS))}",
+          file=sys.stderr)
+    return 2
+  spec = MODELS[args.model]
+  if args.table3:
+    if spec.table is None:
+      print(f"jaxaffect bench: {args.model} has no --table3 report", file=sys.stderr)
+      return 2
+    text, data = spec.table(args.xla)
+    if args.json:
+      print(text, file=sys.stderr)
+      print(json.dumps(data), flush=True)
+    else:
+      print(text, flush=True)
+    return 0
+  if args.steps < 1 or args.batch < 1:
+    p.error("--steps and --batch must be positive")
+  if args.reference and spec.reference is None:
+    print(f"jaxaffect bench: no reference implementation registered for {args.model}",
+          file=sys.stderr)
+    return 2
+
+  import jax
+  config_spec = args.config or spec.default_config
+  config = load_config(config_spec, rest)
+  config.batch_size = args.batch
+  threads = cpu_threads()
+  ref = spec.reference(args.reference, config) if args.reference else None   # fail early
+
+  result: dict[str, Any] = {"model": args.model, "config": config_spec, "batch": args.batch,
+                            "backend": jax.default_backend(), "threads": threads,
+                            "steps": args.steps, "warmup": args.warmup, "init": args.init}
+  jax_res, batch = bench_jax(config, steps=args.steps, warmup=args.warmup, sources=spec.sources,
+                             input_key=spec.input_key, init=args.init)
+  result.update(jax_res)
+  _log(f"measuring the f32 matmul peak ({args.peak_size}^2)")
+  result["peak_matmul"] = matmul_peak(args.peak_size)
+  result["peak_fraction"] = result["achieved_flops_per_s"] / result["peak_matmul"]["flops_per_s"]
+  result["reference"] = None
+  if ref is not None:
+    _log(f"timing {ref.name}")
+    r = bench_torch(ref, config, batch, steps=args.steps, warmup=args.warmup, threads=threads)
+    r["achieved_flops_per_s"] = result["train_step_flops"] / r["step_s"]  # same step, XLA count
+    result["reference"] = r
+    result["torch_peak_matmul"] = torch_matmul_peak(args.peak_size, threads)
+    result["jax_over_torch"] = result["clips_per_s"] / r["clips_per_s"]
+  text = _fmt_table(result)
+  if args.json:
+    print(text, file=sys.stderr)
+    print(json.dumps(result), flush=True)
+  else:
+    print(text, flush=True)
+  return 0

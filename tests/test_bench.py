@@ -1,0 +1,127 @@
+"""`jaxaffect bench`: a tiny Former-DFER run through `bench.main` (JAX step + a PyTorch reference)
+prints one JSON line with consistent figures; unknown models and --table3. No timing assertions."""
+import dataclasses
+import json
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from jaxaffect import bench, flops
+
+TINY = ["--config", "former_dfer:smoke", "--batch", "8", "--steps", "2", "--peak-size", "128",
+        "--config.model.width=8", "--config.data.image_size=32", "--config.data.num_segments=2",
+        "--config.data.duration=2", "--config.data.video_frames=4",
+        "--config.model.num_temporal_layers=1"]
+
+
+def _tiny_reference(path, config):
+  """A small PyTorch classifier standing in for an official checkout (CI has none)."""
+  d = config.data
+  t = d.num_segments * d.duration
+  torch.manual_seed(0)
+  module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(t * 3 * d.image_size ** 2, 7))
+  to_inputs = lambda batch: (torch.from_numpy(batch["video"]).permute(0, 1, 4, 2, 3).float() / 255,)
+  return bench.Reference(f"tiny torch model from {path}", module, to_inputs)
+
+
+def _last_json(out: str) -> dict:
+  lines = [l for l in out.strip().splitlines() if l.strip()]
+  assert len(lines) == 1, f"--json must print exactly one stdout line, got {lines}"
+  return json.loads(lines[0])
+
+
+def test_bench_main_json(capsys, monkeypatch):
+  spec = dataclasses.replace(bench.MODELS["former_dfer"], reference=_tiny_reference)
+  monkeypatch.setitem(bench.MODELS, "former_dfer", spec)
+  assert bench.main(["former_dfer", *TINY, "--json", "--reference", "/nowhere"]) == 0
+  captured = capsys.readouterr()
+  r = _last_json(captured.out)
+  assert "jax (XLA)" in captured.err and "torch (reference)" in captured.err   # the table
+  assert r["model"] == "former_dfer" and r["batch"] == 8 and r["input_shape"] == [4, 32, 32, 3]
+  for key in ("lower_s", "compile_s", "first_step_s", "step_s", "clips_per_s", "train_step_flops",
+              "achieved_flops_per_s", "peak_fraction", "fwd_gmacs_per_clip", "params",
+              "memory_bytes", "jax_over_torch"):
+    assert isinstance(r[key], (int, float)) and r[key] > 0, key
+  assert r["peak_matmul"]["size"] == 128 and r["peak_matmul"]["flops_per_s"] > 0
+  assert len(r["step_s_all"]) == 2 and r["step_s"] == statistics.median(r["step_s_all"])
+  assert r["clips_per_s"] == pytest.approx(8 / r["step_s"])
+  assert r["achieved_flops_per_s"] == pytest.approx(r["train_step_flops"] / r["step_s"])
+  assert r["peak_fraction"] == pytest.approx(
+      r["achieved_flops_per_s"] / r["peak_matmul"]["flops_per_s"])
+  assert r["devices"] == 8
+  assert np.isfinite(r["last_loss"]) and np.isfinite(r["reference"]["last_loss"])
+  assert r["memory_bytes"] > 4 * r["params"]            # at least the float32 parameters
+  # The forward count is the model's own: width 8, 32 px, N=1, M=1, T=4 clips.
+  from jaxaffect.models.former_dfer import FormerDFER, former_dfer_macs
+  assert r["fwd_gmacs_per_clip"] * 1e9 == pytest.approx(
+      former_dfer_macs(1, 1, image_size=32, num_frames=4, width=8)["total"], rel=1e-12)
+  cost = flops.forward_flops(FormerDFER(width=8, num_temporal_layers=1), None, (1, 4, 32, 32, 3),
+                             xla=False)
+  assert r["params"] == cost["params"]
+  # A train step (forward + backward + SGD/Adam update of B=8 clips) costs more than 2 forwards.
+  assert r["train_step_flops"] > 2 * 2 * 8 * cost["macs"] * 0.5
+  ref = r["reference"]
+  assert ref["name"] == "tiny torch model from /nowhere" and ref["threads"] >= 1
+  assert ref["step_s"] > 0 and ref["clips_per_s"] == pytest.approx(8 / ref["step_s"])
+  assert ref["params"] == 4 * 3 * 32 * 32 * 7 + 7
+  assert r["jax_over_torch"] == pytest.approx(r["clips_per_s"] / ref["clips_per_s"])
+
+
+def test_unknown_model_lists_known(capsys):
+  assert bench.main(["no_such_model"]) == 2
+  err = capsys.readouterr().err
+  assert "no_such_model" in err and "former_dfer" in err
+
+
+def test_register_new_model_is_dispatched(capsys, monkeypatch):
+  monkeypatch.setitem(bench.MODELS, "est", bench.BenchModel("est", "former_dfer:smoke"))
+  assert bench.main(["est", "--reference", "/x"]) == 2      # no reference registered for it
+  assert "no reference implementation registered for est" in capsys.readouterr().err
+
+
+def test_bad_override_is_rejected():
+  with pytest.raises(SystemExit, match="no such field"):
+    bench.load_config("former_dfer:smoke", ["--config.model.no_such_field=1"])
+  c = bench.load_config("former_dfer:smoke", ["--config.model.width=8", "--config.data.hflip=false"])
+  assert c.model.width == 8 and c.data.hflip is False
+
+
+def test_table3_json(capsys, monkeypatch):
+  monkeypatch.setattr(flops, "TABLE3_SPATIAL", (1,))
+  monkeypatch.setattr(flops, "TABLE3_TEMPORAL", (1,))
+  assert bench.main(["former_dfer", "--table3", "--json"]) == 0
+  captured = capsys.readouterr()
+  data = _last_json(captured.out)
+  (row,) = data["table3"]
+  assert (row["N"], row["M"], row["paper_gflops"]) == (1, 1, 8.22)
+  assert round(row["gmacs"], 2) == 8.22
+  # official 18,031,943 (N=1, M=3) minus two T-Former layers of 2,101,248 parameters each:
+  # to_qkv 512·1536 + to_out 512·512+512 + MLP 512·1024+1024 + 1024·512+512 + 2 LayerNorms 2·1024
+  assert row["params"] == 18_031_943 - 2 * 2_101_248
+  assert "paper GFLOPs" in captured.err and "inferred" in data["paper_source"]
+  assert np.isfinite(row["gmacs"])
+
+
+def test_host_state_matches_abstract_state():
+  import jax
+  from jaxaffect.train import loop
+  from tests.train.helpers import random_sources, tiny_config
+  c = tiny_config()
+  s = loop.build(c, sources=random_sources(c))
+  state = bench.host_state(s.abstract_state, s.state_shardings)
+  for (path, a), b, sh in zip(jax.tree_util.tree_leaves_with_path(state),
+                              jax.tree.leaves(s.abstract_state), jax.tree.leaves(s.state_shardings)):
+    name = jax.tree_util.keystr(path)
+    assert a.shape == b.shape and a.dtype == b.dtype and a.sharding == sh, name
+    v = np.asarray(a)
+    top, last = path[0].key, getattr(path[-1], "key", None)
+    assert np.isfinite(v).all(), name
+    if top == "params" and v.ndim >= 2:
+      fan_in = int(np.prod(v.shape[:-1]))
+      assert 0.5 < v.std() * np.sqrt(fan_in) < 1.5, name
+    elif top in ("params", "extra") and last in ("scale", "var"):
+      assert (v == 1).all(), name
+    else:
+      assert (v == 0).all(), name

@@ -1,0 +1,89 @@
+"""The command line end to end on a tiny run: train → kill/resume → eval --json → export → import."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config", "former_dfer:smoke", "--config.model.width=8", "--config.data.image_size=32",
+        "--config.data.video_frames=10", "--config.data.num_segments=4",
+        "--config.data.num_train=16", "--config.data.num_eval=10", "--config.batch_size=8",
+        "--config.num_steps=4", "--config.eval_every_steps=2", "--config.log_every_steps=1"]
+
+
+def _run(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.cli", *args], capture_output=True, text=True,
+                     env=env, cwd=ROOT, timeout=timeout)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  return r.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("cli") / "run")
+  _run("train", *TINY, "--workdir", wd)
+  return wd
+
+
+def test_train_writes_checkpoints_tensorboard_and_config(workdir):
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "4"
+  tb = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert any(f.startswith("events.out.tfevents") for f in tb)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "tensorboard", "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+  assert {r["step"] for r in rows if "eval/uar" in r} == {2, 4}
+  cfg = json.load(open(os.path.join(workdir, "config.json")))
+  assert cfg["model"]["width"] == 8
+
+
+def test_rerun_of_a_finished_run_resumes_and_does_nothing(workdir):
+  _run("train", *TINY, "--workdir", workdir)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "tensorboard", "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def test_rerun_with_another_model_is_refused(workdir):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  args = [a if a != "--config.model.width=8" else "--config.model.width=16" for a in TINY]
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.cli", "train", *args, "--workdir", workdir],
+                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert r.returncode != 0 and "config.model" in r.stderr
+
+
+def test_eval_json_matches_the_training_eval(workdir):
+  out = _run("eval", "--workdir", workdir, "--json").strip().splitlines()[-1]
+  m = json.loads(out)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "tensorboard", "metrics.jsonl"))]
+  last = [r for r in rows if "eval/uar" in r][-1]
+  assert m["step"] == 4
+  assert m["uar"] == pytest.approx(last["eval/uar"]) and m["war"] == pytest.approx(last["eval/war"])
+  assert np.sum(m["confusion_matrix"]) == 10          # every held-out clip counted once
+  best = json.loads(_run("eval", "--workdir", workdir, "--json", "--best").strip().splitlines()[-1])
+  assert best["step"] in (2, 4)
+
+
+def test_export_and_import_round_trip(workdir, tmp_path):
+  out = str(tmp_path / "fdfer.safetensors")
+  text = _run("export", "--checkpoint", workdir, "--out", out)
+  assert os.path.exists(out) and os.path.exists(out + ".verify.npz")
+  assert "load_state_dict" in text
+  from safetensors.numpy import load_file
+  sd = load_file(out)
+  assert "fc.weight" in sd and sd["fc.weight"].shape == (7, 64)
+  assert any(k.startswith("s_former.layer4") for k in sd)
+  wd2 = str(tmp_path / "imported")
+  _run("import", "--weights", out, *TINY, "--workdir", wd2)
+  out2 = str(tmp_path / "again.safetensors")
+  _run("export", "--checkpoint", wd2, "--out", out2)
+  sd2 = load_file(out2)
+  assert sd.keys() == sd2.keys()
+  for k in sd:
+    np.testing.assert_array_equal(sd[k], sd2[k], err_msg=k)

@@ -1,0 +1,147 @@
+"""Configs and the command line: variants, overrides, typos, optimizer semantics, list files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import optax
+import pytest
+import torch
+
+from configs import former_dfer
+from jaxaffect import cli
+from jaxaffect.data import pipeline
+from jaxaffect.train import optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_variants_follow_the_official_code_and_the_paper():
+  d = former_dfer.get_config("dfew")
+  assert (d.optim.name, d.optim.lr, d.optim.momentum, d.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+  assert (d.optim.schedule, d.optim.decay_epochs, d.optim.decay_factor) == ("step", 40, 0.1)
+  assert (d.num_epochs, d.batch_size, d.data.image_size) == (100, 32, 112)
+  assert (d.data.num_segments, d.data.duration) == (8, 2)
+  assert (d.model.num_spatial_layers, d.model.num_temporal_layers) == (1, 3)
+  p = former_dfer.get_config("paper")
+  assert (p.model.num_spatial_layers, p.model.num_temporal_layers) == (3, 3)
+  assert former_dfer.get_config("dfew,fold=3").data.train_list.endswith("DFEW_set_3_train.txt")
+  with pytest.raises(ValueError, match="unknown variant"):
+    former_dfer.get_config("dfw")
+
+
+def test_config_is_locked_against_typos():
+  c = former_dfer.get_config("smoke")
+  with pytest.raises(AttributeError):
+    c.optim.learning_rate = 0.1      # the field is `lr`
+
+
+def test_cli_override_and_typo(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.cli", "train", "--config", "former_dfer:smoke",
+                      "--workdir", str(tmp_path), "--config.optim.lerning_rate=0.1"],
+                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+  assert r.returncode != 0
+  assert "lerning_rate" in r.stderr + r.stdout
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_sgd_matches_torch_sgd_with_step_decay():
+  """optax chain == torch.optim.SGD(momentum, weight_decay) + StepLR, step by step."""
+  c = former_dfer.get_config("dfew").optim
+  steps_per_epoch, total = 3, 30
+  c.unlock()
+  c.decay_epochs = 2                       # decay every 6 steps, to see several decays
+  tx, sched = optim.make_optimizer(c, steps_per_epoch, total)
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(5, 4)).astype(np.float32)
+  grads = rng.normal(size=(total, 5, 4)).astype(np.float32)
+  p, st = {"w": w0}, tx.init({"w": w0})
+  tw = torch.nn.Parameter(torch.tensor(w0))
+  topt = torch.optim.SGD([tw], lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+  tsch = torch.optim.lr_scheduler.StepLR(topt, step_size=c.decay_epochs, gamma=c.decay_factor)
+  for i in range(total):
+    u, st = tx.update({"w": grads[i]}, st, p)
+    p = optax.apply_updates(p, u)
+    topt.zero_grad()
+    tw.grad = torch.tensor(grads[i])
+    topt.step()
+    if (i + 1) % steps_per_epoch == 0:
+      tsch.step()                          # StepLR is stepped once per epoch
+    np.testing.assert_allclose(np.asarray(p["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+  assert float(sched(0)) == pytest.approx(0.01)
+  assert float(sched(6)) == pytest.approx(0.001)
+
+
+def test_adam_coupled_weight_decay_matches_torch():
+  c = former_dfer.get_config("smoke").optim
+  c.unlock()
+  c.schedule, c.weight_decay, c.warmup_epochs = "constant", 1e-2, 0
+  tx, _ = optim.make_optimizer(c, 1, 10)
+  rng = np.random.default_rng(1)
+  w0 = rng.normal(size=(7,)).astype(np.float32)
+  p, st = {"w": w0}, tx.init({"w": w0})
+  tw = torch.nn.Parameter(torch.tensor(w0))
+  topt = torch.optim.Adam([tw], lr=c.lr, weight_decay=c.weight_decay)
+  for _ in range(10):
+    g = rng.normal(size=(7,)).astype(np.float32)
+    u, st = tx.update({"w": g}, st, p)
+    p = optax.apply_updates(p, u)
+    tw.grad = torch.tensor(g)
+    topt.step()
+  np.testing.assert_allclose(np.asarray(p["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _write_list_fixture(root, n_videos=3, n_frames=12, size=20):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  lines = []
+  for v in range(n_videos):
+    d = os.path.join(root, "DFEW_Face", f"{v + 1:05d}")
+    os.makedirs(d)
+    for f in range(1, n_frames + 1):       # 1.jpg ... 12.jpg: string order would put 10 before 2
+      arr = np.full((size, size, 3), f * 20 % 256, np.uint8)
+      Image.fromarray(arr).save(os.path.join(d, f"{f}.png"))
+    lines.append(f"/home/user/datasets/DFEW_Face/{v + 1:05d} {n_frames} {rng.integers(7)}")
+  path = os.path.join(root, "list.txt")
+  with open(path, "w") as fh:
+    fh.write("\n".join(lines) + "\n")
+  return path
+
+
+def test_list_file_source_reads_frames_in_numeric_order(tmp_path):
+  path = _write_list_fixture(str(tmp_path))
+  src = pipeline.ListFileVideos(path, root=os.path.join(str(tmp_path), "DFEW_Face"), image_size=20)
+  assert len(src) == 3
+  names = [os.path.basename(p) for p in src.frame_paths(0)]
+  assert names[:3] == ["1.png", "2.png", "3.png"] and names[-1] == "12.png"
+  clip = pipeline.VideoClip(num_segments=4, duration=2, image_size=20, train=False)(src[0])
+  from jaxaffect.data import samplers
+  idx = samplers.former_dfer_indices(12, num_segments=4, duration=2, train=False, rng=None)
+  np.testing.assert_array_equal(clip["video"][:, 0, 0, 0], (idx + 1) * 20 % 256)
+
+
+def test_list_file_errors_name_file_and_line(tmp_path):
+  bad = tmp_path / "bad.txt"
+  bad.write_text("/a/00001 10 3\n/a/00002 10\n")
+  with pytest.raises(ValueError, match=r"bad.txt:2: expected"):
+    pipeline.ListFileVideos(str(bad))
+  bad.write_text("/a/00001 10 9\n")
+  with pytest.raises(ValueError, match=r"bad.txt:1: field 'label'=9"):
+    pipeline.ListFileVideos(str(bad))
+  empty_dir = tmp_path / "v"
+  empty_dir.mkdir()
+  ok = tmp_path / "ok.txt"
+  ok.write_text(f"{empty_dir} 10 1\n")
+  with pytest.raises(FileNotFoundError, match="no frames"):
+    pipeline.ListFileVideos(str(ok))[0]
+
+
+def test_resolve_short_config_names():
+  assert cli.resolve_config_path("former_dfer:smoke").endswith(os.path.join("configs",
+                                                                            "former_dfer.py:smoke"))
+  with pytest.raises(SystemExit, match="not found"):
+    cli.resolve_config_path("nonexistent_model:x")
