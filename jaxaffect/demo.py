@@ -14,6 +14,7 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
   from ml_collections import config_flags
 
   from jaxaffect import interop, plots
+  from jaxaffect.data import pipeline
   from jaxaffect.train import loop
 
   fl = flags.FlagValues()
@@ -22,10 +23,12 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
   config = fl.config
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  metrics = loop.train(config, workdir)
-  train_seconds = time.time() - t0
+  sources = pipeline.build_sources(config.data)    # held-out clips: another generator seed
+  gen_seconds = time.time() - t0
+  metrics = loop.train(config, workdir, sources=sources)
+  train_seconds = time.time() - t0 - gen_seconds
 
-  final = loop.evaluate_workdir(workdir)           # re-evaluated from the saved checkpoint
+  final = loop.evaluate_workdir(workdir, sources=sources)   # re-evaluated from the checkpoint
   cm = np.asarray(final["confusion_matrix"])
   png = os.path.join(workdir, "confusion_matrix.png")
   plots.save_confusion_matrix(cm, list(config.data.class_names), png,
@@ -41,17 +44,15 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
       "uar": float(final["uar"]), "war": float(final["war"]),
       "macro_f1": float(final.get("macro_f1", float("nan"))),
       "steps": int(step), "seconds": round(time.time() - t0, 1),
-      "train_seconds": round(train_seconds, 1),
+      "data_seconds": round(gen_seconds, 1), "train_seconds": round(train_seconds, 1),
       "first_step_seconds": round(float(metrics.get("first_step_seconds", float("nan"))), 1),
-      "num_train_videos": len(s.train_source) if cfg.data.source != "synthetic"
-      else int(cfg.data.num_train),
-      "num_heldout_videos": int(cfg.data.num_eval),
+      "num_train_videos": len(sources[0]), "num_heldout_videos": len(sources[1]),
       "workdir": os.path.abspath(workdir),
       "tensorboard": os.path.join(os.path.abspath(workdir), "tensorboard"),
       "confusion_matrix_png": os.path.abspath(png),
       "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(step)),
       "export_path": os.path.abspath(export_path),
-      "verify_path": os.path.abspath(info.get("verify_path", "")) if info.get("verify_path") else "",
+      "verify_path": os.path.abspath(info["verify"]),
   }
   with open(os.path.join(workdir, "demo_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)

@@ -98,8 +98,11 @@ def _sub_jaxprs(eqn) -> list[tuple[Any, int]]:
   if name == "scan":
     mult = int(eqn.params["length"])
   elif name == "shard_map":
+    # The body runs once per shard of the manual axes (work replicated over an axis counts once
+    # per device, as executed).
     mesh = eqn.params.get("mesh")
-    manual = eqn.params.get("manual_axes") or eqn.params.get("axis_names") or ()
+    manual = next((eqn.params[k] for k in ("newly_manual_axes", "manual_axes", "axis_names")
+                   if eqn.params.get(k)), ())
     if mesh is not None:
       mult = _prod(mesh.shape[a] for a in manual) if manual else int(mesh.size)
   for v in eqn.params.values():

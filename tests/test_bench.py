@@ -4,11 +4,15 @@ import dataclasses
 import json
 import statistics
 
+import jax
 import numpy as np
 import pytest
 import torch
 
 from jaxaffect import bench, flops
+from jaxaffect.models.former_dfer import FormerDFER, former_dfer_macs
+from jaxaffect.train import loop
+from tests.train.helpers import random_sources, tiny_config
 
 TINY = ["--config", "former_dfer:smoke", "--batch", "8", "--steps", "2", "--peak-size", "128",
         "--config.model.width=8", "--config.data.image_size=32", "--config.data.num_segments=2",
@@ -35,6 +39,7 @@ def _last_json(out: str) -> dict:
 def test_bench_main_json(capsys, monkeypatch):
   spec = dataclasses.replace(bench.MODELS["former_dfer"], reference=_tiny_reference)
   monkeypatch.setitem(bench.MODELS, "former_dfer", spec)
+  threads_before = torch.get_num_threads()
   assert bench.main(["former_dfer", *TINY, "--json", "--reference", "/nowhere"]) == 0
   captured = capsys.readouterr()
   r = _last_json(captured.out)
@@ -54,19 +59,22 @@ def test_bench_main_json(capsys, monkeypatch):
   assert np.isfinite(r["last_loss"]) and np.isfinite(r["reference"]["last_loss"])
   assert r["memory_bytes"] > 4 * r["params"]            # at least the float32 parameters
   # The forward count is the model's own: width 8, 32 px, N=1, M=1, T=4 clips.
-  from jaxaffect.models.former_dfer import FormerDFER, former_dfer_macs
   assert r["fwd_gmacs_per_clip"] * 1e9 == pytest.approx(
       former_dfer_macs(1, 1, image_size=32, num_frames=4, width=8)["total"], rel=1e-12)
   cost = flops.forward_flops(FormerDFER(width=8, num_temporal_layers=1), None, (1, 4, 32, 32, 3),
                              xla=False)
   assert r["params"] == cost["params"]
-  # A train step (forward + backward + SGD/Adam update of B=8 clips) costs more than 2 forwards.
-  assert r["train_step_flops"] > 2 * 2 * 8 * cost["macs"] * 0.5
+  # forward + backward (≈ 2 forwards) + update of B=8 clips, summed over the 8 devices: between 2
+  # and 4 forwards (XLA skips the convolutions' padding taps, which the MAC count includes).
+  assert 2 < r["train_step_flops"] / (2 * 8 * cost["macs"]) < 4
   ref = r["reference"]
   assert ref["name"] == "tiny torch model from /nowhere" and ref["threads"] >= 1
   assert ref["step_s"] > 0 and ref["clips_per_s"] == pytest.approx(8 / ref["step_s"])
   assert ref["params"] == 4 * 3 * 32 * 32 * 7 + 7
   assert r["jax_over_torch"] == pytest.approx(r["clips_per_s"] / ref["clips_per_s"])
+  assert r["jax_over_torch_per_step"] == pytest.approx(
+      [t / j for j, t in zip(r["step_s_all"], ref["step_s_all"])])
+  assert torch.get_num_threads() == threads_before                 # restored
 
 
 def test_unknown_model_lists_known(capsys):
@@ -84,7 +92,8 @@ def test_register_new_model_is_dispatched(capsys, monkeypatch):
 def test_bad_override_is_rejected():
   with pytest.raises(SystemExit, match="no such field"):
     bench.load_config("former_dfer:smoke", ["--config.model.no_such_field=1"])
-  c = bench.load_config("former_dfer:smoke", ["--config.model.width=8", "--config.data.hflip=false"])
+  c = bench.load_config("former_dfer:smoke",
+                        ["--config.model.width=8", "--config.data.hflip=false"])
   assert c.model.width == 8 and c.data.hflip is False
 
 
@@ -101,26 +110,24 @@ def test_table3_json(capsys, monkeypatch):
   # to_qkv 512·1536 + to_out 512·512+512 + MLP 512·1024+1024 + 1024·512+512 + 2 LayerNorms 2·1024
   assert row["params"] == 18_031_943 - 2 * 2_101_248
   assert "paper GFLOPs" in captured.err and "inferred" in data["paper_source"]
-  assert np.isfinite(row["gmacs"])
 
 
 def test_host_state_matches_abstract_state():
-  import jax
-  from jaxaffect.train import loop
-  from tests.train.helpers import random_sources, tiny_config
   c = tiny_config()
   s = loop.build(c, sources=random_sources(c))
   state = bench.host_state(s.abstract_state, s.state_shardings)
-  for (path, a), b, sh in zip(jax.tree_util.tree_leaves_with_path(state),
-                              jax.tree.leaves(s.abstract_state), jax.tree.leaves(s.state_shardings)):
+  leaves = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(s.abstract_state),
+               jax.tree.leaves(s.state_shardings))
+  for (path, a), b, sh in leaves:
     name = jax.tree_util.keystr(path)
     assert a.shape == b.shape and a.dtype == b.dtype and a.sharding == sh, name
     v = np.asarray(a)
     top, last = path[0].key, getattr(path[-1], "key", None)
     assert np.isfinite(v).all(), name
-    if top == "params" and v.ndim >= 2:
+    if top == "params" and v.ndim >= 2:                 # U(±1/√fan_in): std = 1/√(3·fan_in)
       fan_in = int(np.prod(v.shape[:-1]))
-      assert 0.5 < v.std() * np.sqrt(fan_in) < 1.5, name
+      assert np.abs(v).max() <= 1 / np.sqrt(fan_in), name
+      assert 0.7 < v.std() * np.sqrt(3 * fan_in) < 1.3, name
     elif top in ("params", "extra") and last in ("scale", "var"):
       assert (v == 1).all(), name
     else:

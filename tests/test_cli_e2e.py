@@ -73,7 +73,8 @@ def test_eval_json_matches_the_training_eval(workdir):
 def test_export_and_import_round_trip(workdir, tmp_path):
   out = str(tmp_path / "fdfer.safetensors")
   text = _run("export", "--checkpoint", workdir, "--out", out)
-  assert os.path.exists(out) and os.path.exists(out + ".verify.npz")
+  from jaxaffect import interop
+  assert os.path.exists(out) and os.path.exists(interop.verify_path(out))
   assert "load_state_dict" in text
   from safetensors.numpy import load_file
   sd = load_file(out)

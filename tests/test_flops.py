@@ -4,10 +4,10 @@ Former-DFER), and the Former-DFER Table 3 report."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 import torch
 import torchvision
+from jax.sharding import AxisType, PartitionSpec as P
 from torch.utils.flop_counter import FlopCounterMode
 
 from jaxaffect import flops
@@ -85,6 +85,19 @@ def test_counter_follows_scan_grad_and_cond():
   assert flops.count_macs(jax.grad(f), w, x)["total"] == 3 * 5 * 4 * 8 * 8
   g = lambda p, w, x: jax.lax.cond(p, lambda: x @ w @ w, lambda: x @ w)
   assert flops.count_macs(g, True, w, x)["total"] == 2 * 4 * 8 * 8   # the dearer branch
+
+
+def test_counter_multiplies_shard_map_bodies_by_shards():
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  x, w = jax.ShapeDtypeStruct((64, 32), f32), jax.ShapeDtypeStruct((32, 16), f32)
+  per_shard = 16 * 32 * 16
+  over_data = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("data"), P()),
+                            out_specs=P("data"), axis_names={"data"})
+  assert flops.count_macs(over_data, x, w)["total"] == 4 * per_shard == 64 * 32 * 16
+  # manual over both axes: the 'model' axis holds a replica of the same work on each device
+  over_all = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("data"), P()),
+                           out_specs=P("data"))
+  assert flops.count_macs(over_all, x, w)["total"] == 8 * per_shard
 
 
 def test_resnet18_gmacs_match_torchvision_and_xla_skips_padding():

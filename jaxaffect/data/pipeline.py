@@ -154,7 +154,9 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(train source, eval source) from `config.data`."""
   if cfg.source == "synthetic":
     from jaxaffect.data import synthetic
-    common = dict(num_frames=cfg.video_frames, size=cfg.image_size)
+    common = dict(num_frames=cfg.video_frames, size=cfg.image_size,
+                  pose_amount=cfg.get("synthetic_pose", 1.0),
+                  occlusion_prob=cfg.get("synthetic_occlusion", 0.2))
     tr = synthetic.generate_dataset(cfg.num_train, seed=cfg.seed, **common)
     ev = synthetic.generate_dataset(cfg.num_eval, seed=cfg.seed + 1_000_003, **common)
     return (InMemoryVideos(tr["frames"], tr["label"], "synthetic-train"),

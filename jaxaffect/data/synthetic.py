@@ -18,12 +18,14 @@ How a video is made:
   not a function of the class. Some clips also "talk" (AU25/26 oscillations independent of the
   class).
 * **Dynamics:** a per-clip intensity curve neutral -> onset -> apex -> offset (random timings, apex
-  intensity in [0.65, 1], clips may start late in the onset or end before the offset), each AU
-  following it with a small random lag. Random blinks (unlabelled) in every clip.
+  intensity in [0.7, 1], clips may start late in the onset or end before the offset), each AU
+  following it with a small random lag. Random blinks (unlabelled) in every clip. Timings, blinks
+  and talking are drawn before anything class-specific, so they too are shared across classes.
 * **Pose:** in-plane rotation, translation, scale and yaw (horizontal squash of the whole head plus a
   depth-dependent shift of the inner features), each a base value plus smooth drift plus jitter.
-* **Image formation:** directional illumination gradient, global gain and colour cast (slowly
-  varying), random occlusion patches on a span of frames of some clips, Gaussian sensor noise.
+* **Image formation:** face shading, directional illumination gradient, global gain and colour
+  cast (slowly varying), random occlusion patches on a span of frames of some clips (`occluded`),
+  Gaussian sensor noise. Pose and scene have their own random streams as well.
 
 Label definitions (per frame t; thresholds are module constants):
 
@@ -76,11 +78,11 @@ _PROTOTYPES: dict[int, tuple[tuple[str, float, float], ...]] = {
     2: (),
     3: (("AU4", 1.0, 1.0), ("AU7", 0.85, 1.0), ("AU23", 0.8, 0.7), ("AU24", 0.85, 0.7)),
     4: (("AU1", 1.0, 1.0), ("AU2", 1.0, 1.0), ("AU5", 0.9, 1.0), ("AU25", 1.0, 1.0),
-        ("AU26", 0.9, 0.8)),
-    5: (("AU9", 1.0, 1.0), ("AU10", 0.95, 1.0), ("AU4", 0.65, 1.0), ("AU15", 0.7, 0.6),
+        ("AU26", 0.9, 0.9)),
+    5: (("AU9", 1.0, 1.0), ("AU10", 0.95, 1.0), ("AU4", 0.8, 1.0), ("AU15", 0.7, 0.6),
         ("AU25", 0.6, 0.7), ("AU7", 0.6, 0.4)),
     6: (("AU1", 1.0, 1.0), ("AU2", 0.8, 1.0), ("AU4", 0.7, 1.0), ("AU5", 1.0, 1.0),
-        ("AU20", 1.0, 1.0), ("AU25", 0.9, 1.0), ("AU26", 0.6, 0.4)),
+        ("AU20", 1.0, 1.0), ("AU25", 0.9, 1.0), ("AU26", 0.55, 0.3)),
 }
 
 _F = np.float32
@@ -116,7 +118,7 @@ def _sample_identity(rng: np.random.Generator) -> dict[str, Any]:
                         (0.33, 0.46, 0.30), (0.45, 0.50, 0.55)], 0.03)
   bg0 = rng.uniform(0.1, 0.9, 3)
   bg1 = np.clip(bg0 + rng.normal(0, 0.2, 3), 0, 1)
-  return dict(
+  ident = dict(
       skin=skin,
       lips=np.clip(skin * np.array([0.75, 0.4, 0.42]) + rng.normal(0, 0.02, 3), 0, 1),
       hair=hair,
@@ -143,6 +145,9 @@ def _sample_identity(rng: np.random.Generator) -> dict[str, Any]:
       hair_len=rng.uniform(-0.2, 1.2),
       va_offset=rng.normal(0, 0.05, 2),
   )
+  # Python floats (not numpy float64 scalars) keep the float32 drawing arithmetic in float32.
+  ident["gaze"] = [float(x) for x in ident["gaze"]]
+  return {k: float(v) if np.ndim(v) == 0 else v for k, v in ident.items()}
 
 
 def _smoothstep(x):
@@ -224,6 +229,13 @@ def _ellipse_sd(u, v, a, b):
   g = (u / a) ** 2 + (v / b) ** 2
   grad = 2.0 * np.sqrt((u / (a * a)) ** 2 + (v / (b * b)) ** 2) + 1e-6
   return (g - 1.0) / grad
+
+
+def _round_sd(u, v, a, b):
+  """Cheaper signed distance for near-circular ellipses (axis ratio < 1.5): radial scaling."""
+  m = np.minimum(a, b)
+  m = float(m) if np.ndim(m) == 0 else m  # a numpy float64 scalar would promote to float64
+  return (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * m
 
 
 def _band(v, top, bot, S):
@@ -317,7 +329,7 @@ def _face_geometry(ident, act, blink):
   vb = ident["eye_v"] - ident["brow_gap"]
   g["brow_in_u"] = ident["eye_sep"] - ident["brow_in"] - 0.07 * a["AU4"]
   g["brow_out_u"] = ident["eye_sep"] + ident["brow_out"]
-  g["brow_in_v"] = vb + 0.15 * a["AU4"] * (1 - 0.5 * a["AU1"]) - 0.19 * a["AU1"] - 0.04 * a["AU2"]
+  g["brow_in_v"] = vb + 0.15 * a["AU4"] * (1 - 0.5 * a["AU1"]) - 0.22 * a["AU1"] - 0.04 * a["AU2"]
   g["brow_mid_v"] = (vb - ident["brow_arch"] - 0.06 * a["AU1"] - 0.15 * a["AU2"]
                      + 0.06 * a["AU4"])
   g["brow_out_v"] = vb + 0.01 - 0.16 * a["AU2"] + 0.03 * a["AU4"] + 0.03 * a["AU1"]
@@ -325,10 +337,10 @@ def _face_geometry(ident, act, blink):
   g["nostril_v"] = ident["nose_v"] + 0.035 - 0.035 * a["AU9"] - 0.015 * a["AU10"]
   g["nostril_w"] = ident["nose_w"] * (1 + 0.25 * a["AU9"] + 0.1 * a["AU10"])
   # Mouth. Corners: AU12 up, AU15 down; width: AU12/AU20 wider, AU23/24/26 narrower.
-  g["mw"] = ident["mouth_w"] * (1 + 0.3 * a["AU12"] + 0.4 * a["AU20"] - 0.28 * a["AU23"]
+  g["mw"] = ident["mouth_w"] * (1 + 0.3 * a["AU12"] + 0.5 * a["AU20"] - 0.28 * a["AU23"]
                                 - 0.15 * a["AU24"] - 0.2 * a["AU26"] + 0.05 * a["AU10"])
   g["mv"] = ident["mouth_v"] + 0.05 * a["AU26"] - 0.025 * a["AU10"] + 0.02 * a["AU15"]
-  g["corner_dv"] = (ident["rest_curve"] - 0.22 * a["AU12"] + 0.18 * a["AU15"]
+  g["corner_dv"] = (ident["rest_curve"] - 0.26 * a["AU12"] + 0.22 * a["AU15"]
                     + 0.03 * a["AU20"] + 0.02 * a["AU10"])
   g["gap_u"] = 0.03 * a["AU25"] + 0.07 * a["AU10"] * (0.5 + 0.5 * a["AU25"])
   g["gap_l"] = 0.05 * a["AU25"] + 0.28 * a["AU26"] + 0.02 * a["AU10"]
@@ -397,7 +409,7 @@ def _render(canvas: _Canvas, ident, g):
   if w is not None:
     ys, xs, qx, qy, S = w
     u = canvas.u(qx, 0)
-    d = _ellipse_sd(u, qy + 0.25, hw, hh * bt)
+    d = _round_sd(u, qy + 0.25, hw, hh * bt)
     if hlen > 0:  # long hair: a slab behind the head down to hlen
       d = np.minimum(d, np.maximum(np.maximum(np.abs(u) - hw * 0.98, qy - hlen), -0.25 - qy))
     canvas.paint(ys, xs, _cover(d, S), ident["hair"])
@@ -408,7 +420,7 @@ def _render(canvas: _Canvas, ident, g):
       d = _ellipse_sd(canvas.u(qx, 0) - side * 0.97, qy + 0.03, 0.12, 0.22)
       canvas.paint(ys, xs, _cover(d, S), skin * 0.88)
 
-  # Face oval (jaw drops with AU26), shading into the shade field, fringe over the forehead.
+  # Face oval (jaw drops with AU26), its shading goes into the shade field (applied at the end).
   w = canvas.window(-1.01, 1.01, -bt - 0.01, blm + 0.01)
   if w is not None:
     ys, xs, qx, qy, S = w
@@ -416,13 +428,18 @@ def _render(canvas: _Canvas, ident, g):
     lower = v > 0
     bl = _per_frame(bl_all)
     uu = np.where(lower, u * (1.0 + _F(ident["jaw_taper"]) * v / bl), u)
-    face = _cover(_ellipse_sd(uu, v, _F(1.0), np.where(lower, bl, _F(bt))), S)
+    face = _cover(_round_sd(uu, v, _F(1.0), np.where(lower, bl, _F(bt))), S)
     canvas.paint(ys, xs, face, skin)
-    hl = ident["hairline"] + ident["hair_curve"] * u * u
-    fringe = _cover(v - hl, S) * _cover(_ellipse_sd(u, v + 0.25, hw, hh * bt), S)
-    canvas.paint(ys, xs, fringe, ident["hair"])
     r2 = np.minimum(uu * uu + (v / np.where(lower, bl, _F(bt))) ** 2, 1.0)
-    canvas.shade[:, ys, xs] *= 1.0 - 0.16 * r2 * face * (1.0 - fringe)
+    canvas.shade[:, ys, xs] *= 1.0 - 0.16 * r2 * face
+  # Fringe: hair over the forehead above the hairline (its own, smaller window).
+  w = canvas.window(-1.01, 1.01, -bt - 0.01, ident["hairline"] + ident["hair_curve"] + 0.02)
+  if w is not None:
+    ys, xs, qx, qy, S = w
+    u, v = canvas.u(qx, 0), qy
+    hl = ident["hairline"] + ident["hair_curve"] * u * u
+    fringe = _cover(v - hl, S) * _cover(_round_sd(u, v + 0.25, hw, hh * bt), S)
+    canvas.paint(ys, xs, fringe, ident["hair"])
 
   ev, ew, sep = ident["eye_v"], ident["eye_w"], ident["eye_sep"]
   vb = ev - ident["brow_gap"]
@@ -709,16 +726,18 @@ def generate_video(
   _render(canvas, ident, g)
 
   # Occluder (a patch of flat or striped colour, rectangular or elliptical) on a span of frames.
+  # All draws happen whatever `occlusion_prob` is, so it changes nothing else of the video.
   occluded = np.zeros(T, bool)
-  if r_scene.uniform() < occlusion_prob:
-    span = max(1, int(round(T * r_scene.uniform(0.15, 0.5))))
-    start = int(r_scene.integers(0, T - span + 1))
+  occ_u = r_scene.uniform()
+  span = max(1, int(round(T * r_scene.uniform(0.15, 0.5))))
+  start = int(r_scene.integers(0, T - span + 1))
+  cx, cy = r_scene.uniform(0.25, 0.75, 2) * size
+  hw, hh = r_scene.uniform(0.1, 0.2, 2) * size
+  col = r_scene.uniform(0.05, 0.95, 3)
+  stripes = r_scene.uniform() < 0.5
+  ellipse = r_scene.uniform() < 0.5
+  if occ_u < occlusion_prob:
     occluded[start:start + span] = True
-    cx, cy = r_scene.uniform(0.25, 0.75, 2) * size
-    hw, hh = r_scene.uniform(0.1, 0.2, 2) * size
-    col = r_scene.uniform(0.05, 0.95, 3)
-    stripes = r_scene.uniform() < 0.5
-    ellipse = r_scene.uniform() < 0.5
     x0, x1 = int(max(cx - hw, 0)), int(min(cx + hw, size))
     y0, y1 = int(max(cy - hh, 0)), int(min(cy + hh, size))
     mod = np.ones((1, x1 - x0), _F)
@@ -745,16 +764,18 @@ def generate_video(
   field *= light[None].astype(_F)
   field *= gain[:, None, None].astype(_F)
   sigma = r_scene.uniform(0.004, 0.025)
-  noise_img = (r_scene.standard_normal((T, size, size), dtype=_F) * _F(sigma * 255.0)
-               if noise else None)
+  if noise:
+    offset = r_scene.standard_normal((T, size, size), dtype=_F)
+    offset *= _F(sigma * 255.0)
+    offset += 0.5  # rounding
+  else:
+    offset = _F(0.5)
   frames = np.empty((T, size, size, 3), np.uint8)
   for c in range(3):
     plane = img[c]
     plane *= field
     plane *= _F(cast[c] * 255.0)
-    if noise_img is not None:
-      plane += noise_img
-    plane += 0.5
+    plane += offset
     np.clip(plane, 0, 255, out=plane)
     frames[..., c] = plane
 
@@ -792,6 +813,9 @@ def generate_dataset(num_videos: int, seed: int, *, num_frames: int = 32, size: 
   Returns the keys of `generate_video` stacked (`frames` (N, T, H, W, 3) uint8, `label` (N,), ...)
   plus `index` (N,) (the dataset indices) and `names` (the list EXPRESSIONS). With `balanced` the
   labels cycle 0..6, so every class has num_videos // 7 or one more videos.
+
+  Memory: frames take N*T*size*size*3 bytes (700 x 32 x 112^2 x 3 = 843 MB); use `iter_videos`
+  to stream instead.
   """
   videos = list(iter_videos(num_videos, seed, start=start, balanced=balanced,
                             num_frames=num_frames, size=size, **video_kwargs))

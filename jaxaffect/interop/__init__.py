@@ -123,11 +123,15 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   y = np.asarray(jax.device_get(y), np.float32)
   # Write to temporary names first: a failure never leaves a half-written export behind.
   tmp_w, tmp_v = out_path.with_name(out_path.name + ".tmp"), vpath.with_name(vpath.name + ".tmp")
-  save_state_dict(sd, tmp_w, fmt)
-  with open(tmp_v, "wb") as f:
-    np.savez(f, input=x_torch, output=y, model_name=np.array(model_name))
-  os.replace(tmp_w, out_path)
-  os.replace(tmp_v, vpath)
+  try:
+    save_state_dict(sd, tmp_w, fmt)
+    with open(tmp_v, "wb") as f:
+      np.savez(f, input=x_torch, output=y, model_name=np.array(model_name))
+    os.replace(tmp_w, out_path)
+    os.replace(tmp_v, vpath)
+  finally:
+    for p in (tmp_w, tmp_v):
+      p.unlink(missing_ok=True)
   num_params = int(sum(v.size for k, v in flatten_variables({"params": variables["params"]})
                        .items()))
   return {"weights": str(out_path), "verify": str(vpath), "format": fmt,

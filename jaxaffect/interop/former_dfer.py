@@ -9,7 +9,7 @@
                              /norm2               ….layers.i.1.fn.norm
                              /mlp/fc1, /mlp/fc2   ….layers.i.1.fn.fn.net.0, net.3
     t_former/{cls_token,pos_embedding}            t_former.{cls_token,pos_embedding}
-    t_former/encoder/…                            t_former.spatial_transformer.layers.i.…  (as above)
+    t_former/encoder/…                            t_former.spatial_transformer.layers.i.… (same)
     fc                                            fc
 DataParallel checkpoints (`module.` prefix) load as is.
 """
@@ -76,7 +76,7 @@ def _snippet(weights: str, verify: str, module) -> str:
   note = "" if is_official_config(module) else (
       "# NOTE: GenerateModel() only builds the official configuration (N=1, M=3, 7 classes,\n"
       "# width 64, 16 frames of 112x112); this export differs, so edit the torch model to match.\n")
-  return f'''# Run from the root of a zengqunzhao/Former-DFER checkout (needs torch, einops, safetensors).
+  return f'''# Run from the root of a zengqunzhao/Former-DFER checkout (torch, einops, safetensors).
 {note}import numpy as np, torch
 from safetensors.torch import load_file
 from models.ST_Former import GenerateModel

@@ -40,7 +40,7 @@ def _one(f):
 
 TRANSFORMS: dict[str, Transform] = {
     "same": Transform(_one(lambda a: a), lambda t, n: [t]),
-    "linear": Transform(_one(lambda a: a.T), lambda t, n: [t.T]),                  # (in,out)↔(out,in)
+    "linear": Transform(_one(lambda a: a.T), lambda t, n: [t.T]),                # (in,out)↔(out,in)
     "conv2d": Transform(_one(lambda a: a.transpose(3, 2, 0, 1)),                    # HWIO → OIHW
                         lambda t, n: [t.transpose(2, 3, 1, 0)]),
     "conv1d": Transform(_one(lambda a: a.transpose(2, 1, 0)),                       # KIO → OIK
@@ -255,8 +255,10 @@ def from_torch(rules: Sequence[Rule], state_dict: Mapping[str, Any],
       unmatched.append(tkey)
   if unmatched:
     raise KeyError(f"{where}: unexpected torch keys (no rule): {sorted(unmatched)[:10]}")
-  if like_variables is not None:
-    like = flatten_variables(like_variables)
+  if like_variables is not None:   # arrays or jax.ShapeDtypeStructs (jax.eval_shape of init)
+    like = traverse_util.flatten_dict(
+        {c: v for c, v in dict(like_variables).items() if c in ("params", "batch_stats")},
+        sep="/")
     missing, extra = sorted(set(like) - set(flat)), sorted(set(flat) - set(like))
     if missing or extra:
       raise KeyError(f"{where}: state dict does not match the model: missing {missing[:10]}, "
@@ -265,7 +267,7 @@ def from_torch(rules: Sequence[Rule], state_dict: Mapping[str, Any],
       if flat[k].shape != ref.shape:
         raise ValueError(f"{where}: {k} has shape {flat[k].shape} in the state dict, "
                          f"{ref.shape} in the model")
-      flat[k] = flat[k].astype(ref.dtype)
+      flat[k] = flat[k].astype(np.dtype(ref.dtype))
   else:
     flat = {k: v.astype(np.float32) for k, v in flat.items()}
   nested = traverse_util.unflatten_dict({tuple(k.split("/")): jax.numpy.asarray(v)

@@ -1,17 +1,20 @@
 """Multi-head attention with explicit q/k/v layouts, and transformer encoder/decoder layers.
 
 Layouts (parameter names → PyTorch, see `jaxaffect.interop.mapping`):
-  * `qkv_layout="packed"` — one Dense `qkv` (dim → 3·H·Dh) whose output splits into q | k | v chunks,
-    each `(h d)` with the head index outermost: Former-DFER `to_qkv` (`rearrange('b n (h d) -> b h n d')`
-    after `chunk(3)`), timm/MAE `attn.qkv`. Self-attention only.
+  * `qkv_layout="packed"` — one Dense `qkv` (dim → 3·H·Dh) whose output splits into
+    q | k | v chunks, each `(h d)` with the head index outermost: Former-DFER `to_qkv`
+    (`chunk(3)`, then `rearrange('b n (h d) -> b h n d')`), timm/MAE `attn.qkv`.
+    Self-attention only.
   * `qkv_layout="separate"` — Dense `q`, `k`, `v` (each dim → H·Dh, same `(h d)` order). This is
     `torch.nn.MultiheadAttention`, whose `in_proj_weight` is `[Wq; Wk; Wv]` stacked on the output
-    axis: `in_proj_weight = concat([q.kernel.T, k.kernel.T, v.kernel.T])`. Self- and cross-attention.
+    axis: `in_proj_weight = concat([q.kernel.T, k.kernel.T, v.kernel.T])`. Self- and
+    cross-attention.
 The output projection is Dense `out` (Former-DFER `to_out.0`, timm `proj`, torch `out_proj`).
 
 Scores are `softmax(q·kᵀ·Dh^-0.5)` (Vaswani et al. Eq. 1; all official codes use this scale),
-computed in (at least) float32. Attention-weight dropout (`attn_dropout`, torch MHA `dropout`) and dropout after
-the output projection (`proj_dropout`, Former-DFER `to_out.1`, torch `dropout1`) are separate.
+computed in (at least) float32. Attention-weight dropout (`attn_dropout`, torch MHA `dropout`) and
+dropout after the output projection (`proj_dropout`, Former-DFER `to_out.1`, torch `dropout1`)
+are separate.
 """
 from __future__ import annotations
 

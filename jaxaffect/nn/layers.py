@@ -2,7 +2,7 @@
 `nn.BatchNorm{1,2}d` statistics), activations and initialisers.
 
 Parameter names follow Flax (`kernel`, `bias`, `scale`; BatchNorm statistics `mean`, `var` in the
-`batch_stats` collection), so PyTorch mappings are one transpose per tensor (see `jaxaffect.interop`).
+`batch_stats` collection), so PyTorch mappings are one transpose per tensor (`jaxaffect.interop`).
 """
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype,
+               name: str | None = None) -> nn.LayerNorm:
   """`torch.nn.LayerNorm(eps=eps)` (biased variance, two-pass), params `scale`/`bias`."""
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
                       name=name)

@@ -220,7 +220,7 @@ def _check_resume_config(saved: dict, config: ml_collections.ConfigDict):
 
 
 def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = None,
-                     config_overrides: dict | None = None) -> dict[str, Any]:
+                     config_overrides: dict | None = None, sources=None) -> dict[str, Any]:
   """Evaluates the latest (or best) checkpoint of `workdir` with the config stored beside it."""
   cdir = os.path.join(workdir, "checkpoints")
   config, latest = ckpt_lib.read_config(cdir)
@@ -233,7 +233,7 @@ def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = Non
       raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
                               f"{config.checkpoint.best_metric!r}")
   step = latest if step is None else step
-  s = build(config)
+  s = build(config, sources=sources)
   with jax.set_mesh(s.mesh):
     abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
     state, _ = ckpt_lib.restore(mngr, step, abstract)

@@ -78,6 +78,17 @@ def test_identity_and_pose_do_not_depend_on_expression():
   np.testing.assert_array_equal(happy["frames"][:, :4, :4], sad["frames"][:, :4, :4])
 
 
+def test_occlusion_flag_marks_exactly_the_changed_frames():
+  for seed in range(6):
+    clean = syn.generate_video(seed, num_frames=10, size=48, occlusion_prob=0.0)
+    occ = syn.generate_video(seed, num_frames=10, size=48, occlusion_prob=1.0)
+    assert not clean["occluded"].any() and occ["occluded"].any()
+    changed = np.any(clean["frames"] != occ["frames"], axis=(1, 2, 3))
+    np.testing.assert_array_equal(changed, occ["occluded"])
+    for k in ("label", "expr", "au", "va", "landmarks", "face_box"):
+      np.testing.assert_array_equal(clean[k], occ[k], err_msg=k)
+
+
 @pytest.fixture(scope="module")
 def sample_videos():
   return [syn.generate_video(1000 + i, expression=i % 7, num_frames=20, size=80)

@@ -63,6 +63,8 @@ def test_round_trip_is_identity(name):
   sd = interop.to_torch_state_dict(name, variables)
   _tree_equal(interop.from_torch_state_dict(name, sd, like_variables=variables), variables)
   _tree_equal(interop.from_torch_state_dict(name, sd), variables)              # structure from sd
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  _tree_equal(interop.from_torch_state_dict(name, sd, like_variables=abstract), variables)
   dp = {"module." + k: torch.from_numpy(v) for k, v in sd.items()}          # DataParallel, tensors
   _tree_equal(interop.from_torch_state_dict(name, dp, like_variables=variables), variables)
 
@@ -173,3 +175,15 @@ def test_registry_and_official_config_detection():
   assert not fd_map.is_official_config(fd.FormerDFER(num_spatial_layers=3))
   _, variables = _fd_variables(fd.FormerDFER(width=8, num_frames=2), x_shape=(1, 2, 64, 64, 3))
   assert fd_map.input_hw(variables) == (64, 64)
+
+
+def test_safetensors_export_works_without_torch(small_export, tmp_path, monkeypatch):
+  model, variables, _ = small_export
+  monkeypatch.setitem(sys.modules, "torch", None)        # `import torch` now raises ImportError
+  info = interop.export("former_dfer", model, variables, tmp_path / "w.safetensors", batch=2)
+  sd = interop.load_state_dict_file(info["weights"])
+  _tree_equal(interop.from_torch_state_dict("former_dfer", sd, variables),
+              jax.tree.map(np.asarray, variables))
+  with pytest.raises(ImportError, match="needs torch"):
+    interop.export("former_dfer", model, variables, tmp_path / "w.pth", fmt="pth", batch=2)
+  assert not (tmp_path / "w.pth").exists()

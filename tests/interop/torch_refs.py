@@ -33,8 +33,9 @@ def jit(fun=None, **kwargs):
 def random_variables(shapes: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
   """Fill a `jax.eval_shape(module.init, ...)` tree with random float32 numpy values.
 
-  Kernels: He-normal on fan-in for convs, N(0, 1/fan_in) for Dense; biases N(0, 0.1²); norm scales 1 + N(0, 0.1²); BatchNorm
-  running means N(0, 0.1²) and variances U(0.5, 1.5); embeddings / class tokens N(0, 1)."""
+  Kernels: He-normal on fan-in for convs, N(0, 1/fan_in) for Dense; biases N(0, 0.1²); norm scales
+  1 + N(0, 0.1²); BatchNorm running means N(0, 0.1²) and variances U(0.5, 1.5); embeddings and
+  class tokens N(0, 1)."""
   rng = np.random.default_rng(seed)
 
   def fill(path, s):
@@ -126,7 +127,8 @@ class Transformer(nn.Module):
 
 
 class SFormer(nn.Module):
-  """CS-Former: timm resnet18 stem+layer1-3 → tokens + pos_embedding → Transformer → layer4 → GAP."""
+  """CS-Former: timm resnet18 stem, layer1-3 → tokens + pos_embedding → Transformer → layer4 →
+  GAP."""
 
   def __init__(self, num_patches=49, depth=1, heads=8, dim_head=32, mlp_dim=512):
     super().__init__()

@@ -1,8 +1,6 @@
 """FormerDFER == a PyTorch Former-DFER written from the official equations (timm resnet18 pieces,
 official key names, `load_state_dict(strict=True)` of our export): logits in eval mode at the
 official size; logits, BatchNorm statistics and every gradient in train mode at another size."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,8 +44,8 @@ def test_official_config_eval_logits_match_torch():
 
 def test_train_mode_logits_stats_and_grads_match_torch_float64():
   """N=2, M=2, 32×32 px (2×2 tokens), clips of 3 frames with num_frames=5 (the temporal positional
-  embedding is sliced as in the official code), B=2, train mode: logits, every parameter's gradient, the input
-  gradient and the BatchNorm running statistics (BN over all B·T frames).
+  embedding is sliced as in the official code), B=2, train mode: logits, every parameter's
+  gradient, the input gradient and the BatchNorm running statistics (BN over all B·T frames).
 
   Run in float64 on both sides: in float32, ReLU units whose pre-activation lies within rounding
   distance of 0 flip between implementations (observed: one layer4 unit in one frame, changing
@@ -95,6 +93,19 @@ def test_train_mode_logits_stats_and_grads_match_torch_float64():
   for k, v in ref.state_dict().items():
     if k.endswith(("running_mean", "running_var")):
       assert_close(new_sd[k], v.numpy(), err=k, **tol)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  """`dtype=bfloat16` (config switch): float32 params and logits, BN statistics kept in float32,
+  eval logits within a few % of the float32 model."""
+  m32 = fd.FormerDFER(width=16, num_frames=2)
+  m16 = fd.FormerDFER(width=16, num_frames=2, dtype=jnp.bfloat16)
+  variables = random_variables(_shapes(m32, (1, 2, 32, 32, 3)), seed=7)
+  x = np.random.default_rng(8).random((2, 2, 32, 32, 3), dtype=np.float32)
+  y32, y16 = jit(lambda v, x: (m32.apply(v, x, train=False), m16.apply(v, x, train=False)))(
+      variables, x)
+  assert y16.dtype == jnp.float32
+  assert_close(y16, y32, rtol=0.0, atol_frac=3e-2)
 
 
 def test_width_scaling():

@@ -2,8 +2,6 @@
 pre-norm, tanh GELU) vs a torch module written from the official equations, and the separate-qkv
 layout vs `torch.nn.MultiheadAttention` / `TransformerEncoderLayer` / `TransformerDecoderLayer`
 (sequence-first). Forward and gradients w.r.t. inputs and every parameter."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

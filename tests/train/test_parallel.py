@@ -155,5 +155,7 @@ def test_two_processes_equal_one(tmp_path, single_device_run):
     flat = {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(state1["params"])}
     assert set(flat) == {k for k in got.files if k != "losses"}
+    # Each host contributes every other clip, so the rows of the global batch come in another
+    # order than in one process: reductions (BatchNorm, the mean loss) sum in another order.
     for k, v in flat.items():
-      np.testing.assert_allclose(got[k], v, atol=1e-5, rtol=1e-5, err_msg=k)
+      np.testing.assert_allclose(got[k], v, atol=3e-5, rtol=3e-5, err_msg=k)
