@@ -23,6 +23,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # PRNG seed: parameters, dropout (fold_in per step) and data order
+  c.partitionable_init_rng = False  # True: each device draws only its shard at init (huge models)
   c.batch_size = 32               # global batch (all hosts and devices together)
   c.num_epochs = 100              # epochs over the training source
   c.num_steps = -1                # >0 overrides num_epochs (total optimizer steps)

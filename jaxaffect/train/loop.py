@@ -55,10 +55,13 @@ def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setu
   task = registry.build_task(config)
   shapes = pipeline.batch_spec(train_src, config.data, config.batch_size)
   rng0 = jax.random.key(config.seed)
-  abstract = step_lib.abstract_state(task, tx, rng0, shapes)
+  with jax.threefry_partitionable(config.get("partitionable_init_rng", False)):
+    abstract = step_lib.abstract_state(task, tx, rng0, shapes)
   shardings = mesh_lib.state_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
   return Setup(config, mesh, task, tx, sched, train_src, eval_src, steps_per_epoch, total, shapes,
-               abstract, shardings, step_lib.make_init_fn(task, tx, mesh, shardings, shapes),
+               abstract, shardings,
+               step_lib.make_init_fn(task, tx, mesh, shardings, shapes,
+                                     config.get("partitionable_init_rng", False)),
                step_lib.make_train_step(task, tx, mesh, shardings),
                step_lib.make_eval_step(task, mesh, shardings))
 

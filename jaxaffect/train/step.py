@@ -25,12 +25,23 @@ def abstract_state(task, tx, rng, batch):
   return jax.eval_shape(lambda r, b: init_state(task, tx, r, b), rng, batch)
 
 
-def make_init_fn(task, tx, mesh: Mesh, shardings, batch_shapes):
-  """Parameters are born sharded: `jit(init, out_shardings=...)` (no host round-trip)."""
+def make_init_fn(task, tx, mesh: Mesh, shardings, batch_shapes, partitionable_rng: bool = False):
+  """Parameters are born sharded: `jit(init, out_shardings=...)` (no host round-trip).
+
+  With `partitionable_rng=False` the initializers use the classic threefry lowering: the values are
+  the same on every mesh, and XLA:CPU compiles it ~5x faster than the partitionable one (40 s → 8 s
+  for Former-DFER's 169 arrays here); models too large to initialize replicated per device should
+  pass True (each device then generates only its shard).
+  """
   def init(rng):
     dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in batch_shapes.items()}
     return init_state(task, tx, rng, dummy)
-  return jax.jit(init, out_shardings=shardings)
+  jitted = jax.jit(init, out_shardings=shardings)
+
+  def call(rng):
+    with jax.threefry_partitionable(partitionable_rng):
+      return jitted(rng)
+  return call
 
 
 def make_train_step(task, tx, mesh: Mesh, state_shardings):
