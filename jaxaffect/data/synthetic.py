@@ -208,8 +208,9 @@ def _sample_pose(rng: np.random.Generator, num_frames: int, size: int, amount: f
 
   a = amount
   cx = size * (0.5 + a * rng.normal(0, 0.025) + a * drift(0.015))
-  cy = size * (0.5 + a * rng.normal(0, 0.025) + a * drift(0.015))
-  scale = size * rng.uniform(0.3, 0.33) * (1 + a * rng.uniform(-0.07, 0.07) + a * drift(0.025))
+  cy = size * (0.48 + a * rng.normal(0, 0.025) + a * drift(0.015))
+  # Face-crop framing (like DFEW's face crops): forehead to chin spans ~0.95 of the frame.
+  scale = size * rng.uniform(0.33, 0.36) * (1 + a * rng.uniform(-0.07, 0.07) + a * drift(0.025))
   rot = a * (rng.uniform(-0.14, 0.14) + drift(0.05))
   yaw = a * (rng.uniform(-0.3, 0.3) + drift(0.08))
   return cx, cy, scale, rot, yaw

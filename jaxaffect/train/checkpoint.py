@@ -16,10 +16,15 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 
+def _metric_getter(metric: str, mode: str):
+  worst = float("-inf") if mode == "max" else float("inf")
+  return lambda m: float(m.get(metric, worst))
+
+
 def _best_policy(metric: str, mode: str):
   if mode not in ("max", "min"):
     raise ValueError(f"checkpoint.best_mode={mode!r}: expected 'max' or 'min'")
-  return cm.BestN(get_metric_fn=lambda m: m[metric], reverse=(mode == "min"), n=1,
+  return cm.BestN(get_metric_fn=_metric_getter(metric, mode), reverse=(mode == "min"), n=1,
                   keep_checkpoints_without_metrics=False)
 
 
@@ -27,11 +32,14 @@ def make_manager(directory: str, *, keep: int = 3, best_metric: str | None = Non
                  best_mode: str = "max", async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   policies = [cm.LatestN(keep)]
+  extra = {}
   if best_metric:
     policies.append(_best_policy(best_metric, best_mode))
+    # `best_fn` also makes Orbax write each checkpoint's metrics and read them back on restart.
+    extra = dict(best_fn=_metric_getter(best_metric, best_mode), best_mode=best_mode)
   options = ocp.CheckpointManagerOptions(
       preservation_policy=cm.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+      enable_async_checkpointing=async_save, read_only=read_only, create=not read_only, **extra)
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=options,
       item_names=("state", "config", "data_iter"),

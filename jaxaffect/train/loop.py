@@ -145,69 +145,72 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
   eval_every = config.eval_every_steps or s.steps_per_epoch
   ckpt_every = cc.every_steps or eval_every
   last_eval: dict[str, Any] = {}
-
-  with jax.set_mesh(s.mesh):
-    latest = mngr.latest_step()
-    if latest is not None:
-      abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
-      state, saved_cfg = ckpt_lib.restore(mngr, latest, abstract, it)
-      _check_resume_config(saved_cfg, config)
-      log.info("resumed from step %d in %s", latest, workdir)
-    else:
-      state = s.init_fn(init_rng)
-      if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-          f.write(config.to_json_best_effort(indent=2))
-    start = int(mesh_lib.host_value(state["step"]))
-    progress = writer_lib.Progress(s.total_steps, start, config.batch_size)
-    acc, t_first = None, None
-    steps_run = 0
-    with _StopFlag() as flag:
-      for step in range(start, s.total_steps):
-        local = next(it)
-        batch = mesh_lib.global_batch_from_local(local, s.mesh)
-        t0 = time.time()
-        state, m = s.train_step(state, batch, step_rng)
-        if t_first is None:
-          jax.block_until_ready(state["step"])
-          t_first = time.time() - t0
-          progress.reset(step + 1)
-        acc = m if acc is None else acc.merge(m)
-        done = step + 1
-        steps_run += 1
-        if done % config.log_every_steps == 0 or done == s.total_steps:
-          vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
-          vals["train/lr"] = float(s.schedule(step))
-          sps, cps = progress.rates(done)
-          vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
-          writer.scalars(done, vals)
-          progress.update(done, {"loss": vals.get("train/loss", float("nan")),
-                                 "acc": vals.get("train/war", float("nan"))})
-          acc = None
-        is_eval = done % eval_every == 0 or done == s.total_steps
-        killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
-        if is_eval:
-          last_eval = evaluate(s, state)
-          sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
-          writer.scalars(done, sc)
-          if "confusion_matrix" in last_eval and jax.process_index() == 0:
-            from jaxaffect import plots
-            img = plots.confusion_matrix_image(last_eval["confusion_matrix"],
-                                               list(config.data.class_names))
-            writer.image(done, "eval/confusion_matrix", img)
-          if jax.process_index() == 0:
-            print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
-                  flush=True)
-          ckpt_lib.save(mngr, done, state, config, it,
-                        metrics={k.split("/", 1)[1]: v for k, v in sc.items()})
-        elif done % ckpt_every == 0 or killed:
-          ckpt_lib.save(mngr, done, state, config, it)
-        if killed:
-          log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
-          break
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
+  t_first = None
+  try:
+    with jax.set_mesh(s.mesh):
+      latest = mngr.latest_step()
+      if latest is not None:
+        saved_cfg, _ = ckpt_lib.read_config(os.path.join(workdir, "checkpoints"), latest)
+        _check_resume_config(saved_cfg.to_dict(), config)   # before shapes clash in the restore
+        abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
+        state, _ = ckpt_lib.restore(mngr, latest, abstract, it)
+        log.info("resumed from step %d in %s", latest, workdir)
+      else:
+        state = s.init_fn(init_rng)
+        if jax.process_index() == 0:
+          with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+      start = int(mesh_lib.host_value(state["step"]))
+      progress = writer_lib.Progress(s.total_steps, start, config.batch_size)
+      acc = None
+      steps_run = 0
+      with _StopFlag() as flag:
+        for step in range(start, s.total_steps):
+          local = next(it)
+          batch = mesh_lib.global_batch_from_local(local, s.mesh)
+          t0 = time.time()
+          state, m = s.train_step(state, batch, step_rng)
+          if t_first is None:
+            jax.block_until_ready(state["step"])
+            t_first = time.time() - t0
+            progress.reset(step + 1)
+          acc = m if acc is None else acc.merge(m)
+          done = step + 1
+          steps_run += 1
+          if done % config.log_every_steps == 0 or done == s.total_steps:
+            vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
+            vals["train/lr"] = float(s.schedule(step))
+            sps, cps = progress.rates(done)
+            vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
+            writer.scalars(done, vals)
+            progress.update(done, {"loss": vals.get("train/loss", float("nan")),
+                                   "acc": vals.get("train/war", float("nan"))})
+            acc = None
+          is_eval = done % eval_every == 0 or done == s.total_steps
+          killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
+          if is_eval:
+            last_eval = evaluate(s, state)
+            sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
+            writer.scalars(done, sc)
+            if "confusion_matrix" in last_eval and jax.process_index() == 0:
+              from jaxaffect import plots
+              img = plots.confusion_matrix_image(last_eval["confusion_matrix"],
+                                                 list(config.data.class_names))
+              writer.image(done, "eval/confusion_matrix", img)
+            if jax.process_index() == 0:
+              print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
+                    flush=True)
+            ckpt_lib.save(mngr, done, state, config, it,
+                          metrics={k.split("/", 1)[1]: v for k, v in sc.items()})
+          elif done % ckpt_every == 0 or killed:
+            ckpt_lib.save(mngr, done, state, config, it)
+          if killed:
+            log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
+            break
+  finally:                          # also on errors: no half-finished async save, no thread leak
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
   if t_first is not None:
     last_eval["first_step_seconds"] = t_first
   return last_eval
@@ -229,7 +232,9 @@ def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = Non
   config, latest = ckpt_lib.read_config(cdir)
   if config_overrides:
     config.update(config_overrides)
-  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
+  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False,
+                               best_metric=config.checkpoint.best_metric or None,
+                               best_mode=config.checkpoint.best_mode)
   if best:
     step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
     if step is None:
