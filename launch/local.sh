@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV="${JAXAFFECT_VENV:-.venv}"
 
 find_python() {
-  for c in "${PYTHON:-}" python3.13 python3.12; do
+  for c in "${PYTHON:-}" python3.12 python3.13; do
     [ -n "$c" ] || continue
     if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
       echo "$c"; return 0
@@ -17,7 +17,7 @@ find_python() {
   done
   # pyenv keeps 3.12 without putting it on PATH.
   if command -v pyenv >/dev/null 2>&1; then
-    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])' | sort -V -r); do
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | sort -V); do
       p="$(pyenv root)/versions/$v/bin/python3"
       [ -x "$p" ] && { echo "$p"; return 0; }
     done
