@@ -21,8 +21,9 @@ How a video is made:
   intensity in [0.7, 1], clips may start late in the onset or end before the offset), each AU
   following it with a small random lag. Random blinks (unlabelled) in every clip. Timings, blinks
   and talking are drawn before anything class-specific, so they too are shared across classes.
-* **Pose:** in-plane rotation, translation, scale and yaw (horizontal squash of the whole head plus a
-  depth-dependent shift of the inner features), each a base value plus smooth drift plus jitter.
+* **Pose:** in-plane rotation, translation, scale and yaw (horizontal squash of the whole head plus
+  a depth-dependent shift of the inner features), each a base value plus smooth drift plus jitter.
+  The framing is that of a face crop (forehead to chin ~0.95 of the frame height).
 * **Image formation:** face shading, directional illumination gradient, global gain and colour
   cast (slowly varying), random occlusion patches on a span of frames of some clips (`occluded`),
   Gaussian sensor noise. Pose and scene have their own random streams as well.
@@ -791,8 +792,8 @@ def generate_video(
       landmarks=_landmarks(canvas, ident, g), occluded=occluded, seed=int(seed))
 
 
-_STACKED = ("frames", "label", "expr", "au", "au_intensity", "va", "intensity", "face_box", "landmarks",
-            "occluded", "seed")
+_STACKED = ("frames", "label", "expr", "au", "au_intensity", "va", "intensity", "face_box",
+            "landmarks", "occluded", "seed")
 
 
 def iter_videos(num_videos: int, seed: int, *, start: int = 0, balanced: bool = True,
