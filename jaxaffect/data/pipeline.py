@@ -119,6 +119,38 @@ def _load_frames(paths: list[str], size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- transforms
+def sample_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10):
+  """(x0, y0, w, h) of Former-DFER's `GroupRandomSizedCrop` (TSN): up to 10 draws of a target area
+  in `area` × frame area and an aspect ratio in `ratio`, w/h swapped with probability 0.5; the first
+  draw that fits is placed uniformly; otherwise the whole frame (the official fallback scales and
+  centre-crops the frame, which for square face crops is the whole frame)."""
+  for _ in range(attempts):
+    target = rng.uniform(*area) * height * width
+    aspect = rng.uniform(*ratio)
+    w = int(round(np.sqrt(target * aspect)))
+    h = int(round(np.sqrt(target / aspect)))
+    if rng.random() < 0.5:
+      w, h = h, w
+    if 0 < w <= width and 0 < h <= height:
+      x0 = int(rng.integers(0, width - w + 1))
+      y0 = int(rng.integers(0, height - h + 1))
+      return x0, y0, w, h
+  side = min(height, width)
+  return (width - side) // 2, (height - side) // 2, side, side
+
+
+def crop_and_resize(video: np.ndarray, box, size: int) -> np.ndarray:
+  """The same crop for every frame, resized bilinearly (PIL) to size × size."""
+  from PIL import Image
+  x0, y0, w, h = box
+  out = np.empty((len(video), size, size, 3), np.uint8)
+  for i, frame in enumerate(video):
+    im = Image.fromarray(np.ascontiguousarray(frame)).crop((x0, y0, x0 + w, y0 + h))
+    out[i] = np.asarray(im.resize((size, size), Image.BILINEAR))
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoClip:
   """Samples a clip (Former-DFER: `num_segments` × `duration` frames), decodes and augments it."""
@@ -127,6 +159,7 @@ class VideoClip:
   image_size: int = 112
   train: bool = True
   hflip: bool = True
+  random_resized_crop: bool = False   # official Former-DFER training augmentation (same for all frames)
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
     if "frames" in record:
@@ -135,14 +168,18 @@ class VideoClip:
       n = len(record["frame_paths"])
     idx = samplers.former_dfer_indices(n, num_segments=self.num_segments, duration=self.duration,
                                        train=self.train, rng=rng)
+    crop = self.train and self.random_resized_crop and rng is not None
     if "frames" in record:
       video = record["frames"][idx]
-      if video.shape[1:3] != (self.image_size, self.image_size):
+      if not crop and video.shape[1:3] != (self.image_size, self.image_size):
         raise ValueError(f"video {int(record['index'])}: frames are {video.shape[1:3]}, "
                          f"config data.image_size={self.image_size}")
     else:
       paths = record["frame_paths"]
       video = _load_frames([paths[i] for i in idx], self.image_size)
+    if crop:
+      box = sample_resized_crop_box(video.shape[1], video.shape[2], rng)
+      video = crop_and_resize(video, box, self.image_size)
     if self.train and self.hflip and rng is not None and rng.random() < 0.5:
       video = video[:, :, ::-1]            # the same flip for every frame of the clip
     return {"video": np.ascontiguousarray(video), "label": np.int32(record["label"]),
@@ -178,7 +215,8 @@ def local_batch_size(global_batch: int) -> int:
 
 def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, seed: int):
   """Infinite, reshuffled every epoch, this host's share of each global batch; checkpointable."""
-  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip)
+  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip,
+                   random_resized_crop=cfg.get("random_resized_crop", False))
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Random transforms are seeded by the position in the global order, before the per-host split,
   # so any number of hosts sees the same clips (and augmentations) in each global batch.

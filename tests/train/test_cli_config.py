@@ -145,3 +145,36 @@ def test_resolve_short_config_names():
                                                                             "former_dfer.py:smoke"))
   with pytest.raises(SystemExit, match="not found"):
     cli.resolve_config_path("nonexistent_model:x")
+
+
+def test_group_random_resized_crop_is_one_box_for_all_frames():
+  """Former-DFER's GroupRandomSizedCrop: area 0.08-1, ratio 3/4-4/3, the same crop on every frame."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  boxes = [pipeline.sample_resized_crop_box(64, 64, rng) for _ in range(2000)]
+  areas = np.array([w * h / (64 * 64) for _, _, w, h in boxes])
+  ratios = np.array([w / h for _, _, w, h in boxes])
+  for x0, y0, w, h in boxes:
+    assert 0 <= x0 and x0 + w <= 64 and 0 <= y0 and y0 + h <= 64
+  fitted = areas < 0.999
+  assert areas[fitted].min() >= 0.07 and areas.max() <= 1.0
+  r = np.where(ratios >= 1, ratios, 1 / ratios)[fitted]
+  assert r.max() <= 4 / 3 * 1.1                                 # rounding to whole pixels
+  # w/h swapped half the time: wide and tall crops equally often on a square frame
+  assert np.mean(ratios > 1) == pytest.approx(np.mean(ratios < 1), abs=0.05)
+  video = np.random.default_rng(1).integers(0, 256, (4, 60, 80, 3), np.uint8)
+  clip = pipeline.VideoClip(num_segments=2, duration=2, image_size=32, train=True, hflip=False,
+                            random_resized_crop=True)
+  rec = {"frames": np.repeat(video[:1], 4, axis=0), "label": np.int32(1), "index": np.int32(0)}
+  got = clip(rec, np.random.default_rng(3))["video"]
+  assert got.shape == (4, 32, 32, 3)
+  assert all(np.array_equal(got[0], got[i]) for i in range(4))  # one box for the whole clip
+  box = pipeline.sample_resized_crop_box(60, 80, np.random.default_rng(3))
+  np.testing.assert_array_equal(got[0], pipeline.crop_and_resize(video[:1], box, 32)[0])
+  eval_clip = pipeline.VideoClip(num_segments=2, duration=2, image_size=32, train=False)
+  with pytest.raises(ValueError, match="data.image_size"):     # no crop at test: sizes must match
+    eval_clip(rec)
+  out = pipeline.crop_and_resize(video, (5, 7, 40, 30), 32)
+  for i in range(4):
+    ref = np.asarray(Image.fromarray(video[i]).crop((5, 7, 45, 37)).resize((32, 32), Image.BILINEAR))
+    np.testing.assert_array_equal(out[i], ref)
