@@ -451,12 +451,7 @@ def main(argv: list[str]) -> int:
       print(f"jaxaffect bench: {args.model} has no --table3 report", file=sys.stderr)
       return 2
     text, data = spec.table(args.xla)
-    if args.json:
-      print(text, file=sys.stderr)
-      print(json.dumps(data), flush=True)
-    else:
-      print(text, flush=True)
-    return 0
+    return _emit(text, data, args.json)
   if args.steps < 1 or args.batch < 1:
     p.error("--steps and --batch must be positive")
   if args.reference and spec.reference is None:
@@ -509,10 +504,14 @@ def main(argv: list[str]) -> int:
     result["jax_over_torch"] = result["clips_per_s"] / result["reference"]["clips_per_s"]
     # the same ratio step by step (both ran back to back under the same load)
     result["jax_over_torch_per_step"] = [t / j for j, t in zip(times[0], times[1])]
-  text = _fmt_table(result)
-  if args.json:
+  return _emit(_fmt_table(result), result, args.json)
+
+
+def _emit(text: str, data: dict[str, Any], as_json: bool) -> int:
+  """The readable table to stdout, or with --json to stderr and one JSON line to stdout."""
+  if as_json:
     print(text, file=sys.stderr)
-    print(json.dumps(result), flush=True)
+    print(json.dumps(data), flush=True)
   else:
     print(text, flush=True)
   return 0

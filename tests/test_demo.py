@@ -25,7 +25,6 @@ def test_demo_learns_and_writes_its_outputs(tmp_path):
   assert os.path.exists(summary["verify_path"])
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(summary["tensorboard"]))
   # The exported weights, imported back, reproduce the outputs stored in the verification sample.
-  import jax
   from jaxaffect import interop
   from jaxaffect.train import loop
   config, s, variables, _ = loop.restore_state(wd)
