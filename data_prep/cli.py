@@ -1,0 +1,55 @@
+"""`python -m data_prep SOURCE --src PATH --out DIR [...]` (also `jaxaffect prep ...`).
+
+  python -m data_prep dfew --src /data/DFEW --out /shards/dfew --size 112 --workers 8
+  python -m data_prep affwild2 --src /data/ABAW --out /shards/affwild2 --detector none
+  python -m data_prep video --src clips/ --out /shards/mine --detector blazeface
+  python -m data_prep synthetic --src - --out /tmp/syn --num-videos 64
+  python -m data_prep SOURCE --help     # the source's own flags
+
+A killed job rerun with the same arguments completes the missing shards only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from data_prep import sources
+  p = argparse.ArgumentParser(prog="data_prep", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+  for name, mod in sorted(sources.SOURCES.items()):
+    sp = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else name)
+    g = sp.add_argument_group("common")
+    g.add_argument("--src", required=True, help="the dataset root / file (as the dataset ships it)")
+    g.add_argument("--out", required=True, help="output directory for shards + manifest.json")
+    g.add_argument("--size", type=int, default=112, choices=(112, 224), help="crop side in pixels")
+    g.add_argument("--detector", default=None,
+                   help="blazeface | haar | precomputed | none (default: the source's choice)")
+    g.add_argument("--margin", type=float, default=None, help="crop margin (see data_prep.faces)")
+    g.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality of the crops (95)")
+    g.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    g.add_argument("--shards", type=int, default=0, help="shards per split (0: ~64 videos each)")
+    g.add_argument("--template-split", default=None,
+                   help="split whose mean landmarks form the template (default: train)")
+    g.add_argument("--strict", action="store_true", help="stop at the first bad input")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace shards of a job with other settings in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    if hasattr(mod, "add_arguments"):
+      mod.add_arguments(sp.add_argument_group(name))
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  from data_prep import shards, sources
+  args = build_parser().parse_args(argv)
+  if args.detector is None:
+    args.detector = getattr(sources.SOURCES[args.source], "DEFAULT_DETECTOR", "blazeface")
+  try:
+    shards.run(args.source, args)
+  except shards.PrepFailed as e:
+    print(e.code if isinstance(e.code, str) else e, file=sys.stderr)
+    return 2
+  return 0

@@ -1,0 +1,81 @@
+"""Label vocabularies: one canonical class order per dataset, and explicit maps between them.
+
+A record stores the vocabulary name next to every class label; readers convert with `convert`,
+which refuses an unknown pair instead of relabelling silently.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+VOCABS: dict[str, tuple[str, ...]] = {
+    # DFEW label CSVs: 1 Happy .. 7 Fear; stored 0-based (label - 1), as Former-DFER reads them.
+    "dfew7": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
+    # AFEW per-emotion folders, in Former-DFER's order (the DFEW order).
+    "afew7": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
+    # EST sorts the DFEW class names alphabetically (reference_impls.md §2).
+    "dfew7_alpha": ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"),
+    # Aff-Wild2 EXPR files, ABAW3+ (8 columns incl. Other) and ABAW1/2 (7, no Other).
+    "abaw8": ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"),
+    "abaw7": ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"),
+    # AffectNet `expression` column (8 None, 9 Uncertain, 10 Non-Face are not emotions).
+    "affectnet11": ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt",
+                    "None", "Uncertain", "Non-Face"),
+}
+
+# Names that denote the same emotion across vocabularies.
+_SYNONYMS = {"Happiness": "Happy", "Sadness": "Sad", "Anger": "Angry"}
+
+AU12 = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+AU8_ABAW1 = ("AU1", "AU2", "AU4", "AU6", "AU12", "AU15", "AU20", "AU25")
+
+
+def _canon(name: str) -> str:
+  return _SYNONYMS.get(name, name)
+
+
+def names(vocab: str) -> tuple[str, ...]:
+  if vocab not in VOCABS:
+    raise KeyError(f"unknown label vocabulary {vocab!r}; known: {sorted(VOCABS)}")
+  return VOCABS[vocab]
+
+
+def index(vocab: str, name: str) -> int:
+  """Class index of `name` (synonyms accepted) in `vocab`; KeyError naming both if absent."""
+  canon = [_canon(n) for n in names(vocab)]
+  try:
+    return canon.index(_canon(name))
+  except ValueError:
+    raise KeyError(f"class {name!r} is not in vocabulary {vocab!r} {names(vocab)}") from None
+
+
+def mapping(src: str, dst: str) -> np.ndarray:
+  """`m[i]` = index in `dst` of class i of `src`; -1 where `dst` has no such class.
+
+  Raises if a class that is an emotion in both could be confused (never happens by construction).
+  """
+  dst_canon = [_canon(n) for n in names(dst)]
+  out = np.full(len(names(src)), -1, np.int32)
+  for i, n in enumerate(names(src)):
+    if _canon(n) in dst_canon:
+      out[i] = dst_canon.index(_canon(n))
+  return out
+
+
+def convert(labels, src: str, dst: str, *, allow_missing: bool = False) -> np.ndarray:
+  """Relabel `labels` (ints in `src`, negatives kept as masks) into `dst`.
+
+  A class of `src` that `dst` lacks raises unless `allow_missing` (then it becomes -1, masked).
+  """
+  labels = np.asarray(labels)
+  if src == dst:
+    return labels.copy()
+  m = mapping(src, dst)
+  valid = labels >= 0
+  if np.any(labels[valid] >= len(m)):
+    raise ValueError(f"label {int(labels[valid].max())} outside vocabulary {src!r} of {len(m)} classes")
+  out = np.where(valid, m[np.where(valid, labels, 0)], labels)
+  lost = valid & (out < 0)
+  if lost.any() and not allow_missing:
+    miss = sorted({names(src)[int(i)] for i in labels[lost]})
+    raise ValueError(f"classes {miss} of {src!r} have no counterpart in {dst!r}")
+  return out.astype(np.int32)
