@@ -40,7 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.label_smoothing = 0.0    # official: plain cross-entropy
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "list_file"     # 'list_file' (official annotation lists) or 'synthetic'
+  c.data.source = "list_file"     # 'shards' (data_prep output), 'list_file' (official lists) or 'synthetic'
+  c.data.shards = ""              # shards: a data_prep output directory (manifest.json + shards)
+  c.data.train_select = f"{a.fold}:train"  # shards: split name ('train') or fold membership ('1:train')
+  c.data.eval_select = f"{a.fold}:test"    # shards: the held-out selection
+  c.data.label_vocab = "dfew7"    # shards: class order the model is trained in (labels converted, never silently)
+  c.data.reader = "index"         # shards: 'index' (random access, global shuffle) or 'stream' (per-host files)
+  c.data.cycle_length = 4         # stream reader: shard files read concurrently per host
+  c.data.shuffle_window = 64      # stream reader: record shuffle window
   c.data.train_list = f"annotation/DFEW_set_{a.fold}_train.txt"  # official list file, train split
   c.data.eval_list = f"annotation/DFEW_set_{a.fold}_test.txt"    # official list file, test split
   c.data.root = ""                # replaces the absolute frame-dir prefix in the lists ('' = as is)

@@ -6,6 +6,7 @@
   jaxaffect import --weights FILE --config CONFIG --workdir DIR   (then `train` fine-tunes it)
   jaxaffect bench former_dfer [--json] [--reference PATH_TO_OFFICIAL_CHECKOUT]
   jaxaffect demo [--workdir DIR]
+  jaxaffect prep SOURCE --src PATH --out DIR [...]   (= python -m data_prep; `prep SOURCE --help`)
 Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I` (or the JAX_* env
 variables / a cluster jax auto-detects) before the sub-command's own flags.
 """
@@ -174,6 +175,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "import"
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "prep":       # before JAX starts: the prep job forks workers
+    from data_prep import cli as prep_cli
+    return prep_cli.main(argv[1:])
   argv = _maybe_init_distributed(argv)
   if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
     print(__doc__)

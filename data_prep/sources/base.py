@@ -60,7 +60,7 @@ class Skip:
 @dataclasses.dataclass
 class Frame:
   index: int                       # the dataset's frame number
-  t_sec: float                     # presentation time in seconds
+  t_sec: float                     # presentation time in seconds (NaN: the frame rate is unknown)
   image: np.ndarray | None         # (H, W, 3) uint8 RGB, or None (see status)
   status: int = OK                 # OK, MISSING or UNREADABLE (the face stage sets NO_FACE)
   error: str = ""                  # why the image is None (file and reason)
@@ -80,10 +80,13 @@ class Series:
 class VideoItem:
   """One video (or one image as a 1-frame video) with everything the dataset says about it."""
   dataset: str                               # "dfew", "afew", "affwild2", ...
-  video_id: str                              # unique within the dataset and split ("00001", "1-30-1280x720_left")
+  video_id: str                              # unique within the dataset and split ("00001",
+                                             # "1-30-1280x720_left"); may contain '/'
   split: str                                 # the dataset's own partition: "train", "val", "test", or "all"
   frames: Callable[[], Iterator[Frame]]      # lazily decodes the frames, in order
-  num_frames: int | None = None              # frames `frames()` will yield, if known up front
+  num_frames: int | None = None              # frames `frames()` will yield if known; for decoded
+                                             # videos the container's count, an estimate
+                                             # (meta["container_frames"]): the writer counts
   fps: float = 0.0                           # source frame rate (0 if unknown)
   source_path: str = ""                      # the folder / file the frames come from
   clip_label: int = -1                       # clip-level class in `vocab` (-1: none)
@@ -103,6 +106,9 @@ class VideoItem:
   landmark_scheme: str = ""                  # "ibug68", ...
   soft_label: np.ndarray | None = None       # (C,) float32 vote distribution (DFEW annotation.xlsx)
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)   # anything else, JSON-serialisable
+  # Expensive parts (rendering, decoding labels) deferred to the worker that writes the item: when
+  # set, the writer uses `resolve()` (a full VideoItem with the same key) instead of this one.
+  resolve: Callable[[], "VideoItem"] | None = None
 
   @property
   def key(self) -> str:

@@ -1,10 +1,18 @@
 """grain input pipelines: per-host split, shuffle, clip sampling, augmentation, batching.
 
-Sources (random access, one record = one video):
+Sources (one record = one video):
+  - `shards`: TFRecord shards written by `python -m data_prep` (schema: `jaxaffect.data.schema`),
+    selected by split or fold membership ("train", "1:test", ...). Two readers:
+      * `index` (default): random access through the manifest's byte offsets; a global shuffle,
+        reshuffled every epoch, then a per-host split of each global batch (any host count sees
+        the same global batches);
+      * `stream`: pod-scale reading: shard files are shuffled per epoch and split per host by
+        process index, each host interleaves its files (`cycle_length` open at once) and shuffles
+        records in a window (`shuffle_window`); no random access needed (gcsfuse, slow disks).
   - `synthetic`: procedural face videos from `jaxaffect.data.synthetic`, generated in memory;
   - `list_file`: Former-DFER's annotation lists (`<frame dir> <num_frames> <label>` per line) over
     folders of JPEG frames (DFEW/AFEW/FERV39K as the official code reads them).
-The TFRecord shard reader of the data issue plugs in here as one more source.
+Only the sampled frames of a record are decoded.
 
 The training iterator is a grain `DatasetIterator`: its state goes into the Orbax checkpoint and a
 restored run continues with the identical next batch.
@@ -22,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxaffect.data import samplers
+from jaxaffect.data import samplers, schema, vocab
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -103,6 +111,99 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
             "index": np.int32(i)}
 
 
+def parse_select(select: str) -> tuple[str, str]:
+  """"train" -> ("split", "train"); "1:test" / "fold1:test" -> ("fold", "1:test")."""
+  if ":" in select:
+    fold, role = select.split(":", 1)
+    return "fold", f"{fold.removeprefix('fold')}:{role}"
+  return "split", select
+
+
+def select_records(manifest: dict, select: str) -> list[dict]:
+  kind, value = parse_select(select)
+  if kind == "split":
+    recs = [r for r in manifest["records"] if r["split"] == value]
+  else:
+    recs = [r for r in manifest["records"] if value in r["folds"]]
+  if not recs:
+    splits = sorted(manifest["splits"])
+    folds = sorted({f for r in manifest["records"] for f in r["folds"]})
+    raise ValueError(f"no record matches select={select!r}: splits {splits}, folds {folds}")
+  return recs
+
+
+class ShardRecords(grain.sources.RandomAccessDataSource):
+  """Random access to the records of data_prep shards (byte offsets from `manifest.json`)."""
+
+  def __init__(self, shard_dir: str, select: str, *, label_vocab: str = "",
+               check_files: bool = True):
+    self.dir, self.select, self.label_vocab = shard_dir, select, label_vocab
+    self.manifest = schema.read_manifest(shard_dir)
+    if self.manifest.get("schema_version") != schema.SCHEMA_VERSION:
+      raise ValueError(f"{shard_dir}/manifest.json: schema_version "
+                       f"{self.manifest.get('schema_version')}, this reader reads {schema.SCHEMA_VERSION}")
+    self.records = select_records(self.manifest, select)
+    if check_files:
+      sizes = {sh["file"]: sh["bytes"] for sp in self.manifest["splits"].values() for sh in sp["shards"]}
+      for f in sorted({r["file"] for r in self.records}):
+        path = os.path.join(shard_dir, f)
+        if not os.path.exists(path):
+          raise FileNotFoundError(f"{path}: shard listed in manifest.json is missing")
+        if os.path.getsize(path) != sizes[f]:
+          raise ValueError(f"{path}: {os.path.getsize(path)} bytes, manifest.json says {sizes[f]} "
+                           f"(shard changed after the manifest was written)")
+    self._files: dict[str, Any] = {}
+    self._pid = os.getpid()
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def _open(self, name: str):
+    if self._pid != os.getpid():           # forked worker: do not share file offsets
+      self._files, self._pid = {}, os.getpid()
+    f = self._files.get(name)
+    if f is None:
+      f = self._files[name] = open(os.path.join(self.dir, name), "rb")
+    return f
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    r = self.records[i]
+    where = f"{os.path.join(self.dir, r['file'])} record at byte {r['offset']} ({r['id']})"
+    data = schema.read_record_at(self._open(r["file"]), r["offset"], where)
+    return record_to_example(schema.decode(data, where), i, self.label_vocab, where)
+
+  def __getstate__(self):
+    d = dict(self.__dict__)
+    d["_files"] = {}
+    return d
+
+  def __repr__(self) -> str:
+    return f"ShardRecords({self.dir}, select={self.select!r}, n={len(self)})"
+
+
+def record_to_example(rec: schema.VideoRecord, index: int, label_vocab: str = "",
+                      where: str = "record") -> dict[str, Any]:
+  """What the clip samplers read: the record, its clip label in `label_vocab`, its position."""
+  label = rec.label
+  if label_vocab and rec.vocab and label >= 0 and rec.vocab != label_vocab:
+    try:
+      label = int(vocab.convert(np.asarray([label]), rec.vocab, label_vocab)[0])
+    except ValueError as e:
+      raise ValueError(f"{where}: field 'video/label': {e}") from e
+  return {"record": rec, "label": np.int32(label), "index": np.int32(index)}
+
+
+def parse_stream_record(data: bytes, label_vocab: str = "") -> dict[str, Any]:
+  rec = schema.decode(data, "stream record")
+  return record_to_example(rec, -1, label_vocab, f"record {rec.dataset}/{rec.split}/{rec.video_id}")
+
+
+def shard_files(shard_dir: str, select: str) -> list[str]:
+  """The shard files that hold records matching `select`, sorted."""
+  recs = select_records(schema.read_manifest(shard_dir), select)
+  return [os.path.join(shard_dir, f) for f in sorted({r["file"] for r in recs})]
+
+
 def _load_frames(paths: list[str], size: int) -> np.ndarray:
   from PIL import Image
   out = np.empty((len(paths), size, size, 3), np.uint8)
@@ -140,6 +241,11 @@ def sample_resized_crop_box(height: int, width: int, rng: np.random.Generator,
   return (width - side) // 2, (height - side) // 2, side, side
 
 
+def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+  from PIL import Image
+  return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
+
+
 def crop_and_resize(video: np.ndarray, box, size: int) -> np.ndarray:
   """The same crop for every frame, resized bilinearly (PIL) to size × size."""
   from PIL import Image
@@ -162,14 +268,21 @@ class VideoClip:
   random_resized_crop: bool = False   # official Former-DFER training augmentation (same for all frames)
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
-    if "frames" in record:
+    if "record" in record:
+      n = record["record"].num_frames
+    elif "frames" in record:
       n = len(record["frames"])
     else:
       n = len(record["frame_paths"])
     idx = samplers.former_dfer_indices(n, num_segments=self.num_segments, duration=self.duration,
                                        train=self.train, rng=rng)
     crop = self.train and self.random_resized_crop and rng is not None
-    if "frames" in record:
+    if "record" in record:
+      rec = record["record"]
+      video = schema.decode_frames(rec.jpegs, idx, f"record {rec.dataset}/{rec.split}/{rec.video_id}")
+      if not crop and video.shape[1:3] != (self.image_size, self.image_size):
+        video = np.stack([_resize(f, self.image_size) for f in video])
+    elif "frames" in record:
       video = record["frames"][idx]
       if not crop and video.shape[1:3] != (self.image_size, self.image_size):
         raise ValueError(f"video {int(record['index'])}: frames are {video.shape[1:3]}, "
@@ -198,12 +311,18 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
     ev = synthetic.generate_dataset(cfg.num_eval, seed=cfg.seed + 1_000_003, **common)
     return (InMemoryVideos(tr["frames"], tr["label"], "synthetic-train"),
             InMemoryVideos(ev["frames"], ev["label"], "synthetic-eval"))
+  if cfg.source == "shards":
+    if not cfg.get("shards"):
+      raise ValueError("config.data.source='shards' needs data.shards (a data_prep output directory)")
+    kw = dict(label_vocab=cfg.get("label_vocab", ""))
+    return (ShardRecords(cfg.shards, cfg.get("train_select", "train"), **kw),
+            ShardRecords(cfg.shards, cfg.get("eval_select", "test"), **kw))
   if cfg.source == "list_file":
     if not cfg.train_list or not cfg.eval_list:
       raise ValueError("config.data.source='list_file' needs data.train_list and data.eval_list")
     kw = dict(root=cfg.root or None, image_size=cfg.image_size, num_classes=cfg.num_classes)
     return ListFileVideos(cfg.train_list, **kw), ListFileVideos(cfg.eval_list, **kw)
-  raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic' or 'list_file'")
+  raise ValueError(f"config.data.source={cfg.source!r}: expected 'shards', 'synthetic' or 'list_file'")
 
 
 def local_batch_size(global_batch: int) -> int:
@@ -217,6 +336,10 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
   """Infinite, reshuffled every epoch, this host's share of each global batch; checkpointable."""
   clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip,
                    random_resized_crop=cfg.get("random_resized_crop", False))
+  if cfg.get("reader", "index") == "stream":
+    if not isinstance(source, ShardRecords):
+      raise ValueError("data.reader='stream' reads data_prep shards (data.source='shards')")
+    return stream_iterator(source, cfg, clip, global_batch, seed)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Random transforms are seeded by the position in the global order, before the per-host split,
   # so any number of hosts sees the same clips (and augmentations) in each global batch.
@@ -224,6 +347,35 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
   return iter(ds.to_iter_dataset())
+
+
+def stream_iterator(source: ShardRecords, cfg: ml_collections.ConfigDict, clip, global_batch: int,
+                    seed: int):
+  """Pod-scale reader: per-epoch shuffled shard files, split per host by process index, interleaved
+  (`data.cycle_length` files open), records window-shuffled (`data.shuffle_window`), filtered to
+  `select`, sampled + augmented, batched. Hosts read disjoint files, so (unlike `index`) the global
+  batch depends on the host count. Checkpointable like the index reader."""
+  files = shard_files(source.dir, source.select)
+  pi, pc = jax.process_index(), jax.process_count()
+  if len(files) < pc:
+    raise ValueError(f"{source.dir}: {len(files)} shard files for {source.select!r} but {pc} "
+                     f"processes; write more shards (data_prep --shards) or use data.reader='index'")
+  kind, value = parse_select(source.select)
+  label_vocab = source.label_vocab
+
+  def keep(ex):
+    rec = ex["record"]
+    return rec.split == value if kind == "split" else value in rec.folds
+
+  ds = grain.MapDataset.source(files).seed(seed).shuffle().repeat(None)[pi::pc]
+  ds = ds.map(grain.experimental.TFRecordIterDataset)
+  ds = grain.experimental.InterleaveIterDataset(ds, cycle_length=min(cfg.get("cycle_length", 4),
+                                                                     len(files)))
+  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=cfg.get("shuffle_window", 64),
+                                                   seed=seed + 1)
+  ds = ds.map(lambda b: parse_stream_record(b, label_vocab)).filter(keep)
+  ds = ds.random_map(lambda r, rng: clip(r, rng), seed=seed + 2 + pi)
+  return iter(ds.batch(local_batch_size(global_batch), drop_remainder=True))
 
 
 def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> Iterator[dict]:

@@ -1,0 +1,430 @@
+"""The shard writer: sources -> face stage -> TFRecord shards + manifest, resumable and parallel.
+
+* Items of each split are dealt round-robin to `n` shards (`<dataset>-<split>.tfrecord-i-of-n`). A
+  shard is one unit of work: written to `<name>.tmp-<pid>`, fsync'ed, its sidecar `<name>.json`
+  (records, byte offsets, histograms, sha256) renamed into place, then the shard itself. A shard
+  counts as done only when both exist and the file's sha256 equals the sidecar's, so a killed job
+  rerun redoes exactly the unfinished shards; the content of a shard depends only on its items and
+  the recipe (never on workers or timing), so the result equals an uninterrupted run.
+* `prep_job.json` pins the source, its arguments and the recipe; a rerun with different ones is
+  refused (use `--overwrite`).
+* Inputs that cannot be used are logged with file, line/frame and field (`skipped.jsonl`, and in the
+  manifest); `--strict` stops at the first one instead, leaving no partial shard behind.
+* `manifest.json` (written last, atomically, deterministic) aggregates the sidecars: counts, label
+  histograms, status counts, checksums, the recipe, the per-record index and the mean landmark
+  template of the template split.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from data_prep.sources import base
+from jaxaffect.data import schema
+
+PREP_VERSION = 1
+JOB_FILE = "prep_job.json"
+SKIP_LOG = "skipped.jsonl"
+
+# Fork-inherited state of the workers (the items hold closures that do not pickle).
+_ITEMS: list = []
+_JOB: dict = {}
+_QUEUE = None
+_STAGE = None
+
+
+class PrepFailed(SystemExit):
+  pass
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _stage():
+  global _STAGE
+  if _STAGE is None:
+    from data_prep import faces
+    _STAGE = faces.FaceStage(faces.FaceRecipe(**_JOB["recipe_args"]))
+  return _STAGE
+
+
+def _nan(shape) -> np.ndarray:
+  return np.full(shape, np.nan, np.float32)
+
+
+def _check_rows(item: base.VideoItem, name: str, arr, t: int):
+  if arr is not None and len(arr) != t:
+    raise base.PrepError(item.source_path or item.key, f"{len(arr)} label rows for {t} frames "
+                         f"(frame count does not match)", field=name, item=item.key)
+
+
+def process_item(item: base.VideoItem, stage, recipe: dict) -> tuple[schema.VideoRecord, list[dict]]:
+  """Runs the face stage over one item's frames; returns the record and its per-frame issues."""
+  if item.resolve is not None:
+    item = item.resolve()
+  jpegs, idx, ts, status, found, score, box, mat, lms, issues = ([] for _ in range(10))
+  quality = int(recipe.get("jpeg_quality", 95))
+  results = stage.process_video(item.frames(), boxes=item.boxes, landmarks=item.landmarks,
+                                landmark_scheme=item.landmark_scheme)
+  for res in results:
+    fr = res.frame
+    jpegs.append(schema.encode_jpeg(res.crop, quality))
+    idx.append(fr.index)
+    ts.append(fr.t_sec)
+    status.append(res.status)
+    found.append(int(res.face_found))
+    score.append(res.score)
+    box.append(res.box)
+    mat.append(res.matrix)
+    lms.append(res.landmarks)
+    if res.status in (base.MISSING, base.UNREADABLE):
+      issues.append({"item": item.key, "frame": int(fr.index), "status": base.STATUS_NAMES[res.status],
+                     "path": item.source_path, "reason": fr.error or base.STATUS_NAMES[res.status]})
+  t = len(jpegs)
+  if t == 0:
+    raise base.PrepError(item.source_path or item.key, "no frames (empty folder or undecodable "
+                         "video)", item=item.key)
+  if item.num_frames is not None and item.num_frames != t and "container_frames" not in item.meta:
+    raise base.PrepError(item.source_path or item.key, f"expected {item.num_frames} frames, decoded "
+                         f"{t} (frame count does not match)", field="num_frames", item=item.key)
+  for name in ("va", "expr", "au", "boxes", "landmarks"):
+    _check_rows(item, name, getattr(item, name), t)
+  scheme = recipe.get("landmark_scheme_out") or item.landmark_scheme or ""
+  lm = np.stack(lms).astype(np.float32)
+  rec = schema.VideoRecord(
+      video_id=item.video_id, dataset=item.dataset, split=item.split, jpegs=jpegs,
+      frame_index=np.asarray(idx, np.int64), t_sec=np.asarray(ts, np.float32),
+      status=np.asarray(status, np.int64), face_found=np.asarray(found, np.int64),
+      score=np.asarray(score, np.float32), box=np.stack(box).astype(np.float32),
+      matrix=np.stack(mat).astype(np.float32), landmarks=lm,
+      landmark_scheme=getattr(stage, "landmark_scheme", scheme) if lm.shape[1] else "",
+      track=item.track, source_path=item.source_path, fps=float(item.fps), label=int(item.clip_label),
+      vocab=item.vocab, folds=tuple(item.folds), soft_label=item.soft_label, meta=item.meta,
+      recipe=recipe, va=None if item.va is None else np.asarray(item.va, np.float32),
+      expr=None if item.expr is None else np.asarray(item.expr, np.int64), expr_vocab=item.expr_vocab,
+      au=None if item.au is None else np.asarray(item.au, np.int64), au_names=tuple(item.au_names),
+      series={k: {"times": s.times, "values": s.values, "columns": s.names, "rate_hz": s.rate_hz}
+              for k, s in item.series.items()})
+  return rec, issues
+
+
+def _record_stats(rec: schema.VideoRecord) -> dict:
+  st = {"num_frames": rec.num_frames,
+        "status": np.bincount(rec.status, minlength=4).tolist(),
+        "face_found": int(rec.face_found.sum())}
+  if rec.expr is not None:
+    st["expr_hist"] = np.bincount(rec.expr[rec.expr >= 0], minlength=1).tolist()
+  if rec.au is not None:
+    st["au_pos"] = (rec.au == 1).sum(0).tolist()
+    st["au_valid"] = (rec.au >= 0).sum(0).tolist()
+  if rec.va is not None:
+    st["va_frames"] = int(rec.va_mask.sum())
+  return st
+
+
+def _write_shard(task: dict) -> dict:
+  """Writes one shard (temp + fsync + rename) and its sidecar; returns the sidecar."""
+  final = os.path.join(_JOB["out"], task["name"])
+  tmp = f"{final}.tmp-{os.getpid()}"
+  stage = _stage()
+  recipe = _JOB["recipe"]
+  records, skipped, issues = [], [], []
+  lm_sum, lm_cnt = None, None
+  try:
+    with open(tmp, "wb") as f:
+      w = schema.TFRecordWriter(f)
+      for i in task["items"]:
+        item = _ITEMS[i]
+        try:
+          rec, frame_issues = process_item(item, stage, recipe)
+        except base.PrepError as e:
+          e.item = e.item or item.key
+          if _JOB["strict"]:
+            raise
+          skipped.append(e.to_json())
+          if _QUEUE is not None:
+            _QUEUE.put(("skip", e.to_json()))
+          continue
+        if frame_issues and _JOB["strict"]:
+          fi = frame_issues[0]
+          raise base.PrepError(fi["path"] or item.key, f"frame {fi['status']}: {fi['reason']}",
+                               frame=fi["frame"], item=item.key)
+        issues.extend(frame_issues)
+        off, n = w.write(schema.encode(rec))
+        records.append({"id": rec.video_id, "split": rec.split, "file": task["name"], "offset": off,
+                        "length": n, "label": rec.label, "folds": list(rec.folds),
+                        **_record_stats(rec)})
+        if task["template"] and rec.landmarks.shape[1]:
+          ok = (rec.face_found == 1)[:, None, None] & np.isfinite(rec.landmarks)
+          s = np.where(ok, rec.landmarks, 0).sum(0, dtype=np.float64)
+          c = ok.sum(0)
+          lm_sum = s if lm_sum is None else lm_sum + s
+          lm_cnt = c if lm_cnt is None else lm_cnt + c
+        if _QUEUE is not None:
+          _QUEUE.put(("item", rec.num_frames))
+      f.flush()
+      os.fsync(f.fileno())
+    side = {"name": task["name"], "split": task["split"], "index": task["index"],
+            "count": task["count"], "records": records, "skipped": skipped, "frame_issues": issues,
+            "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp),
+            "template_sum": None if lm_sum is None else lm_sum.tolist(),
+            "template_count": None if lm_cnt is None else lm_cnt.tolist()}
+    _atomic_json(final + ".json", side)
+    os.replace(tmp, final)
+    return side
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _worker_init(job, queue):
+  global _JOB, _QUEUE
+  _JOB, _QUEUE = job, queue
+
+
+def _shard_done(out: str, name: str) -> dict | None:
+  path, side = os.path.join(out, name), os.path.join(out, name + ".json")
+  if not (os.path.exists(path) and os.path.exists(side)):
+    return None
+  with open(side) as f:
+    s = json.load(f)
+  if s.get("sha256") != _sha256(path):
+    return None
+  return s
+
+
+def _auto_shards(n_items: int) -> int:
+  return max(1, min(256, math.ceil(n_items / 64)))
+
+
+def _job_signature(args: argparse.Namespace, source_name: str, recipe: dict) -> dict:
+  skip = {"workers", "overwrite", "progress", "out", "func", "quiet"}
+  a = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not callable(v)}
+  a["src"] = os.path.abspath(a["src"]) if a.get("src") else a.get("src")
+  return {"source": source_name, "args": a, "recipe": recipe, "prep_version": PREP_VERSION}
+
+
+def run(source_name: str, args: argparse.Namespace) -> dict:
+  """Runs (or resumes) a preprocessing job; returns the manifest."""
+  from data_prep import faces, sources
+  global _ITEMS, _JOB
+  if source_name not in sources.SOURCES:
+    raise PrepFailed(f"data_prep: unknown source {source_name!r}; known: {sorted(sources.SOURCES)}")
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  recipe_args = dict(detector=args.detector, size=args.size, margin=args.margin,
+                     jpeg_quality=args.jpeg_quality)
+  recipe_args = {k: v for k, v in recipe_args.items() if v is not None}
+  stage = faces.FaceStage(faces.FaceRecipe(**recipe_args))
+  recipe = dict(stage.recipe.to_json(), prep_version=PREP_VERSION, schema_version=schema.SCHEMA_VERSION)
+  job = _job_signature(args, source_name, recipe)
+  job_path = os.path.join(out, JOB_FILE)
+  if os.path.exists(job_path):
+    with open(job_path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(job)):
+      if not getattr(args, "overwrite", False):
+        diff = sorted(k for k in set(old["args"]) | set(job["args"])
+                      if old["args"].get(k) != job["args"].get(k))
+        if old.get("recipe") != job["recipe"]:
+          diff.append("recipe")
+        raise PrepFailed(f"data_prep: {out} holds a job with other settings (differs in {diff}); "
+                         f"use another --out or --overwrite")
+      for name in os.listdir(out):
+        if ".tfrecord-" in name or name in (schema.MANIFEST, SKIP_LOG):
+          os.remove(os.path.join(out, name))
+  for name in os.listdir(out):               # leftovers of a killed run
+    if ".tmp-" in name:
+      os.remove(os.path.join(out, name))
+  _atomic_json(job_path, job)
+
+  log = (lambda *a: None) if getattr(args, "quiet", False) else (
+      lambda *a: print(*a, file=sys.stderr, flush=True))
+  t0 = time.time()
+  items, skipped = [], []
+  for x in sources.SOURCES[source_name].items(args.src, args):
+    if isinstance(x, base.Skip):
+      if args.strict:
+        raise PrepFailed(f"data_prep: {x.error} (--strict)")
+      skipped.append(x.error.to_json())
+      log(f"[data_prep] skip: {x.error}")
+    else:
+      items.append(x)
+  keys = collections.Counter(it.key for it in items)
+  dup = [k for k, c in keys.items() if c > 1]
+  if dup:
+    raise PrepFailed(f"data_prep: {len(dup)} items listed twice, e.g. {dup[:3]}")
+  if not items:
+    raise PrepFailed(f"data_prep: source {source_name!r} found no usable item under {args.src}"
+                     + (f" ({len(skipped)} skipped, first: {skipped[0]})" if skipped else ""))
+  by_split: dict[str, list[int]] = collections.defaultdict(list)
+  for i, it in enumerate(items):
+    by_split[it.split].append(i)
+  template_split = args.template_split or ("train" if "train" in by_split else sorted(by_split)[0])
+  tasks = []
+  for split in sorted(by_split):
+    idxs = by_split[split]
+    n = min(args.shards or _auto_shards(len(idxs)), len(idxs))
+    dataset = items[idxs[0]].dataset
+    for j in range(n):
+      tasks.append({"name": schema.shard_name(dataset, split, j, n), "split": split, "index": j,
+                    "count": n, "items": idxs[j::n], "template": split == template_split})
+  done = {t["name"]: _shard_done(out, t["name"]) for t in tasks}
+  todo = [t for t in tasks if done[t["name"]] is None]
+  n_todo_items = sum(len(t["items"]) for t in todo)
+  log(f"[data_prep] {source_name}: {len(items)} items in {len(by_split)} split(s), {len(tasks)} "
+      f"shards ({len(tasks) - len(todo)} already done), {len(skipped)} skipped while listing")
+
+  _ITEMS = items
+  _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": bool(args.strict)}
+  workers = max(1, min(int(args.workers or 1), len(todo) or 1))
+  frames_done = [0]
+  if todo:
+    from tqdm import tqdm
+    bar = tqdm(total=n_todo_items, unit="video", desc=f"prep {source_name}", file=sys.stderr,
+               disable=getattr(args, "quiet", False), dynamic_ncols=True)
+
+    def on_msg(msg):
+      kind, val = msg
+      if kind == "item":
+        frames_done[0] += val
+        bar.update(1)
+        bar.set_postfix(frames=frames_done[0],
+                        fps=f"{frames_done[0] / max(time.time() - t0, 1e-9):.1f}", refresh=False)
+      else:
+        bar.write(f"[data_prep] skip: {val}")
+
+    try:
+      if workers == 1:
+        q = _LocalQueue(on_msg)
+        _worker_init(_JOB, q)
+        for t in todo:
+          done[t["name"]] = _write_shard(t)
+      else:
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        stop = threading.Event()
+
+        def pump():
+          while not stop.is_set() or not q.empty():
+            try:
+              on_msg(q.get(timeout=0.1))
+            except Exception:
+              pass
+        th = threading.Thread(target=pump, daemon=True)
+        th.start()
+        try:
+          with ctx.Pool(workers, initializer=_worker_init, initargs=(_JOB, q)) as pool:
+            for side in pool.imap_unordered(_write_shard, todo):
+              done[side["name"]] = side
+        finally:
+          stop.set()
+          th.join(timeout=5)
+    except base.PrepError as e:
+      raise PrepFailed(f"data_prep: {e} (--strict)") from e
+    finally:
+      bar.close()
+  manifest = _manifest(source_name, job, tasks, done, skipped, template_split)
+  with open(os.path.join(out, SKIP_LOG + f".tmp-{os.getpid()}"), "w") as f:
+    for s in manifest["skipped"] + manifest["frame_issues"]:
+      f.write(json.dumps(s, sort_keys=True) + "\n")
+  os.replace(os.path.join(out, SKIP_LOG + f".tmp-{os.getpid()}"), os.path.join(out, SKIP_LOG))
+  _atomic_json(os.path.join(out, schema.MANIFEST), manifest)
+  dt = time.time() - t0
+  nf = manifest["totals"]["frames"]
+  log(f"[data_prep] wrote {manifest['totals']['videos']} videos / {nf} frames in {len(tasks)} "
+      f"shards to {out}; {len(manifest['skipped'])} skipped, {len(manifest['frame_issues'])} frame "
+      f"issues; {dt:.1f} s this run ({frames_done[0] / max(dt, 1e-9):.1f} frames/s)")
+  return manifest
+
+
+class _LocalQueue:
+  def __init__(self, fn):
+    self.fn = fn
+
+  def put(self, msg):
+    self.fn(msg)
+
+
+def _manifest(source_name, job, tasks, done, listing_skipped, template_split) -> dict:
+  from data_prep import faces
+  splits: dict[str, Any] = {}
+  records, skipped, issues = [], list(listing_skipped), []
+  t_sum, t_cnt = None, None
+  for t in tasks:
+    side = done[t["name"]]
+    sp = splits.setdefault(t["split"], {"shards": [], "videos": 0, "frames": 0,
+                                        "status": [0, 0, 0, 0], "face_found": 0,
+                                        "label_hist": {}, "fold_counts": {}, "expr_hist": [],
+                                        "au_pos": None, "au_valid": None, "va_frames": 0})
+    sp["shards"].append({"file": t["name"], "sha256": side["sha256"], "bytes": side["bytes"],
+                         "records": len(side["records"])})
+    for r in side["records"]:
+      records.append(r)
+      sp["videos"] += 1
+      sp["frames"] += r["num_frames"]
+      sp["status"] = [a + b for a, b in zip(sp["status"], r["status"])]
+      sp["face_found"] += r["face_found"]
+      sp["label_hist"][str(r["label"])] = sp["label_hist"].get(str(r["label"]), 0) + 1
+      for fold in r["folds"]:
+        fc = sp["fold_counts"].setdefault(fold, {"videos": 0, "label_hist": {}})
+        fc["videos"] += 1
+        fc["label_hist"][str(r["label"])] = fc["label_hist"].get(str(r["label"]), 0) + 1
+      if "expr_hist" in r:
+        h = r["expr_hist"]
+        e = sp["expr_hist"] + [0] * max(0, len(h) - len(sp["expr_hist"]))
+        sp["expr_hist"] = [a + (h[i] if i < len(h) else 0) for i, a in enumerate(e)]
+      for k in ("au_pos", "au_valid"):
+        if k in r:
+          sp[k] = r[k] if sp[k] is None else [a + b for a, b in zip(sp[k], r[k])]
+      sp["va_frames"] += r.get("va_frames", 0)
+    skipped.extend(side["skipped"])
+    issues.extend(side["frame_issues"])
+    if side.get("template_sum") is not None:
+      s, c = np.asarray(side["template_sum"]), np.asarray(side["template_count"])
+      t_sum = s if t_sum is None else t_sum + s
+      t_cnt = c if t_cnt is None else t_cnt + c
+  for sp in splits.values():
+    sp["label_hist"] = dict(sorted(sp["label_hist"].items(), key=lambda kv: int(kv[0])))
+  template = None
+  if t_sum is not None and t_cnt.min() > 0:
+    mean = (t_sum / t_cnt).astype(np.float64)
+    template = {"split": template_split, "frames": int(t_cnt.min()),
+                "landmarks": np.round(mean, 4).tolist()}
+    if mean.shape[0] == 68:
+      template["keypoints7"] = np.round(faces.keypoints7(mean), 4).tolist()
+  import jaxaffect
+  return {"schema_version": schema.SCHEMA_VERSION, "prep_version": PREP_VERSION,
+          "source": source_name, "job": job, "recipe": job["recipe"], "splits": splits,
+          "totals": {"videos": len(records), "frames": sum(r["num_frames"] for r in records),
+                     "shards": len(tasks), "skipped": len(skipped), "frame_issues": len(issues)},
+          "records": records, "skipped": skipped, "frame_issues": issues, "template": template,
+          "versions": {"jaxaffect": getattr(jaxaffect, "__version__", "?"),
+                       "python": sys.version.split()[0]}}
