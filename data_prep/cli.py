@@ -24,9 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sp.add_argument_group("common")
     g.add_argument("--src", required=True, help="the dataset root / file (as the dataset ships it)")
     g.add_argument("--out", required=True, help="output directory for shards + manifest.json")
-    g.add_argument("--size", type=int, default=112, choices=(112, 224), help="crop side in pixels")
-    g.add_argument("--detector", default=None,
-                   help="blazeface | haar | precomputed | none (default: the source's choice)")
+    g.add_argument("--size", type=int, default=112, help="crop side in pixels (112 or 224 usual)")
+    g.add_argument("--detector", default="auto",
+                   help="auto | blazeface | haar | precomputed | none. auto: the item's own "
+                        "geometry if it has some, dataset-provided aligned crops resized as they "
+                        "are, otherwise BlazeFace + FaceMesh")
     g.add_argument("--margin", type=float, default=None, help="crop margin (see data_prep.faces)")
     g.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality of the crops (95)")
     g.add_argument("--workers", type=int, default=1, help="parallel worker processes")
@@ -43,10 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from data_prep import shards, sources
+  from data_prep import shards
   args = build_parser().parse_args(argv)
-  if args.detector is None:
-    args.detector = getattr(sources.SOURCES[args.source], "DEFAULT_DETECTOR", "blazeface")
   try:
     shards.run(args.source, args)
   except shards.PrepFailed as e:

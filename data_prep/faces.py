@@ -22,8 +22,9 @@ Detectors (`FaceRecipe.detector`):
 crops included (which re-aligns them to the template).
 
 Faces per frame: of several faces, the one overlapping the previous frame's face (IoU > 0.3) is
-kept, otherwise the largest: a video is about one person (two-person Aff-Wild2 videos come as two
-items with their own boxes).
+kept, otherwise the largest: a video is about one person. Two-person videos (Aff-Wild2
+`*_left` / `*_right`) pass `track="left"` / `"right"`: then the leftmost / rightmost face is taken
+instead of the largest.
 
 Alignment: a least-squares similarity transform (Umeyama 1991) from five points (eye centres =
 mean of the two eye corners, nose tip, mouth corners; `FIVE_POINTS_IBUG68`) to the ArcFace
@@ -355,10 +356,15 @@ def _nan(*shape) -> np.ndarray:
   return np.full(shape, np.nan, np.float32)
 
 
-def _select(boxes: np.ndarray, prev_box: np.ndarray | None) -> np.ndarray:
-  """Preference order: the box overlapping the previous face (IoU > 0.3) first, then by area."""
-  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  order = np.argsort(-area, kind="stable")
+def _select(boxes: np.ndarray, prev_box: np.ndarray | None, track: str = "") -> np.ndarray:
+  """Preference order: the box overlapping the previous face (IoU > 0.3) first, then the largest
+  (or, for track "left" / "right", the leftmost / rightmost by box centre)."""
+  if track in ("left", "right"):
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    order = np.argsort(cx if track == "left" else -cx, kind="stable")
+  else:
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.argsort(-area, kind="stable")
   if prev_box is not None and np.all(np.isfinite(prev_box)) and len(boxes):
     ov = blazeface.iou(np.asarray(prev_box, np.float64), boxes.astype(np.float64))
     best = int(np.argmax(ov))
@@ -374,12 +380,12 @@ class _BlazeFaceBackend:
     self.model = blazeface.BlazeFace(min_score=recipe.min_score, num_threads=num_threads)
     self.min_score = recipe.min_score
 
-  def find(self, image: np.ndarray, prev_box):
+  def find(self, image: np.ndarray, prev_box, track: str = ""):
     dets = self.model.detect(image)
     if not dets:
       return None
     boxes = np.stack([d.box for d in dets])
-    for i in _select(boxes, prev_box)[:self.max_candidates]:
+    for i in _select(boxes, prev_box, track)[:self.max_candidates]:
       mesh = self.model.mesh(image, dets[i])
       if mesh.score >= self.min_score:
         return dets[i].box, mesh_to_ibug68(mesh.points[:, :2]), dets[i].score
@@ -393,7 +399,7 @@ class _HaarBackend:
     if self.cascade.empty():
       raise RuntimeError(f"cv2.CascadeClassifier could not load {haar_path()}")
 
-  def find(self, image: np.ndarray, prev_box):
+  def find(self, image: np.ndarray, prev_box, track: str = ""):
     gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
     min_side = max(20, int(0.05 * min(gray.shape)))
     rects = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4,
@@ -403,7 +409,7 @@ class _HaarBackend:
     r = np.asarray(rects, np.float64)
     boxes = np.stack([r[:, 0] - 0.5, r[:, 1] - 0.5, r[:, 0] + r[:, 2] - 0.5,
                       r[:, 1] + r[:, 3] - 0.5], axis=1)
-    return boxes[_select(boxes, prev_box)[0]], None, math.nan
+    return boxes[_select(boxes, prev_box, track)[0]], None, math.nan
 
 
 class FaceStage:
@@ -412,6 +418,8 @@ class FaceStage:
   def __init__(self, recipe: FaceRecipe, *, num_threads: int | None = 1):
     self.recipe = recipe
     self.template = recipe.template_px()
+    # scheme of FaceResult.landmarks for the video being (or last) processed; also on every result
+    self.landmark_scheme = recipe.landmark_scheme
     self._backend = None
     if recipe.detector == "blazeface":
       self._backend = _BlazeFaceBackend(recipe, num_threads)
@@ -428,7 +436,7 @@ class FaceStage:
 
   def process_video(self, frames: Iterable[Frame], *, boxes: np.ndarray | None = None,
                     landmarks: np.ndarray | None = None, landmark_scheme: str = "",
-                    source: str = "") -> Iterator[FaceResult]:
+                    source: str = "", track: str = "") -> Iterator[FaceResult]:
     """One `FaceResult` per frame, in order.
 
     Args:
@@ -439,6 +447,8 @@ class FaceStage:
         (and mapped to crop pixels by "none").
       landmark_scheme: the scheme of `landmarks`; must be "ibug68" when landmarks are used.
       source: the item's path or key, for error messages.
+      track: `VideoItem.track`; "left" / "right" make the detectors take the leftmost / rightmost
+        face instead of the largest (two-person videos).
     """
     rec = self.recipe
     uses_geometry = rec.detector in ("precomputed", "none") and (
@@ -452,6 +462,7 @@ class FaceStage:
                       "found neither", field="boxes/landmarks")
     scheme = rec.landmark_scheme if rec.detector in ("blazeface", "haar") else (
         "ibug68" if landmarks is not None else "")
+    self.landmark_scheme = scheme
     n_geom = max(len(a) if a is not None else 0 for a in (boxes, landmarks)) if uses_geometry else 0
     last_matrix, last_box = None, None
     size = rec.size
@@ -486,7 +497,7 @@ class FaceStage:
       if rec.detector == "precomputed":
         found = self._from_geometry(box_t, lm_t)
       else:
-        hit = self._backend.find(image, last_box)
+        hit = self._backend.find(image, last_box, track)
         if hit is not None:
           bx, lm, score = hit
           m = self.align_matrix(lm) if lm is not None else box_matrix(bx, size, rec.margin)

@@ -20,6 +20,7 @@ import argparse
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -66,11 +67,53 @@ def _atomic_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def _stage():
+class Stages:
+  """The face stage(s) of a job. A fixed detector uses one `FaceStage`; `auto` picks per item:
+  the item's own geometry -> "precomputed", dataset-provided aligned crops (`Frame.precomputed`)
+  -> "none", anything else -> "blazeface". Each record stores the recipe that made it."""
+  AUTO_DETECTOR = "blazeface"
+
+  def __init__(self, recipe_args: dict):
+    self.args = dict(recipe_args)
+    self.auto = self.args.get("detector", "auto") == "auto"
+    self._stages: dict[str, Any] = {}
+
+  def get(self, detector: str):
+    if detector not in self._stages:
+      from data_prep import faces
+      self._stages[detector] = faces.FaceStage(faces.FaceRecipe(**{**self.args, "detector": detector}))
+    return self._stages[detector]
+
+  def recipe(self, detector: str) -> dict:
+    from data_prep import faces
+    r = faces.FaceRecipe(**{**self.args, "detector": detector}).to_json()
+    return dict(r, prep_version=PREP_VERSION, schema_version=schema.SCHEMA_VERSION)
+
+  def job_recipe(self) -> dict:
+    if not self.auto:
+      return self.recipe(self.args["detector"])
+    return {"detector": "auto", "prep_version": PREP_VERSION, "schema_version": schema.SCHEMA_VERSION,
+            "stages": {d: self.recipe(d) for d in ("precomputed", "none", self.AUTO_DETECTOR)}}
+
+  def pick(self, item: base.VideoItem):
+    """(detector name, FaceStage, frames iterator) for an item."""
+    frames = item.frames()
+    if not self.auto:
+      det = self.args["detector"]
+      return det, self.get(det), frames
+    if item.boxes is not None or item.landmarks is not None:
+      return "precomputed", self.get("precomputed"), frames
+    first = next(frames, None)
+    if first is None:
+      return self.AUTO_DETECTOR, self.get(self.AUTO_DETECTOR), iter(())
+    det = "none" if first.precomputed else self.AUTO_DETECTOR
+    return det, self.get(det), itertools.chain([first], frames)
+
+
+def _stage() -> Stages:
   global _STAGE
   if _STAGE is None:
-    from data_prep import faces
-    _STAGE = faces.FaceStage(faces.FaceRecipe(**_JOB["recipe_args"]))
+    _STAGE = Stages(_JOB["recipe_args"])
   return _STAGE
 
 
@@ -84,15 +127,20 @@ def _check_rows(item: base.VideoItem, name: str, arr, t: int):
                          f"(frame count does not match)", field=name, item=item.key)
 
 
-def process_item(item: base.VideoItem, stage, recipe: dict) -> tuple[schema.VideoRecord, list[dict]]:
+def process_item(item: base.VideoItem, stages: Stages) -> tuple[schema.VideoRecord, list[dict]]:
   """Runs the face stage over one item's frames; returns the record and its per-frame issues."""
   if item.resolve is not None:
     item = item.resolve()
   jpegs, idx, ts, status, found, score, box, mat, lms, issues = ([] for _ in range(10))
+  detector, stage, frames = stages.pick(item)
+  recipe = stages.recipe(detector)
   quality = int(recipe.get("jpeg_quality", 95))
-  results = stage.process_video(item.frames(), boxes=item.boxes, landmarks=item.landmarks,
-                                landmark_scheme=item.landmark_scheme)
+  scheme = ""
+  results = stage.process_video(frames, boxes=item.boxes, landmarks=item.landmarks,
+                                landmark_scheme=item.landmark_scheme,
+                                source=item.source_path or item.key)
   for res in results:
+    scheme = res.landmark_scheme or scheme
     fr = res.frame
     jpegs.append(schema.encode_jpeg(res.crop, quality))
     idx.append(fr.index)
@@ -115,7 +163,6 @@ def process_item(item: base.VideoItem, stage, recipe: dict) -> tuple[schema.Vide
                          f"{t} (frame count does not match)", field="num_frames", item=item.key)
   for name in ("va", "expr", "au", "boxes", "landmarks"):
     _check_rows(item, name, getattr(item, name), t)
-  scheme = recipe.get("landmark_scheme_out") or item.landmark_scheme or ""
   lm = np.stack(lms).astype(np.float32)
   rec = schema.VideoRecord(
       video_id=item.video_id, dataset=item.dataset, split=item.split, jpegs=jpegs,
@@ -123,7 +170,7 @@ def process_item(item: base.VideoItem, stage, recipe: dict) -> tuple[schema.Vide
       status=np.asarray(status, np.int64), face_found=np.asarray(found, np.int64),
       score=np.asarray(score, np.float32), box=np.stack(box).astype(np.float32),
       matrix=np.stack(mat).astype(np.float32), landmarks=lm,
-      landmark_scheme=getattr(stage, "landmark_scheme", scheme) if lm.shape[1] else "",
+      landmark_scheme=scheme,
       track=item.track, source_path=item.source_path, fps=float(item.fps), label=int(item.clip_label),
       vocab=item.vocab, folds=tuple(item.folds), soft_label=item.soft_label, meta=item.meta,
       recipe=recipe, va=None if item.va is None else np.asarray(item.va, np.float32),
@@ -153,7 +200,6 @@ def _write_shard(task: dict) -> dict:
   final = os.path.join(_JOB["out"], task["name"])
   tmp = f"{final}.tmp-{os.getpid()}"
   stage = _stage()
-  recipe = _JOB["recipe"]
   records, skipped, issues = [], [], []
   lm_sum, lm_cnt = None, None
   try:
@@ -162,7 +208,7 @@ def _write_shard(task: dict) -> dict:
       for i in task["items"]:
         item = _ITEMS[i]
         try:
-          rec, frame_issues = process_item(item, stage, recipe)
+          rec, frame_issues = process_item(item, stage)
         except base.PrepError as e:
           e.item = e.item or item.key
           if _JOB["strict"]:
@@ -233,17 +279,19 @@ def _job_signature(args: argparse.Namespace, source_name: str, recipe: dict) -> 
 
 def run(source_name: str, args: argparse.Namespace) -> dict:
   """Runs (or resumes) a preprocessing job; returns the manifest."""
-  from data_prep import faces, sources
+  from data_prep import sources
   global _ITEMS, _JOB
   if source_name not in sources.SOURCES:
     raise PrepFailed(f"data_prep: unknown source {source_name!r}; known: {sorted(sources.SOURCES)}")
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
-  recipe_args = dict(detector=args.detector, size=args.size, margin=args.margin,
+  recipe_args = dict(detector=args.detector or "auto", size=args.size, margin=args.margin,
                      jpeg_quality=args.jpeg_quality)
   recipe_args = {k: v for k, v in recipe_args.items() if v is not None}
-  stage = faces.FaceStage(faces.FaceRecipe(**recipe_args))
-  recipe = dict(stage.recipe.to_json(), prep_version=PREP_VERSION, schema_version=schema.SCHEMA_VERSION)
+  try:
+    recipe = Stages(recipe_args).job_recipe()
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    raise PrepFailed(f"data_prep: {e}") from e
   job = _job_signature(args, source_name, recipe)
   job_path = os.path.join(out, JOB_FILE)
   if os.path.exists(job_path):

@@ -161,10 +161,10 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
   def _open(self, name: str):
     if self._pid != os.getpid():           # forked worker: do not share file offsets
       self._files, self._pid = {}, os.getpid()
-    f = self._files.get(name)
-    if f is None:
-      f = self._files[name] = open(os.path.join(self.dir, name), "rb")
-    return f
+    fd = self._files.get(name)
+    if fd is None:                          # one descriptor per file; reads use pread (thread-safe)
+      fd = self._files[name] = os.open(os.path.join(self.dir, name), os.O_RDONLY)
+    return fd
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     r = self.records[i]

@@ -140,16 +140,19 @@ class TFRecordWriter:
     return start, len(rec)
 
 
-def read_record_at(f: BinaryIO, offset: int, path: str = "?", check_crc: bool = True) -> bytes:
-  f.seek(offset)
-  head = f.read(12)
+def read_record_at(f: BinaryIO | int, offset: int, path: str = "?", check_crc: bool = True) -> bytes:
+  """The payload of the record at byte `offset` of an open file (object or descriptor).
+
+  Uses `os.pread`: no shared file position, so threads may read one descriptor concurrently."""
+  fd = f if isinstance(f, int) else f.fileno()
+  head = os.pread(fd, 12, offset)
   if len(head) != 12:
     raise ValueError(f"{path}: truncated TFRecord header at byte {offset}")
   (n,) = struct.unpack("<Q", head[:8])
   if check_crc and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
     raise ValueError(f"{path}: bad length CRC at byte {offset} (corrupt or not a TFRecord file)")
-  data = f.read(n)
-  tail = f.read(4)
+  body = os.pread(fd, n + 4, offset + 12)
+  data, tail = body[:n], body[n:]
   if len(data) != n or len(tail) != 4:
     raise ValueError(f"{path}: record at byte {offset} truncated ({len(data)} of {n} bytes)")
   if check_crc and struct.unpack("<I", tail)[0] != _masked_crc(data):
