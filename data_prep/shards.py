@@ -138,7 +138,7 @@ def process_item(item: base.VideoItem, stages: Stages) -> tuple[schema.VideoReco
   scheme = ""
   results = stage.process_video(frames, boxes=item.boxes, landmarks=item.landmarks,
                                 landmark_scheme=item.landmark_scheme,
-                                source=item.source_path or item.key)
+                                source=item.source_path or item.key, track=item.track)
   for res in results:
     scheme = res.landmark_scheme or scheme
     fr = res.frame
@@ -227,9 +227,10 @@ def _write_shard(task: dict) -> dict:
                         "length": n, "label": rec.label, "folds": list(rec.folds),
                         **_record_stats(rec)})
         if task["template"] and rec.landmarks.shape[1]:
-          ok = (rec.face_found == 1)[:, None, None] & np.isfinite(rec.landmarks)
-          s = np.where(ok, rec.landmarks, 0).sum(0, dtype=np.float64)
-          c = ok.sum(0)
+          # whole frames only: a frame with any non-finite point does not enter the mean
+          ok = (rec.face_found == 1) & np.isfinite(rec.landmarks).all(axis=(1, 2))
+          s = rec.landmarks[ok].sum(0, dtype=np.float64)
+          c = np.full(rec.landmarks.shape[1:], ok.sum(), np.int64)
           lm_sum = s if lm_sum is None else lm_sum + s
           lm_cnt = c if lm_cnt is None else lm_cnt + c
         if _QUEUE is not None:
