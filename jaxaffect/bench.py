@@ -422,7 +422,7 @@ def _fmt_table(r: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxaffect bench", description=__doc__.split("\n")[0])
-  p.add_argument("model", help=f"one of: {', '.join(sorted(MODELS))}")
+  p.add_argument("model", help=f"one of: {', '.join(sorted(MODELS))}, or 'data' (input pipeline)")
   p.add_argument("--json", action="store_true", help="print one JSON line (table to stderr)")
   p.add_argument("--config", default=None, help="config spec (default: the model's)")
   p.add_argument("--batch", type=int, default=4, help="global batch size")
@@ -439,6 +439,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+  if argv and argv[0] == "data":          # input pipeline + preprocessing (jaxaffect/bench_data.py)
+    from jaxaffect import bench_data
+    return bench_data.main(argv[1:])
   p = _parser()
   args, rest = p.parse_known_args(argv)
   if args.model not in MODELS:

@@ -132,3 +132,31 @@ def test_host_state_matches_abstract_state():
       assert (v == 1).all(), name
     else:
       assert (v == 0).all(), name
+
+
+def test_bench_data_reports_both_readers_on_identical_frames(tmp_path):
+  """`jaxaffect bench data` (tiny): both readers run, the folder copy holds the shards' JPEG bytes
+  (PIL decodes them to exactly what our reader decodes), and every figure is a positive rate."""
+  from PIL import Image
+
+  from jaxaffect import bench_data
+  from jaxaffect.data import pipeline, schema
+  r = bench_data.run(videos=2, frames=24, clips=1, rounds=1, workdir=str(tmp_path))
+  assert set(r["readers"]) == set(bench_data.CLIPS)
+  for v in r["readers"].values():
+    assert v["ours_clips_per_s"] > 0 and v["torch_style_clips_per_s"] > 0
+  assert len(r["prep"]) == 5 and all(v["frames_per_s"] > 0 for v in r["prep"].values())
+  assert r["prep"]["mp4 256px -> 112px (--detector blazeface)"]["frames"] == 24
+  src = pipeline.ShardRecords(str(tmp_path / "shards_112"), "train")
+  rec = src[1]["record"]
+  ours = schema.decode_frames(rec.jpegs, [0, 23])
+  folder = tmp_path / "folders_112" / f"train_{rec.video_id}"
+  pil = np.stack([np.asarray(Image.open(folder / f"{i}.jpg").convert("RGB")) for i in (1, 24)])
+  np.testing.assert_array_equal(ours, pil)
+  ours_clip = bench_data.OurReader(str(tmp_path / "shards_224"), 224, "est").clip(
+      0, np.random.default_rng(0))
+  torch_clip = bench_data.TorchStyleReader(str(tmp_path / "folders_224"), 224, "est").clip(
+      0, np.random.default_rng(0))
+  assert ours_clip.shape == (35, 224, 224, 3) and tuple(torch_clip.shape) == (35, 3, 224, 224)
+  text = bench_data.format_table(r)
+  assert "ours/torch" in text and "blazeface" in text

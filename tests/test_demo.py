@@ -1,5 +1,6 @@
-"""Learning is proven: the demo (synthetic videos → Former-DFER smoke on the CPU) reaches UAR >= 0.90
-on held-out clips (other generator seeds: unseen identities), and writes everything it promises."""
+"""Learning is proven: the demo (synthetic videos → data_prep shards → grain → Former-DFER smoke on
+the CPU) reaches UAR >= 0.90 on held-out clips (other generator seeds: unseen identities), and writes
+everything it promises."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,11 @@ def test_demo_learns_and_writes_its_outputs(tmp_path):
   assert summary["uar"] >= 0.90, summary
   assert summary["war"] >= 0.90, summary
   assert summary["num_heldout_videos"] == 140
+  # It went through the preprocessing job: shards + manifest with both splits, every frame a face.
+  m = json.load(open(os.path.join(summary["shards"], "manifest.json")))
+  assert summary["prep_frames"] == m["totals"]["frames"] == (1344 + 140) * 24
+  assert m["splits"]["test"]["videos"] == 140 and m["totals"]["skipped"] == 0
+  assert m["splits"]["train"]["face_found"] == 1344 * 24
   with open(os.path.join(wd, "demo_summary.json")) as f:
     assert json.load(f) == summary
   for key in ("export_path", "confusion_matrix_png", "checkpoint"):
