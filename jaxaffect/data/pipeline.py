@@ -299,6 +299,137 @@ class VideoClip:
             "mask": np.float32(1.0)}
 
 
+def frame_labels(rec: schema.VideoRecord, idx: np.ndarray, *, expr_vocab: str = "",
+                 series_method: str = "linear", series_max_gap: float | None = None
+                 ) -> dict[str, np.ndarray]:
+  """Per-frame labels of the frames `idx` (any shape) with their masks, from one record.
+
+  VA comes from the record's per-frame `frame/va` or, when the dataset annotates on its own time
+  base (RECOLA 25 Hz, SEWA 10 Hz), from its `series/va` resampled to the frames' `t_sec` here, at
+  read time (`samplers.resample_series`). EXPR is converted to `expr_vocab` (explicit map; a class
+  the target lacks is an error). AU masks are per unit. `face` marks frames with a face.
+  """
+  idx = np.asarray(idx)
+  out: dict[str, np.ndarray] = {"face": rec.face_found[idx].astype(np.float32)}
+  where = f"record {rec.dataset}/{rec.split}/{rec.video_id}"
+  if rec.va is not None:
+    out["va"], out["va_mask"] = rec.va[idx], rec.va_mask[idx].astype(np.float32)
+  elif "va" in rec.series:
+    s = rec.series["va"]
+    cols = list(s["columns"])
+    if cols[:2] != ["valence", "arousal"]:
+      raise ValueError(f"{where}: series 'va' columns {cols}, expected valence, arousal first")
+    if not np.all(np.isfinite(rec.t_sec)):
+      raise ValueError(f"{where}: series labels need frame times (field 'frame/t_sec' has NaN: "
+                       f"the source did not know the frame rate)")
+    vals, mask = samplers.resample_series(s["times"], s["values"][:, :2], rec.t_sec,
+                                          method=series_method, max_gap=series_max_gap)
+    out["va"], out["va_mask"] = vals[idx].astype(np.float32), mask[idx].astype(np.float32)
+  if rec.expr is not None:
+    expr = rec.expr
+    if expr_vocab and rec.expr_vocab and rec.expr_vocab != expr_vocab:
+      try:
+        expr = vocab.convert(expr, rec.expr_vocab, expr_vocab)
+      except ValueError as e:
+        raise ValueError(f"{where}: field 'frame/expr': {e}") from e
+    out["expr"] = expr[idx].astype(np.int32)
+    out["expr_mask"] = (expr[idx] >= 0).astype(np.float32)
+  if rec.au is not None:
+    out["au"] = np.maximum(rec.au[idx], 0).astype(np.float32)
+    out["au_mask"] = (rec.au[idx] >= 0).astype(np.float32)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSampler:
+  """Samplers beyond Former-DFER, over shard records, with per-frame labels and augmentation.
+
+  kind:
+    "est"      7 snippets x 5 frames (`samplers.est_indices`) -> video (35, H, W, 3), label;
+    "window"   `window` consecutive frames (ABAW 300, stride `stride` 200): train draws one of the
+               `sliding_windows(n, window, stride, tail="pad")` windows, eval takes the first;
+               -> video (window, ...), per-frame labels, `valid` (inside the video);
+    "sequence" `length` steps `stride` apart (TDLS 768, MGCT 400; `samplers.long_sequence`);
+    "frame"    one frame (`samplers.frame_index`, over frames with a face) -> image (H, W, 3).
+  Augmentation (`augment.augment_clip`, the same for every frame): crop "resized_crop" (torchvision
+  RandomResizedCrop), "zoom" (1.1-1.5) or None, h-flip with `flip_prob`, colour jitter.
+  """
+  kind: str
+  image_size: int
+  train: bool
+  window: int = 300
+  stride: int = 200
+  crop: str | None = None
+  flip_prob: float = 0.5
+  color_jitter: float = 0.0
+  expr_vocab: str = ""
+
+  def indices(self, n: int, rec: schema.VideoRecord, rng) -> tuple[np.ndarray, np.ndarray]:
+    if self.kind == "est":
+      idx = samplers.est_indices(n, train=self.train, rng=rng if self.train else None).ravel()
+      return idx, np.ones(len(idx), bool)
+    if self.kind == "window":
+      wins = samplers.sliding_windows(n, self.window, self.stride, tail="pad")
+      k = int(rng.integers(len(wins))) if self.train else 0
+      idx, valid = samplers.window_indices([wins[k]], self.window)
+      return idx[0], valid[0]
+    if self.kind == "sequence":
+      idx, valid = samplers.long_sequence(n, self.window, train=self.train,
+                                          rng=rng if self.train else None, stride=self.stride)
+      return idx[0], valid[0]
+    if self.kind == "frame":
+      face = rec.face_found.astype(bool)
+      idx = samplers.frame_index(n, rng if self.train else None, train=self.train,
+                                 valid_mask=face if face.any() else None)
+      return idx, np.ones(1, bool)
+    raise ValueError(f"data.sampler={self.kind!r}: expected former_dfer, est, window, sequence "
+                     f"or frame")
+
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
+    from jaxaffect.data import augment
+    if "record" not in record:
+      raise ValueError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
+    rec = record["record"]
+    where = f"record {rec.dataset}/{rec.split}/{rec.video_id}"
+    idx, valid = self.indices(rec.num_frames, rec, rng)
+    video = schema.decode_frames(rec.jpegs, idx, where)
+    aug = self.train and rng is not None
+    video, _ = augment.augment_clip(
+        video, rng if aug else np.random.default_rng(0), size=self.image_size,
+        crop=self.crop if aug else None, flip_prob=self.flip_prob if aug else 0.0,
+        brightness=self.color_jitter if aug else 0.0, contrast=self.color_jitter if aug else 0.0,
+        saturation=self.color_jitter if aug else 0.0)
+    out = {"label": np.int32(record["label"]), "mask": np.float32(1.0)}
+    labels = frame_labels(rec, idx, expr_vocab=self.expr_vocab)
+    if self.kind == "frame":
+      out["image"] = video[0]
+      out.update({k: v[0] for k, v in labels.items()})
+      return out
+    out["video"] = np.ascontiguousarray(video)
+    if self.kind != "est":
+      out["valid"] = valid.astype(np.float32)
+      for k, v in labels.items():          # padding positions are never labelled
+        if k.endswith("_mask") or k == "face":
+          v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 1)).astype(np.float32)
+        out[k] = v
+    return out
+
+
+def make_clip(cfg: ml_collections.ConfigDict, train: bool):
+  """The sampler + augmentation of `config.data` (train or eval)."""
+  kind = cfg.get("sampler", "former_dfer")
+  if kind == "former_dfer":
+    if train:
+      return VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip,
+                       random_resized_crop=cfg.get("random_resized_crop", False))
+    return VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=False)
+  return FrameSampler(kind, cfg.image_size, train, window=cfg.get("window", 300),
+                      stride=cfg.get("stride", 200), crop=cfg.get("crop", None) or None,
+                      flip_prob=0.5 if cfg.get("hflip", True) else 0.0,
+                      color_jitter=cfg.get("color_jitter", 0.0),
+                      expr_vocab=cfg.get("expr_vocab", ""))
+
+
 # ---------------------------------------------------------------------------------------- builders
 def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(train source, eval source) from `config.data`."""
@@ -334,8 +465,7 @@ def local_batch_size(global_batch: int) -> int:
 
 def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, seed: int):
   """Infinite, reshuffled every epoch, this host's share of each global batch; checkpointable."""
-  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip,
-                   random_resized_crop=cfg.get("random_resized_crop", False))
+  clip = make_clip(cfg, train=True)
   if cfg.get("reader", "index") == "stream":
     if not isinstance(source, ShardRecords):
       raise ValueError("data.reader='stream' reads data_prep shards (data.source='shards')")
@@ -383,7 +513,7 @@ def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> I
 
   Every host yields the same number of batches (collectives need it).
   """
-  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=False)
+  clip = make_clip(cfg, train=False)
   pi, pc = jax.process_index(), jax.process_count()
   lb = local_batch_size(global_batch)
   mine = list(range(pi, len(source), pc))
@@ -406,7 +536,7 @@ def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> I
 
 def batch_spec(source, cfg: ml_collections.ConfigDict, global_batch: int):
   """Global shapes/dtypes of one batch (for `eval_shape` and sharded init)."""
-  clip = VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=False)
+  clip = make_clip(cfg, train=False)
   ex = clip(source[0])
   return {k: jax.ShapeDtypeStruct((global_batch,) + np.shape(v), np.asarray(v).dtype)
           for k, v in ex.items()}

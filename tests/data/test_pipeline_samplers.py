@@ -1,0 +1,89 @@
+"""Samplers over shard records: frames and per-frame labels travel together, padding is masked,
+continuous labels are resampled to the frames at read time, vocabularies convert explicitly."""
+import numpy as np
+import pytest
+
+from data_prep import cli as prep_cli
+from data_prep import shards
+from jaxaffect.data import pipeline, samplers, schema, vocab
+from tests.data.test_schema import make_record
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("syn")
+  args = prep_cli.build_parser().parse_args(
+      ["synthetic", "--src", "-", "--out", str(out), "--num-videos", "4", "--num-frames", "10",
+       "--render-size", "48", "--size", "48", "--quiet", "--occlusion", "0"])
+  shards.run("synthetic", args)
+  return str(out)
+
+
+def test_window_sampler_labels_follow_the_frames(shard_dir):
+  src = pipeline.ShardRecords(shard_dir, "train")
+  ex = src[2]
+  rec = ex["record"]
+  s = pipeline.FrameSampler("window", 48, train=True, window=6, stride=3, expr_vocab="abaw8")
+  out = s(ex, np.random.default_rng(5))
+  wins = samplers.sliding_windows(10, 6, 3, tail="pad")
+  k = int(np.random.default_rng(5).integers(len(wins)))          # the draw the sampler made
+  idx, valid = samplers.window_indices([wins[k]], 6)
+  np.testing.assert_array_equal(out["va"], rec.va[idx[0]])
+  np.testing.assert_array_equal(out["expr"], vocab.convert(rec.expr, "dfew7", "abaw8")[idx[0]])
+  np.testing.assert_array_equal(out["au"], rec.au[idx[0]])
+  np.testing.assert_array_equal(out["valid"], valid[0])
+  # A window longer than the video: padding positions are invalid and unlabelled.
+  ev = pipeline.FrameSampler("window", 48, train=False, window=16, stride=16)(ex)
+  assert ev["video"].shape == (16, 48, 48, 3)
+  np.testing.assert_array_equal(ev["valid"], np.arange(16) < 10)
+  assert ev["va_mask"][10:].sum() == 0 and ev["au_mask"][10:].sum() == 0 and ev["face"][10:].sum() == 0
+  np.testing.assert_array_equal(ev["video"][:10], schema.decode_frames(rec.jpegs))
+
+
+def test_est_and_frame_samplers(shard_dir):
+  src = pipeline.ShardRecords(shard_dir, "train")
+  ex = src[1]
+  rec = ex["record"]
+  est = pipeline.FrameSampler("est", 48, train=False)(ex)
+  want = schema.decode_frames(rec.jpegs, samplers.est_indices(10, train=False).ravel())
+  np.testing.assert_array_equal(est["video"], want)
+  assert est["video"].shape == (35, 48, 48, 3) and est["label"] == rec.label
+  fr = pipeline.FrameSampler("frame", 48, train=False)(ex)
+  i = int(samplers.frame_index(10, train=False)[0])
+  np.testing.assert_array_equal(fr["image"], schema.decode_frames(rec.jpegs, [i])[0])
+  np.testing.assert_array_equal(fr["va"], rec.va[i])
+  # Training augmentation: same crop + flip for all frames (identical frames stay identical).
+  rec2 = schema.decode(schema.encode(rec))
+  rec2.jpegs = [rec.jpegs[0]] * len(rec.jpegs)
+  aug = pipeline.FrameSampler("window", 32, train=True, window=5, stride=5, crop="resized_crop",
+                              color_jitter=0.4)({"record": rec2, "label": 0},
+                                                np.random.default_rng(0))
+  assert aug["video"].shape == (5, 32, 32, 3)
+  assert all(np.array_equal(aug["video"][0], f) for f in aug["video"][1:])
+
+
+def test_series_labels_are_resampled_at_read_time():
+  r, _ = make_record(t=6)
+  r.va = None
+  r.t_sec = (np.arange(6) / 30.0).astype(np.float32)          # 30 fps frames, 25 Hz labels
+  times = np.arange(9) * 0.04
+  vals = np.stack([np.sin(times), np.cos(times)], 1)
+  r.series = {"va": {"times": times, "values": vals, "columns": ("valence", "arousal"),
+                     "rate_hz": 25.0}}
+  rec = schema.decode(schema.encode(r))
+  lab = pipeline.frame_labels(rec, np.arange(6))
+  want_v = np.interp(r.t_sec, times.astype(np.float32), vals[:, 0].astype(np.float32))
+  np.testing.assert_allclose(lab["va"][:, 0], want_v, atol=1e-6)
+  assert lab["va_mask"].all()
+  rec.t_sec[:] = np.nan
+  with pytest.raises(ValueError, match="frame/t_sec"):
+    pipeline.frame_labels(rec, np.arange(6))
+
+
+def test_expr_vocabulary_mismatch_is_an_error():
+  r, _ = make_record(t=4)
+  r.expr = np.array([0, 7, -1, 2])                        # abaw8: Neutral, Other, -, Disgust
+  rec = schema.decode(schema.encode(r))
+  np.testing.assert_array_equal(pipeline.frame_labels(rec, np.arange(4))["expr"], [0, 7, -1, 2])
+  with pytest.raises(ValueError, match=r"\['Other'\] of 'abaw8' have no counterpart in 'dfew7'"):
+    pipeline.frame_labels(rec, np.arange(4), expr_vocab="dfew7")
