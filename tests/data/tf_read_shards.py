@@ -43,7 +43,7 @@ for i, raw in enumerate(tf.data.TFRecordDataset(files)):
   res[f"landmarks_{i}"] = dense["frame/landmarks"].reshape(t, k, 2)
   if b"va" in set(dense["labels/tasks"].tolist()):
     res[f"va_{i}"] = dense["frame/va"].reshape(t, 2)
-  res[f"jpeg0_{i}"] = tf.io.decode_jpeg(dense["frame/jpeg"][0], channels=3).numpy()
+  res[f"jpeg0_{i}"] = tf.io.decode_jpeg(dense["frame/jpeg"][0], channels=3, dct_method="INTEGER_ACCURATE").numpy()
 res["count"] = len([k for k in res if k.startswith("id_")])
 np.savez(out, **res)
 with tf.io.TFRecordWriter(os.path.join(os.path.dirname(out), "tf_written.tfrecord")) as w:
