@@ -252,8 +252,8 @@ def _write_shard(task: dict) -> dict:
 
 
 def _worker_init(job, queue):
-  global _JOB, _QUEUE
-  _JOB, _QUEUE = job, queue
+  global _JOB, _QUEUE, _STAGE
+  _JOB, _QUEUE, _STAGE = job, queue, None     # the stage is built from this job's recipe
 
 
 def _shard_done(out: str, name: str) -> dict | None:
@@ -281,7 +281,7 @@ def _job_signature(args: argparse.Namespace, source_name: str, recipe: dict) -> 
 def run(source_name: str, args: argparse.Namespace) -> dict:
   """Runs (or resumes) a preprocessing job; returns the manifest."""
   from data_prep import sources
-  global _ITEMS, _JOB
+  global _ITEMS, _JOB, _STAGE
   if source_name not in sources.SOURCES:
     raise PrepFailed(f"data_prep: unknown source {source_name!r}; known: {sorted(sources.SOURCES)}")
   out = os.path.abspath(args.out)
@@ -351,7 +351,7 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
   log(f"[data_prep] {source_name}: {len(items)} items in {len(by_split)} split(s), {len(tasks)} "
       f"shards ({len(tasks) - len(todo)} already done), {len(skipped)} skipped while listing")
 
-  _ITEMS = items
+  _ITEMS, _STAGE = items, None
   _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": bool(args.strict)}
   workers = max(1, min(int(args.workers or 1), len(todo) or 1))
   frames_done = [0]
