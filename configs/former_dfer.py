@@ -7,7 +7,8 @@ Variants (`--config configs/former_dfer.py:VARIANT`):
   paper  as `dfew` with the paper's Table 3 default N=3 spatial encoders (M=3 temporal);
   smoke  a CPU-sized Former-DFER (width 16, 64 px, 8 segments x 1 frame) on synthetic face videos,
          for the demo and the learning test (held-out UAR 0.94 in ~4 min on 2 cores).
-Extra `key=value` arguments: `fold=1..5` (DFEW fold of the list files).
+Extra `key=value` arguments: `fold=1..5` (DFEW fold), `shards=DIR` (read data_prep shards of DFEW:
+`python -m data_prep dfew --src /data/DFEW --out DIR`, selecting `<fold>:train` / `<fold>:test`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ DFEW_CLASSES = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, variant="dfew", fold=1)
+  a = common.parse_arg(arg, variant="dfew", fold=1, shards="")
   if a.variant not in ("dfew", "paper", "smoke"):
     raise ValueError(f"former_dfer config: unknown variant {a.variant!r} (dfew, paper, smoke)")
   c = common.base_config()
@@ -40,8 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.label_smoothing = 0.0    # official: plain cross-entropy
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "list_file"     # 'shards' (data_prep output), 'list_file' (official lists) or 'synthetic'
-  c.data.shards = ""              # shards: a data_prep output directory (manifest.json + shards)
+  # 'shards' (data_prep output), 'list_file' (official lists) or 'synthetic'
+  c.data.source = "shards" if a.shards else "list_file"
+  c.data.shards = a.shards        # shards: a data_prep output directory (manifest.json + shards)
   c.data.train_select = f"{a.fold}:train"  # shards: split name ('train') or fold membership ('1:train')
   c.data.eval_select = f"{a.fold}:test"    # shards: the held-out selection
   c.data.label_vocab = "dfew7"    # shards: class order the model is trained in (labels converted, never silently)
@@ -79,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if a.variant == "smoke":
     c.model.width = 16
-    c.data.source = "synthetic"
+    c.data.source = "shards" if a.shards else "synthetic"
     c.data.train_list = ""
     c.data.eval_list = ""
     c.data.image_size = 64

@@ -178,3 +178,10 @@ def test_group_random_resized_crop_is_one_box_for_all_frames():
   for i in range(4):
     ref = np.asarray(Image.fromarray(video[i]).crop((5, 7, 45, 37)).resize((32, 32), Image.BILINEAR))
     np.testing.assert_array_equal(out[i], ref)
+
+
+def test_shards_argument_selects_the_fold():
+  c = former_dfer.get_config("dfew,fold=3,shards=/data/dfew_shards")
+  assert (c.data.source, c.data.shards, c.data.train_select, c.data.eval_select) == (
+      "shards", "/data/dfew_shards", "3:train", "3:test")
+  assert former_dfer.get_config("dfew").data.source == "list_file"
