@@ -33,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality of the crops (95)")
     g.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     g.add_argument("--shards", type=int, default=0, help="shards per split (0: ~64 videos each)")
+    g.add_argument("--segment-frames", type=int, default=0,
+                   help="write videos longer than this as consecutive records (0: whole videos)")
     g.add_argument("--template-split", default=None,
                    help="split whose mean landmarks form the template (default: train)")
     g.add_argument("--strict", action="store_true", help="stop at the first bad input")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace shards of a job with other settings in --out")
+                   help="delete the shards in --out and write them again")
     g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     if hasattr(mod, "add_arguments"):
       mod.add_arguments(sp.add_argument_group(name))

@@ -2,14 +2,21 @@
 
 * Items of each split are dealt round-robin to `n` shards (`<dataset>-<split>.tfrecord-i-of-n`). A
   shard is one unit of work: written to `<name>.tmp-<pid>`, fsync'ed, its sidecar `<name>.json`
-  (records, byte offsets, histograms, sha256) renamed into place, then the shard itself. A shard
-  counts as done only when both exist and the file's sha256 equals the sidecar's, so a killed job
-  rerun redoes exactly the unfinished shards; the content of a shard depends only on its items and
-  the recipe (never on workers or timing), so the result equals an uninterrupted run.
+  (records, byte offsets, histograms, sha256, the job hash and a fingerprint of every input item)
+  renamed into place, then the shard itself. A shard counts as done only when both exist, the
+  file's sha256 equals the sidecar's, and the sidecar was made by this job from the same inputs
+  (item keys + fingerprints: file sizes/mtimes of the item's source, hashes of its labels), so a
+  killed job rerun redoes exactly the unfinished shards, and a rerun after inputs changed (a fixed
+  JPEG, a new video) redoes the shards they fall in. The content of a shard depends only on its
+  items and the recipe (never on workers or timing), so the result equals an uninterrupted run.
 * `prep_job.json` pins the source, its arguments and the recipe; a rerun with different ones is
-  refused (use `--overwrite`).
+  refused (`--overwrite` deletes the directory's shards and starts over). One job at a time per
+  output directory (`.lock`, flock).
 * Inputs that cannot be used are logged with file, line/frame and field (`skipped.jsonl`, and in the
-  manifest); `--strict` stops at the first one instead, leaving no partial shard behind.
+  manifest); `--strict` stops at the first one (an unreadable frame included; frames the dataset
+  simply does not have, like Aff-Wild2 gaps, are counted, not errors), leaving no partial shard.
+* `--segment-frames N` writes long videos as consecutive records of at most N frames (e.g. 1000 for
+  Aff-Wild2, ~5000 frames per video): readers then read one segment, not the whole video.
 * `manifest.json` (written last, atomically, deterministic) aggregates the sidecars: counts, label
   histograms, status counts, checksums, the recipe, the per-record index and the mean landmark
   template of the template split.
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
+import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -38,6 +47,7 @@ from jaxaffect.data import schema
 PREP_VERSION = 1
 JOB_FILE = "prep_job.json"
 SKIP_LOG = "skipped.jsonl"
+LOCK_FILE = ".lock"
 
 # Fork-inherited state of the workers (the items hold closures that do not pickle).
 _ITEMS: list = []
@@ -103,11 +113,14 @@ class Stages:
       return det, self.get(det), frames
     if item.boxes is not None or item.landmarks is not None:
       return "precomputed", self.get("precomputed"), frames
-    first = next(frames, None)
-    if first is None:
-      return self.AUTO_DETECTOR, self.get(self.AUTO_DETECTOR), iter(())
-    det = "none" if first.precomputed else self.AUTO_DETECTOR
-    return det, self.get(det), itertools.chain([first], frames)
+    head = []                    # frames before the first one with an image (gaps, broken files)
+    for fr in frames:
+      head.append(fr)
+      if fr.image is not None:
+        break
+    first = head[-1] if head and head[-1].image is not None else None
+    det = "none" if first is not None and first.precomputed else self.AUTO_DETECTOR
+    return det, self.get(det), itertools.chain(head, frames)
 
 
 def _stage() -> Stages:
@@ -151,7 +164,7 @@ def process_item(item: base.VideoItem, stages: Stages) -> tuple[schema.VideoReco
     box.append(res.box)
     mat.append(res.matrix)
     lms.append(res.landmarks)
-    if res.status in (base.MISSING, base.UNREADABLE):
+    if res.status == base.UNREADABLE:     # MISSING (the dataset has no image) is counted, not an issue
       issues.append({"item": item.key, "frame": int(fr.index), "status": base.STATUS_NAMES[res.status],
                      "path": item.source_path, "reason": fr.error or base.STATUS_NAMES[res.status]})
   t = len(jpegs)
@@ -181,8 +194,32 @@ def process_item(item: base.VideoItem, stages: Stages) -> tuple[schema.VideoReco
   return rec, issues
 
 
+def split_segments(rec: schema.VideoRecord, max_frames: int) -> list[schema.VideoRecord]:
+  """Consecutive records of at most `max_frames` frames (0: the whole video); each keeps the
+  video-level fields and continuous series, and says where it sits in `meta["segment"]`."""
+  t = rec.num_frames
+  if not max_frames or t <= max_frames:
+    return [rec]
+  starts = list(range(0, t, max_frames))
+  out = []
+  for k, a in enumerate(starts):
+    b = min(a + max_frames, t)
+    sl = slice(a, b)
+    seg = schema.VideoRecord(**{f: getattr(rec, f) for f in rec.__dataclass_fields__})
+    seg.jpegs = rec.jpegs[sl]
+    for f in ("frame_index", "t_sec", "status", "face_found", "score", "box", "matrix", "landmarks",
+              "va", "expr", "au"):
+      v = getattr(rec, f)
+      if v is not None:
+        setattr(seg, f, v[sl])
+    seg.meta = dict(rec.meta, segment={"index": k, "count": len(starts), "start": a, "stop": b,
+                                       "video_frames": t})
+    out.append(seg)
+  return out
+
+
 def _record_stats(rec: schema.VideoRecord) -> dict:
-  st = {"num_frames": rec.num_frames,
+  st = {"num_frames": rec.num_frames, "segment": rec.meta.get("segment", {}).get("index", 0),
         "status": np.bincount(rec.status, minlength=4).tolist(),
         "face_found": int(rec.face_found.sum())}
   if rec.expr is not None:
@@ -208,7 +245,13 @@ def _write_shard(task: dict) -> dict:
       for i in task["items"]:
         item = _ITEMS[i]
         try:
-          rec, frame_issues = process_item(item, stage)
+          try:
+            rec, frame_issues = process_item(item, stage)
+          except base.PrepError:
+            raise
+          except Exception as e:                  # decoder/library failures: located, not a crash
+            raise base.PrepError(item.source_path or item.key, f"{type(e).__name__}: {e}",
+                                 item=item.key) from e
         except base.PrepError as e:
           e.item = e.item or item.key
           if _JOB["strict"]:
@@ -222,10 +265,11 @@ def _write_shard(task: dict) -> dict:
           raise base.PrepError(fi["path"] or item.key, f"frame {fi['status']}: {fi['reason']}",
                                frame=fi["frame"], item=item.key)
         issues.extend(frame_issues)
-        off, n = w.write(schema.encode(rec))
-        records.append({"id": rec.video_id, "split": rec.split, "file": task["name"], "offset": off,
-                        "length": n, "label": rec.label, "folds": list(rec.folds),
-                        **_record_stats(rec)})
+        for seg in split_segments(rec, _JOB["segment_frames"]):
+          off, n = w.write(schema.encode(seg))
+          records.append({"id": seg.video_id, "split": seg.split, "file": task["name"],
+                          "offset": off, "length": n, "label": seg.label, "folds": list(seg.folds),
+                          **_record_stats(seg)})
         if task["template"] and rec.landmarks.shape[1]:
           # whole frames only: a frame with any non-finite point does not enter the mean
           ok = (rec.face_found == 1) & np.isfinite(rec.landmarks).all(axis=(1, 2))
@@ -238,7 +282,8 @@ def _write_shard(task: dict) -> dict:
       f.flush()
       os.fsync(f.fileno())
     side = {"name": task["name"], "split": task["split"], "index": task["index"],
-            "count": task["count"], "records": records, "skipped": skipped, "frame_issues": issues,
+            "count": task["count"], "job": _JOB["job_hash"], "inputs": task["inputs"],
+            "records": records, "skipped": skipped, "frame_issues": issues,
             "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp),
             "template_sum": None if lm_sum is None else lm_sum.tolist(),
             "template_count": None if lm_cnt is None else lm_cnt.tolist()}
@@ -256,36 +301,111 @@ def _worker_init(job, queue):
   _JOB, _QUEUE, _STAGE = job, queue, None     # the stage is built from this job's recipe
 
 
-def _shard_done(out: str, name: str) -> dict | None:
+def _shard_done(out: str, task: dict, job_hash: str) -> dict | None:
+  """The sidecar of a finished shard made by this job from the same inputs, else None."""
+  name = task["name"]
   path, side = os.path.join(out, name), os.path.join(out, name + ".json")
   if not (os.path.exists(path) and os.path.exists(side)):
     return None
-  with open(side) as f:
-    s = json.load(f)
+  try:
+    with open(side) as f:
+      s = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if s.get("job") != job_hash or s.get("inputs") != task["inputs"]:
+    return None
   if s.get("sha256") != _sha256(path):
     return None
   return s
+
+
+def _arr_hash(h, a) -> None:
+  if a is None:
+    h.update(b"-")
+  else:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+
+
+def _path_stat(path: str) -> list:
+  """Sizes and mtimes of a file, or of a folder's entries (frames added/fixed change it)."""
+  try:
+    if os.path.isdir(path):
+      return sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path))
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+  except OSError:
+    return []
+
+
+def fingerprint(item: base.VideoItem) -> str:
+  """What the item was made from: its source path's files and its labels (for light items whose
+  labels come from `resolve()`, the label files are in `meta["label_files"]` if the source says so;
+  synthetic items are fully determined by the pinned job arguments)."""
+  h = hashlib.sha256()
+  h.update(json.dumps([item.key, item.source_path, _path_stat(item.source_path) if item.source_path
+                       else [], item.clip_label, item.vocab, list(item.folds), item.track,
+                       item.expr_vocab, list(item.au_names), item.num_frames],
+                      default=str).encode())
+  for f in (item.va, item.expr, item.au, item.boxes, item.landmarks, item.soft_label):
+    _arr_hash(h, f)
+  for k in sorted(item.series):
+    _arr_hash(h, item.series[k].times)
+    _arr_hash(h, item.series[k].values)
+  for lf in sorted(item.meta.get("label_files", []) or []):
+    h.update(json.dumps([lf, _path_stat(lf)]).encode())
+  return h.hexdigest()[:24]
 
 
 def _auto_shards(n_items: int) -> int:
   return max(1, min(256, math.ceil(n_items / 64)))
 
 
+def _abs_if_path(v):
+  if isinstance(v, str) and v not in ("", "-") and os.path.exists(v):
+    return os.path.abspath(v)
+  if isinstance(v, list):
+    return [_abs_if_path(x) for x in v]
+  return v
+
+
 def _job_signature(args: argparse.Namespace, source_name: str, recipe: dict) -> dict:
-  skip = {"workers", "overwrite", "progress", "out", "func", "quiet"}
-  a = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not callable(v)}
-  a["src"] = os.path.abspath(a["src"]) if a.get("src") else a.get("src")
+  """What pins a job's output: the source, its arguments (paths made absolute) and the recipe.
+  Workers, strictness, verbosity and the output path do not change the bytes written."""
+  skip = {"workers", "overwrite", "progress", "out", "func", "quiet", "strict", "source"}
+  a = {k: _abs_if_path(v) for k, v in sorted(vars(args).items()) if k not in skip and not callable(v)}
   return {"source": source_name, "args": a, "recipe": recipe, "prep_version": PREP_VERSION}
+
+
+@contextlib.contextmanager
+def _locked(out: str):
+  f = open(os.path.join(out, LOCK_FILE), "w")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise PrepFailed(f"data_prep: another job is writing to {out} (lock {LOCK_FILE}); wait for it "
+                       f"or use another --out") from None
+    yield
+  finally:
+    f.close()
 
 
 def run(source_name: str, args: argparse.Namespace) -> dict:
   """Runs (or resumes) a preprocessing job; returns the manifest."""
   from data_prep import sources
-  global _ITEMS, _JOB, _STAGE
   if source_name not in sources.SOURCES:
     raise PrepFailed(f"data_prep: unknown source {source_name!r}; known: {sorted(sources.SOURCES)}")
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
+  with _locked(out):
+    return _run_locked(source_name, args, out)
+
+
+def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
+  from data_prep import sources
+  global _ITEMS, _JOB, _STAGE
   recipe_args = dict(detector=args.detector or "auto", size=args.size, margin=args.margin,
                      jpeg_quality=args.jpeg_quality)
   recipe_args = {k: v for k, v in recipe_args.items() if v is not None}
@@ -293,22 +413,23 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
     recipe = Stages(recipe_args).job_recipe()
   except (ValueError, FileNotFoundError, ImportError) as e:
     raise PrepFailed(f"data_prep: {e}") from e
-  job = _job_signature(args, source_name, recipe)
+  job = json.loads(json.dumps(_job_signature(args, source_name, recipe)))
+  job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:24]
   job_path = os.path.join(out, JOB_FILE)
-  if os.path.exists(job_path):
+  if getattr(args, "overwrite", False):
+    for name in os.listdir(out):
+      if ".tfrecord-" in name or name in (schema.MANIFEST, SKIP_LOG, JOB_FILE):
+        os.remove(os.path.join(out, name))
+  elif os.path.exists(job_path):
     with open(job_path) as f:
       old = json.load(f)
-    if old != json.loads(json.dumps(job)):
-      if not getattr(args, "overwrite", False):
-        diff = sorted(k for k in set(old["args"]) | set(job["args"])
-                      if old["args"].get(k) != job["args"].get(k))
-        if old.get("recipe") != job["recipe"]:
-          diff.append("recipe")
-        raise PrepFailed(f"data_prep: {out} holds a job with other settings (differs in {diff}); "
-                         f"use another --out or --overwrite")
-      for name in os.listdir(out):
-        if ".tfrecord-" in name or name in (schema.MANIFEST, SKIP_LOG):
-          os.remove(os.path.join(out, name))
+    if old != job:
+      diff = sorted(k for k in set(old.get("args", {})) | set(job["args"])
+                    if old.get("args", {}).get(k) != job["args"].get(k))
+      if old.get("recipe") != job["recipe"]:
+        diff.append("recipe")
+      raise PrepFailed(f"data_prep: {out} holds a job with other settings (differs in {diff}); "
+                       f"use another --out or --overwrite")
   for name in os.listdir(out):               # leftovers of a killed run
     if ".tmp-" in name:
       os.remove(os.path.join(out, name))
@@ -337,22 +458,32 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
   for i, it in enumerate(items):
     by_split[it.split].append(i)
   template_split = args.template_split or ("train" if "train" in by_split else sorted(by_split)[0])
+  if template_split not in by_split:
+    raise PrepFailed(f"data_prep: --template-split {template_split!r} is not a split of this job "
+                     f"({sorted(by_split)})")
   tasks = []
   for split in sorted(by_split):
     idxs = by_split[split]
     n = min(args.shards or _auto_shards(len(idxs)), len(idxs))
     dataset = items[idxs[0]].dataset
     for j in range(n):
+      mine = idxs[j::n]
       tasks.append({"name": schema.shard_name(dataset, split, j, n), "split": split, "index": j,
-                    "count": n, "items": idxs[j::n], "template": split == template_split})
-  done = {t["name"]: _shard_done(out, t["name"]) for t in tasks}
+                    "count": n, "items": mine, "template": split == template_split,
+                    "inputs": [[items[i].key, fingerprint(items[i])] for i in mine]})
+  done = {t["name"]: _shard_done(out, t, job_hash) for t in tasks}
+  names = {t["name"] for t in tasks}
+  for name in os.listdir(out):      # shards of an earlier layout (other counts) would mislead globs
+    if ".tfrecord-" in name and name.removesuffix(".json") not in names:
+      os.remove(os.path.join(out, name))
   todo = [t for t in tasks if done[t["name"]] is None]
   n_todo_items = sum(len(t["items"]) for t in todo)
   log(f"[data_prep] {source_name}: {len(items)} items in {len(by_split)} split(s), {len(tasks)} "
       f"shards ({len(tasks) - len(todo)} already done), {len(skipped)} skipped while listing")
 
   _ITEMS, _STAGE = items, None
-  _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": bool(args.strict)}
+  _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": bool(args.strict),
+          "job_hash": job_hash, "segment_frames": int(getattr(args, "segment_frames", 0) or 0)}
   workers = max(1, min(int(args.workers or 1), len(todo) or 1))
   frames_done = [0]
   if todo:
@@ -390,9 +521,23 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
         th = threading.Thread(target=pump, daemon=True)
         th.start()
         try:
-          with ctx.Pool(workers, initializer=_worker_init, initargs=(_JOB, q)) as pool:
-            for side in pool.imap_unordered(_write_shard, todo):
-              done[side["name"]] = side
+          # ProcessPoolExecutor (not Pool): a worker killed by the OS raises BrokenProcessPool
+          # instead of hanging the job.
+          with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                      initializer=_worker_init,
+                                                      initargs=(_JOB, q)) as ex:
+            futs = [ex.submit(_write_shard, t) for t in todo]
+            try:
+              for fu in concurrent.futures.as_completed(futs):
+                side = fu.result()
+                done[side["name"]] = side
+            except BaseException:
+              for fu in futs:
+                fu.cancel()
+              raise
+        except concurrent.futures.process.BrokenProcessPool as e:
+          raise PrepFailed(f"data_prep: a worker process died ({e}); finished shards are kept, "
+                           f"rerun the same command to complete the job") from e
         finally:
           stop.set()
           th.join(timeout=5)

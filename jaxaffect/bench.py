@@ -55,6 +55,8 @@ class Reference:
   name: str
   module: Any                                   # torch.nn.Module
   to_inputs: Callable[[dict[str, np.ndarray]], tuple]
+  # (module outputs, int64 labels tensor) -> loss tensor; None: cross-entropy on the outputs
+  loss_fn: Callable[[Any, Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +125,76 @@ def _former_dfer_table(xla: bool) -> tuple[str, Any]:
 
 
 register(BenchModel("former_dfer", "former_dfer:dfew", _former_dfer_reference, _former_dfer_table))
+
+
+# ------------------------------------------------------------------------------------------- EST
+
+
+def _est_reference(path: str, config) -> Reference:
+  """The official `models.Model.resnet18_EST` (DreamMr/EST) from a checkout, as `main.py` builds it
+  (3 + 3 layers). Its `PosEncoding.forward` calls `.cuda()`: `torch.Tensor.cuda` is replaced by
+  the identity while it runs (CPU only). Both losses as the official `train()` does it: CE(class)
+  + 0.1428 CE(order) on the shuffled input, the positional encoding following the snippets."""
+  import torch
+  from jaxaffect.models import est
+  m = config.model
+  official = (m.width, m.d_model, m.num_heads, m.num_encoder_layers, m.num_decoder_layers,
+              m.dim_feedforward, m.num_snippets, m.frames_per_snippet, m.num_classes,
+              m.use_aasfe, m.use_ssop)
+  if official != (64, 512, 4, 3, 3, 2048, 7, 5, 7, True, True):
+    raise SystemExit(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
+                     f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
+                     f"gives {official} (use --config est:dfew)")
+  if not os.path.isfile(os.path.join(path, "models", "Model.py")):
+    raise SystemExit(f"bench --reference {path}: models/Model.py not found (expected a checkout "
+                     "of DreamMr/EST)")
+  cached = sys.modules.get("models")
+  where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
+  if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
+    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
+                     f"imported ({cached!r}); run the reference in a fresh process")
+  torch.Tensor.cuda = lambda self, *a, **k: self          # CPU: the official PE calls .cuda()
+  sys.path.insert(0, os.path.abspath(path))
+  try:
+    from models.Model import resnet18_EST  # type: ignore[import-not-found]
+  finally:
+    sys.path.pop(0)
+  module = resnet18_EST(clips=7, img_num_per_clip=5, d_model=512, nhead=4, encoder_nums=3,
+                        decoder_nums=3, use_norm=True, per_classes=10, draw_weight=False)
+  rng = np.random.default_rng(config.seed)
+  state: dict[str, Any] = {}
+
+  def to_inputs(batch):
+    b = len(batch["label"])
+    p = rng.integers(0, 10, b)
+    perm = est.PERMUTATIONS_10[p]
+    v = np.asarray(batch["video"]).reshape(b, 7, 5, *np.shape(batch["video"])[2:])
+    v = np.take_along_axis(v, perm[:, :, None, None, None, None], axis=1)   # position i: snippet perm[i]
+    state["p"] = torch.from_numpy(p.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(v)).permute(0, 1, 2, 5, 3, 4).float().div_(255.0)
+    return x.contiguous(), torch.from_numpy(perm.astype(np.int64))
+
+  ce = torch.nn.CrossEntropyLoss()
+
+  def loss_fn(out, labels):
+    logits, perm_logits = out
+    return ce(logits, labels) + 0.1428 * ce(perm_logits, state["p"])
+
+  return Reference("official EST (PyTorch)", module, to_inputs, loss_fn)
+
+
+def _est_table(xla: bool) -> tuple[str, Any]:
+  from jaxaffect.models import est
+  rows = est.est_table6_rows()
+  lines = ["EST, paper Table 6 (35 frames at 224², MACs in the thop convention)", "",
+           f"{'variant':<12}{'params':>14}{'paper':>9}{'GMACs':>10}{'paper':>9}"]
+  for r in rows:
+    lines.append(f"{r['variant']:<12}{r['params']:>14,}{r['paper_params_m']:>8.2f}M"
+                 f"{r['gmacs']:>10.3f}{r['paper_gmacs']:>9.2f}")
+  return "\n".join(lines), {"table6": rows}
+
+
+register(BenchModel("est", "est:dfew", _est_reference, _est_table))
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -356,7 +428,9 @@ class TorchStep:
   def step(self) -> float:
     t0 = time.perf_counter()
     self.opt.zero_grad(set_to_none=True)
-    loss = self.criterion(self.model(*self.inputs), self.labels)
+    out = self.model(*self.inputs)
+    loss = (self.ref.loss_fn(out, self.labels) if self.ref.loss_fn is not None
+            else self.criterion(out, self.labels))
     loss.backward()
     self.opt.step()
     self.loss = float(loss.detach())

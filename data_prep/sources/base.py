@@ -50,6 +50,14 @@ class PrepError(ValueError):
     return {k: v for k, v in dict(path=self.path, line=self.line, frame=self.frame, field=self.field,
                                   item=self.item, reason=self.reason).items() if v is not None}
 
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "PrepError":
+    d = dict(d)
+    return cls(d.pop("path"), d.pop("reason"), **d)
+
+  def __reduce__(self):          # picklable across worker processes (BaseException keeps only args)
+    return (PrepError.from_json, (self.to_json(),))
+
 
 @dataclasses.dataclass
 class Skip:

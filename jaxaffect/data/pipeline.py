@@ -387,12 +387,17 @@ class FrameSampler:
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
     from jaxaffect.data import augment
-    if "record" not in record:
+    if "record" in record:
+      rec = record["record"]
+      where = f"record {rec.dataset}/{rec.split}/{rec.video_id}"
+      idx, valid = self.indices(rec.num_frames, rec, rng)
+      video = schema.decode_frames(rec.jpegs, idx, where)
+    elif "frames" in record and self.kind in ("est", "window", "sequence"):
+      rec = None                              # in-memory videos (benchmarks): no per-frame labels
+      idx, valid = self.indices(len(record["frames"]), None, rng)
+      video = record["frames"][idx]
+    else:
       raise ValueError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
-    rec = record["record"]
-    where = f"record {rec.dataset}/{rec.split}/{rec.video_id}"
-    idx, valid = self.indices(rec.num_frames, rec, rng)
-    video = schema.decode_frames(rec.jpegs, idx, where)
     aug = self.train and rng is not None
     video, _ = augment.augment_clip(
         video, rng if aug else np.random.default_rng(0), size=self.image_size,
@@ -400,7 +405,7 @@ class FrameSampler:
         brightness=self.color_jitter if aug else 0.0, contrast=self.color_jitter if aug else 0.0,
         saturation=self.color_jitter if aug else 0.0)
     out = {"label": np.int32(record["label"]), "mask": np.float32(1.0)}
-    labels = frame_labels(rec, idx, expr_vocab=self.expr_vocab)
+    labels = frame_labels(rec, idx, expr_vocab=self.expr_vocab) if rec is not None else {}
     if self.kind == "frame":
       out["image"] = video[0]
       out.update({k: v[0] for k, v in labels.items()})

@@ -14,6 +14,8 @@ VOCABS: dict[str, tuple[str, ...]] = {
     "afew7": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
     # EST sorts the DFEW class names alphabetically (reference_impls.md §2).
     "dfew7_alpha": ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"),
+    # BU-3DFE and MMI: the six basic expressions, in EST's alphabetical order.
+    "basic6_alpha": ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise"),
     # Aff-Wild2 EXPR files, ABAW3+ (8 columns incl. Other) and ABAW1/2 (7, no Other).
     "abaw8": ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"),
     "abaw7": ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"),

@@ -11,9 +11,11 @@ from jaxaffect.models import tasks
 # name -> (module path, class name)
 MODELS = {
     "former_dfer": ("jaxaffect.models.former_dfer", "FormerDFER"),
+    "est": ("jaxaffect.models.est", "EST"),
 }
 TASKS = {
     "clip_classification": tasks.ClipClassificationTask,
+    "snippet_order": tasks.SnippetOrderTask,
 }
 
 

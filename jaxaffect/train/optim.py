@@ -10,6 +10,10 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
 
   - `step`: torch StepLR(step_size=`decay_epochs`, gamma=`decay_factor`), stepped once per epoch.
   - `cosine`: linear warm-up for `warmup_epochs`, then cosine to 0 at the end of training.
+  - `cosine_epoch`: EST's official schedule, piecewise constant per epoch: torch
+    `CosineAnnealingLR(T_max=num_epochs)` stepped with the epoch (closed form
+    lr·(1 + cos(π e / T_max)) / 2) times `pytorch_warmup.LinearWarmup(warmup_period=warmup_epochs)`
+    dampened once per epoch (factor min(1, (e + 1) / warmup_epochs)).
   - `constant`.
   """
   lr = cfg.lr
@@ -24,8 +28,19 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
     sched = optax.piecewise_constant_schedule(lr, bounds)
   elif cfg.schedule == "cosine":
     sched = optax.cosine_decay_schedule(lr, max(total_steps - warm, 1))
+  elif cfg.schedule == "cosine_epoch":
+    import jax.numpy as jnp
+    t_max = max(total_steps // max(steps_per_epoch, 1), 1)
+    w_ep = cfg.get("warmup_epochs", 0)
+
+    def sched(step):
+      e = (step // steps_per_epoch).astype(jnp.float32)
+      f = jnp.minimum(1.0, (e + 1.0) / w_ep) if w_ep > 0 else 1.0
+      return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * e / t_max)) * f
+    return sched
   else:
-    raise ValueError(f"optim.schedule={cfg.schedule!r}: expected step, cosine or constant")
+    raise ValueError(f"optim.schedule={cfg.schedule!r}: expected step, cosine, cosine_epoch or "
+                     f"constant")
   if warm > 0:
     sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warm), sched], [warm])
   return sched

@@ -185,3 +185,25 @@ def test_shards_argument_selects_the_fold():
   assert (c.data.source, c.data.shards, c.data.train_select, c.data.eval_select) == (
       "shards", "/data/dfew_shards", "3:train", "3:test")
   assert former_dfer.get_config("dfew").data.source == "list_file"
+
+
+def test_cosine_epoch_schedule_matches_torch_cosine_annealing_with_linear_warmup():
+  """EST's schedule: CosineAnnealingLR(T_max=epochs) stepped per epoch, times pytorch_warmup's
+  LinearWarmup(warmup_period) dampened per epoch (factor min(1, (e+1)/period))."""
+  import ml_collections
+  from jaxaffect.train import optim
+  cfg = ml_collections.ConfigDict(dict(name="adam", lr=1e-4, schedule="cosine_epoch",
+                                       warmup_epochs=10, weight_decay=1e-4))
+  spe, epochs = 3, 160
+  _, sched = optim.make_optimizer(cfg, spe, spe * epochs)
+  p = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.Adam([p], lr=1e-4)
+  cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+  for e in range(epochs):
+    import warnings
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      cos.step(e)                                   # the official call (closed form)
+    want = opt.param_groups[0]["lr"] * min(1.0, (e + 1) / 10)
+    for k in range(spe):
+      assert float(sched(np.int32(e * spe + k))) == pytest.approx(want, rel=1e-5, abs=1e-10), e   # 1e-6 of the peak lr
