@@ -23,6 +23,7 @@ import dataclasses
 import glob
 import os
 import re
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -154,17 +155,19 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
                            f"(shard changed after the manifest was written)")
     self._files: dict[str, Any] = {}
     self._pid = os.getpid()
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self.records)
 
   def _open(self, name: str):
-    if self._pid != os.getpid():           # forked worker: do not share file offsets
-      self._files, self._pid = {}, os.getpid()
-    fd = self._files.get(name)
-    if fd is None:                          # one descriptor per file; reads use pread (thread-safe)
-      fd = self._files[name] = os.open(os.path.join(self.dir, name), os.O_RDONLY)
-    return fd
+    with self._lock:                        # grain reads from several threads
+      if self._pid != os.getpid():          # forked worker: its own descriptors
+        self._files, self._pid = {}, os.getpid()
+      fd = self._files.get(name)
+      if fd is None:                        # one descriptor per file; reads use pread (thread-safe)
+        fd = self._files[name] = os.open(os.path.join(self.dir, name), os.O_RDONLY)
+      return fd
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     r = self.records[i]
@@ -175,7 +178,12 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
   def __getstate__(self):
     d = dict(self.__dict__)
     d["_files"] = {}
+    d.pop("_lock", None)
     return d
+
+  def __setstate__(self, d):
+    self.__dict__.update(d)
+    self._lock = threading.Lock()
 
   def __repr__(self) -> str:
     return f"ShardRecords({self.dir}, select={self.select!r}, n={len(self)})"
@@ -183,19 +191,72 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
 
 def record_to_example(rec: schema.VideoRecord, index: int, label_vocab: str = "",
                       where: str = "record") -> dict[str, Any]:
-  """What the clip samplers read: the record, its clip label in `label_vocab`, its position."""
+  """What the clip samplers read: the record, its clip label in `label_vocab`, its position.
+
+  A labelled record must name its vocabulary when the config names one (no silent relabelling);
+  a record without clip label (-1) is kept with `labelled=0`, which masks it out of clip losses
+  and metrics."""
   label = rec.label
-  if label_vocab and rec.vocab and label >= 0 and rec.vocab != label_vocab:
+  if label_vocab and label >= 0:
+    if not rec.vocab:
+      raise ValueError(f"{where}: field 'video/vocab' is empty but data.label_vocab="
+                       f"{label_vocab!r}: the label's class order is unknown (prep the source "
+                       f"with its --vocab)")
+    if rec.vocab != label_vocab:
+      try:
+        label = int(vocab.convert(np.asarray([label]), rec.vocab, label_vocab)[0])
+      except ValueError as e:
+        raise ValueError(f"{where}: field 'video/label': {e}") from e
+  return {"record": rec, "label": np.int32(label), "index": np.int32(index),
+          "labelled": np.float32(label >= 0)}
+
+
+def parse_stream_record(item: tuple[str, int, bytes], label_vocab: str = "") -> dict[str, Any]:
+  path, offset, data = item
+  where = f"{path} record at byte {offset}"
+  rec = schema.decode(data, where)
+  return record_to_example(rec, -1, label_vocab, f"{where} ({rec.video_id})")
+
+
+class _ShardFileIterator(grain.DatasetIterator):
+  """Sequential records of one shard file with CRC checks; state = the byte offset."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path, self.offset, self.size = path, 0, os.path.getsize(path)
+    self.fd = os.open(path, os.O_RDONLY)
+
+  def __next__(self):
+    if self.offset >= self.size:
+      raise StopIteration
+    off = self.offset
+    data = schema.read_record_at(self.fd, off, self.path)
+    self.offset = off + 16 + len(data)
+    return self.path, off, data
+
+  def get_state(self):
+    return {"offset": self.offset}
+
+  def set_state(self, state):
+    self.offset = int(state["offset"])
+
+  def __del__(self):
     try:
-      label = int(vocab.convert(np.asarray([label]), rec.vocab, label_vocab)[0])
-    except ValueError as e:
-      raise ValueError(f"{where}: field 'video/label': {e}") from e
-  return {"record": rec, "label": np.int32(label), "index": np.int32(index)}
+      os.close(self.fd)
+    except (OSError, AttributeError):
+      pass
 
 
-def parse_stream_record(data: bytes, label_vocab: str = "") -> dict[str, Any]:
-  rec = schema.decode(data, "stream record")
-  return record_to_example(rec, -1, label_vocab, f"record {rec.dataset}/{rec.split}/{rec.video_id}")
+class ShardFileRecords(grain.IterDataset):
+  """`(path, offset, payload)` of every record of a shard file, CRC-checked (grain's own TFRecord
+  reader checks no CRC and does not name the file in its errors)."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+
+  def __iter__(self):
+    return _ShardFileIterator(self.path)
 
 
 def shard_files(shard_dir: str, select: str) -> list[str]:
@@ -295,8 +356,8 @@ class VideoClip:
       video = crop_and_resize(video, box, self.image_size)
     if self.train and self.hflip and rng is not None and rng.random() < 0.5:
       video = video[:, :, ::-1]            # the same flip for every frame of the clip
-    return {"video": np.ascontiguousarray(video), "label": np.int32(record["label"]),
-            "mask": np.float32(1.0)}
+    return {"video": np.ascontiguousarray(video), "label": np.int32(max(int(record["label"]), 0)),
+            "mask": np.float32(record.get("labelled", 1.0))}
 
 
 def frame_labels(rec: schema.VideoRecord, idx: np.ndarray, *, expr_vocab: str = "",
@@ -404,7 +465,8 @@ class FrameSampler:
         crop=self.crop if aug else None, flip_prob=self.flip_prob if aug else 0.0,
         brightness=self.color_jitter if aug else 0.0, contrast=self.color_jitter if aug else 0.0,
         saturation=self.color_jitter if aug else 0.0)
-    out = {"label": np.int32(record["label"]), "mask": np.float32(1.0)}
+    out = {"label": np.int32(max(int(record["label"]), 0)),
+           "mask": np.float32(record.get("labelled", 1.0))}
     labels = frame_labels(rec, idx, expr_vocab=self.expr_vocab) if rec is not None else {}
     if self.kind == "frame":
       out["image"] = video[0]
@@ -481,7 +543,10 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
   ds = ds.random_map(lambda r, rng: clip(r, rng))
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
-  return iter(ds.to_iter_dataset())
+  # Elements are batches here: bound the read-ahead (grain's default is 500 elements).
+  opts = grain.ReadOptions(num_threads=cfg.get("read_threads", 4),
+                           prefetch_buffer_size=cfg.get("prefetch_batches", 4))
+  return iter(ds.to_iter_dataset(opts))
 
 
 def stream_iterator(source: ShardRecords, cfg: ml_collections.ConfigDict, clip, global_batch: int,
@@ -503,7 +568,7 @@ def stream_iterator(source: ShardRecords, cfg: ml_collections.ConfigDict, clip, 
     return rec.split == value if kind == "split" else value in rec.folds
 
   ds = grain.MapDataset.source(files).seed(seed).shuffle().repeat(None)[pi::pc]
-  ds = ds.map(grain.experimental.TFRecordIterDataset)
+  ds = ds.map(ShardFileRecords)
   ds = grain.experimental.InterleaveIterDataset(ds, cycle_length=min(cfg.get("cycle_length", 4),
                                                                      len(files)))
   ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=cfg.get("shuffle_window", 64),
@@ -534,7 +599,9 @@ def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> I
       template = clip(source[0])
     while len(rows) < lb:
       pad = dict(template)
-      pad["mask"] = np.float32(0.0)
+      for k in pad:                      # a padding row carries no label of any kind
+        if k == "mask" or k.endswith("_mask") or k in ("valid", "face"):
+          pad[k] = np.zeros_like(pad[k])
       rows.append(pad)
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 

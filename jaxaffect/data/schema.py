@@ -151,6 +151,10 @@ def read_record_at(f: BinaryIO | int, offset: int, path: str = "?", check_crc: b
   (n,) = struct.unpack("<Q", head[:8])
   if check_crc and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
     raise ValueError(f"{path}: bad length CRC at byte {offset} (corrupt or not a TFRecord file)")
+  size = os.fstat(fd).st_size
+  if offset + 16 + n > size:
+    raise ValueError(f"{path}: record at byte {offset} truncated (says {n} bytes, the file ends "
+                     f"{size - offset - 16} bytes later)")
   body = os.pread(fd, n + 4, offset + 12)
   data, tail = body[:n], body[n:]
   if len(data) != n or len(tail) != 4:
@@ -340,8 +344,14 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
   if ver.size != 1 or int(ver[0]) != SCHEMA_VERSION:
     raise ValueError(f"{where}: field 'schema/version' is {ver.tolist()}, this reader reads "
                      f"{SCHEMA_VERSION}")
-  t = int(_get(fm, "video/num_frames", "int", where)[0])
-  k = int(_get(fm, "video/num_landmarks", "int", where)[0])
+  def scalar(key, kind="int"):
+    v = _get(fm, key, kind, where)
+    if len(v) != 1:
+      raise ValueError(f"{where}: field '{key}' has {len(v)} values, expected 1")
+    return v[0]
+
+  t = int(scalar("video/num_frames"))
+  k = int(scalar("video/num_landmarks"))
 
   def rows(key, kind, tail=()):
     a = _get(fm, key, kind, where)
@@ -364,8 +374,8 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
       matrix=rows("frame/matrix", "float", (2, 3)), landmarks=rows("frame/landmarks", "float", (k, 2)),
       landmark_scheme=_str(fm, "video/landmark_scheme", where), track=_str(fm, "video/track", where),
       source_path=_str(fm, "video/source_path", where),
-      fps=float(_get(fm, "video/fps", "float", where)[0]),
-      label=int(_get(fm, "video/label", "int", where)[0]), vocab=_str(fm, "video/vocab", where),
+      fps=float(scalar("video/fps", "float")),
+      label=int(scalar("video/label")), vocab=_str(fm, "video/vocab", where),
       folds=tuple(b.decode() for b in _get(fm, "video/folds", "bytes", where)),
       soft_label=_get(fm, "video/soft_label", "float", where, required=False),
       meta=json.loads(_str(fm, "video/meta_json", where) or "{}"),

@@ -23,6 +23,12 @@ def test_window_sampler_labels_follow_the_frames(shard_dir):
   src = pipeline.ShardRecords(shard_dir, "train")
   ex = src[2]
   rec = ex["record"]
+  # Labels that differ frame by frame (the synthetic ones can be constant over 10 frames), so a
+  # misaligned gather would show.
+  rng = np.random.default_rng(1)
+  rec.va = rng.uniform(-1, 1, (10, 2)).astype(np.float32)
+  rec.expr = rng.integers(-1, 7, 10)
+  rec.au = rng.integers(-1, 2, (10, 12))
   s = pipeline.FrameSampler("window", 48, train=True, window=6, stride=3, expr_vocab="abaw8")
   out = s(ex, np.random.default_rng(5))
   wins = samplers.sliding_windows(10, 6, 3, tail="pad")
@@ -30,7 +36,10 @@ def test_window_sampler_labels_follow_the_frames(shard_dir):
   idx, valid = samplers.window_indices([wins[k]], 6)
   np.testing.assert_array_equal(out["va"], rec.va[idx[0]])
   np.testing.assert_array_equal(out["expr"], vocab.convert(rec.expr, "dfew7", "abaw8")[idx[0]])
-  np.testing.assert_array_equal(out["au"], rec.au[idx[0]])
+  np.testing.assert_array_equal(out["au"], np.maximum(rec.au[idx[0]], 0))
+  v = valid[0]                                   # padding positions are never labelled
+  np.testing.assert_array_equal(out["au_mask"], (rec.au[idx[0]] >= 0) & v[:, None])
+  np.testing.assert_array_equal(out["expr_mask"], (rec.expr[idx[0]] >= 0) & v)
   np.testing.assert_array_equal(out["valid"], valid[0])
   # A window longer than the video: padding positions are invalid and unlabelled.
   ev = pipeline.FrameSampler("window", 48, train=False, window=16, stride=16)(ex)
@@ -48,6 +57,7 @@ def test_est_and_frame_samplers(shard_dir):
   want = schema.decode_frames(rec.jpegs, samplers.est_indices(10, train=False).ravel())
   np.testing.assert_array_equal(est["video"], want)
   assert est["video"].shape == (35, 48, 48, 3) and est["label"] == rec.label
+  rec.va = np.random.default_rng(2).uniform(-1, 1, (10, 2)).astype(np.float32)
   fr = pipeline.FrameSampler("frame", 48, train=False)(ex)
   i = int(samplers.frame_index(10, train=False)[0])
   np.testing.assert_array_equal(fr["image"], schema.decode_frames(rec.jpegs, [i])[0])
@@ -87,3 +97,25 @@ def test_expr_vocabulary_mismatch_is_an_error():
   np.testing.assert_array_equal(pipeline.frame_labels(rec, np.arange(4))["expr"], [0, 7, -1, 2])
   with pytest.raises(ValueError, match=r"\['Other'\] of 'abaw8' have no counterpart in 'dfew7'"):
     pipeline.frame_labels(rec, np.arange(4), expr_vocab="dfew7")
+
+
+def test_eval_padding_rows_carry_no_labels(shard_dir):
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(sampler="window", image_size=48, window=12, stride=12,
+                                       hflip=False, expr_vocab="", crop=""))
+  src = pipeline.ShardRecords(shard_dir, "train")
+  (b,) = list(pipeline.eval_batches(src, cfg, 8))          # 4 videos + 4 padding rows
+  np.testing.assert_array_equal(b["mask"], [1, 1, 1, 1, 0, 0, 0, 0])
+  for k in ("valid", "face", "va_mask", "expr_mask", "au_mask"):
+    assert b[k][4:].sum() == 0 and b[k][:4].sum() > 0, k
+
+
+def test_unlabelled_records_are_masked_and_unknown_vocab_refused(tmp_path):
+  r, _ = make_record(t=4)
+  r.label = -1
+  ex = pipeline.record_to_example(schema.decode(schema.encode(r)), 0, "dfew7")
+  out = pipeline.VideoClip(2, 1, 24, train=False)(ex)
+  assert out["mask"] == 0 and out["label"] == 0
+  r.label, r.vocab = 3, ""
+  with pytest.raises(ValueError, match="'video/vocab' is empty"):
+    pipeline.record_to_example(schema.decode(schema.encode(r)), 0, "dfew7")

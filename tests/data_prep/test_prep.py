@@ -142,7 +142,7 @@ def test_bad_input_is_logged_and_kept_out(tmp_path):
   m = json.loads((tmp_path / "o" / "manifest.json").read_text())
   assert m["totals"]["videos"] == 2
   (skip,) = m["skipped"]
-  assert skip["path"].endswith("empty") and "no frames" in skip["reason"] or "empty" in skip["reason"]
+  assert skip["path"].endswith("empty") and ("no frames" in skip["reason"] or "empty" in skip["reason"])
   (issue,) = m["frame_issues"]
   assert issue["frame"] == 2 and issue["status"] == "unreadable" and "2.jpg" in issue["reason"]
   lines = (tmp_path / "o" / "skipped.jsonl").read_text().splitlines()
@@ -218,23 +218,35 @@ def test_index_reader_batches_match_records(syn_shards):
 
 
 def test_stream_reader_splits_files_per_host(syn_shards, monkeypatch):
+  """Each host reads only its own shard files: records seen by host h come from the files at its
+  positions of the per-epoch shuffled file order, and the two hosts' files of an epoch differ."""
+  import grain
   from jaxaffect.data import pipeline
-  out, _ = syn_shards
-  cfg = _data_cfg(out, "stream", random_resized_crop=False, hflip=False)
+  out, m = syn_shards
+  cfg = _data_cfg(out, "stream")
   train, _ = pipeline.build_sources(cfg)
+  files = pipeline.shard_files(out, "train")
+  by_file = {}
+  for r in m["records"]:
+    if r["split"] == "train":
+      by_file.setdefault(os.path.join(out, r["file"]), set()).add(r["id"])
+  # The clip function returns the record id, so batches say where they came from.
+  monkeypatch.setattr(pipeline, "make_clip", lambda cfg, train: (
+      lambda r, rng=None: {"vid": np.int64(int(r["record"].video_id))}))
+  order = list(grain.MapDataset.source(files).seed(0).shuffle().repeat(None)[:6])
+  assert sorted(order[:3]) == sorted(files) and sorted(order[3:]) == sorted(files)
   seen = {}
   for pi in range(2):
     monkeypatch.setattr(pipeline.jax, "process_index", lambda pi=pi: pi)
     monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
-    files = pipeline.shard_files(out, "train")
-    # Per epoch each host reads a disjoint subset of the shuffled files.
     it = pipeline.train_iterator(train, cfg, 4, seed=0)
-    seen[pi] = [next(it) for _ in range(4)]
-  monkeypatch.undo()
-  assert len(files) == 3
-  a = {v.tobytes() for b in seen[0] for v in b["video"]}
-  b = {v.tobytes() for b in seen[1] for v in b["video"]}
-  assert a and b and a != b
+    mine = order[pi::2]                       # this host's files, in order
+    allowed = set().union(*(by_file[f] for f in mine))
+    ids = [f"{int(v):06d}" for _ in range(2) for v in next(it)["vid"]]
+    assert set(ids) <= allowed, (pi, ids, allowed)
+    seen[pi] = set(ids)
+  assert order[0] != order[1]                 # the first files of the two hosts differ
+  assert seen[0] != seen[1]
 
 
 def test_label_vocabulary_conversion_is_explicit(syn_shards):
@@ -287,3 +299,79 @@ def test_training_from_shards_resumes_without_loss_or_duplication(syn_shards, tm
   assert sorted(a) == sorted(b) == list(range(1, 7))        # 14 videos // 8 = 1 step x 6 epochs
   for step in range(4, 7):
     assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
+
+
+def test_rerun_after_inputs_changed_redoes_their_shards(tmp_path):
+  """Fixing a broken JPEG or adding a video and rerunning the same command updates the shards
+  (the sidecars pin each item's inputs), and removes shards of an earlier layout."""
+  argv = _bad_folder(tmp_path / "src")
+  os.rmdir(tmp_path / "src" / "empty")
+  out = tmp_path / "o"
+  assert prep_cli.main([*argv, "--out", str(out), "--shards", "2"]) == 0
+  m1 = json.loads((out / "manifest.json").read_text())
+  assert len(m1["frame_issues"]) == 1
+  fx.write_jpeg(str(tmp_path / "src" / "a" / "2.jpg"), fx.image(0, 2, 32))     # fix it
+  for i in (1, 2, 3):
+    fx.write_jpeg(str(tmp_path / "src" / "c" / f"{i}.jpg"), fx.image(2, i, 32))  # a new video
+  assert prep_cli.main([*argv, "--out", str(out), "--shards", "2"]) == 0
+  m2 = json.loads((out / "manifest.json").read_text())
+  assert m2["frame_issues"] == [] and sorted(r["id"] for r in m2["records"]) == ["a", "b", "c"]
+  assert sorted(n for n in os.listdir(out) if ".tfrecord-" in n and not n.endswith(".json")) == [
+      "folder-all.tfrecord-00000-of-00002", "folder-all.tfrecord-00001-of-00002"]
+  assert prep_cli.main([*argv, "--out", str(out), "--shards", "3", "--overwrite"]) == 0
+  assert sorted(n for n in os.listdir(out) if ".tfrecord-" in n and not n.endswith(".json")) == [
+      f"folder-all.tfrecord-0000{i}-of-00003" for i in range(3)]
+
+
+def test_strict_with_parallel_workers_stops_cleanly(tmp_path):
+  """A worker's located error crosses the process boundary (no hang) and nothing is left.
+  (A subprocess, as the CLI runs: the workers fork before JAX starts.)"""
+  argv = _bad_folder(tmp_path / "src")
+  os.rmdir(tmp_path / "src" / "empty")
+  out = tmp_path / "o"
+  r = subprocess.run([sys.executable, "-m", "data_prep", *argv, "--out", str(out), "--strict",
+                      "--workers", "2", "--shards", "2"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 2, r.stderr
+  err = r.stderr
+  assert "2.jpg" in err and "frame 2" in err
+  assert not glob.glob(str(out / "*.tmp-*"))
+  assert not (out / "manifest.json").exists()
+
+
+def test_one_job_per_output_directory(tmp_path):
+  import fcntl
+  out = tmp_path / "o"
+  out.mkdir()
+  with open(out / shards.LOCK_FILE, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    with pytest.raises(shards.PrepFailed, match="another job is writing"):
+      prep(out, "--num-videos", "1")
+
+
+def test_segments_split_long_videos(tmp_path):
+  m = prep(tmp_path, "--num-videos", "2", "--segment-frames", "3")
+  recs = [r for r in m["records"] if r["id"] == "000001"]
+  assert [r["num_frames"] for r in recs] == [3, 3, 2] and [r["segment"] for r in recs] == [0, 1, 2]
+  frames = []
+  for r in recs:
+    with open(tmp_path / r["file"], "rb") as f:
+      rec = schema.decode(schema.read_record_at(f, r["offset"]))
+    assert rec.meta["segment"]["count"] == 3 and rec.meta["segment"]["video_frames"] == 8
+    frames.extend(rec.frame_index.tolist())
+    np.testing.assert_array_equal(rec.va.shape, (len(rec.jpegs), 2))
+  assert frames == list(range(8))
+
+
+def test_auto_detector_decides_from_the_first_frame_with_an_image():
+  from data_prep.sources import base
+  img = np.zeros((20, 20, 3), np.uint8)
+  frames = [base.Frame(1, 0.0, None, status=base.MISSING),
+            base.Frame(2, 0.04, img, precomputed=True), base.Frame(3, 0.08, img, precomputed=True)]
+  item = base.VideoItem("affwild2", "v", "train", frames=lambda: iter(frames))
+  det, _, it = shards.Stages({"detector": "auto", "size": 112}).pick(item)
+  assert det == "none" and [f.index for f in it] == [1, 2, 3]
+  raw = [base.Frame(0, 0.0, img)]
+  det, _, _ = shards.Stages({"detector": "auto", "size": 112}).pick(
+      base.VideoItem("video", "v", "train", frames=lambda: iter(raw)))
+  assert det == "blazeface"
