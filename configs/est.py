@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.use_aasfe = not a.baseline   # AA-SFE snippet features (False: Table 6 baseline)
   c.model.use_ssop = not (a.baseline or a.aasfe_only)  # SSOP head and loss
   c.model.width = 64              # ResNet-18 base width (64 = official)
+  c.model.classifier_dims = (128, 64)  # official classifier Linear(512,128)-ReLU-Linear(128,64)
+  c.model.classifier_dropout = 0.4     # official Dropout(0.4) before the last Linear
+  c.model.ssop_dims = (2048, 512)      # official SSOP head Linear(3584,2048)-BN-ReLU-Linear(.,512)
   c.model.dtype = "float32"       # compute dtype ('bfloat16' on TPU/GPU)
 
   c.task = ml_collections.ConfigDict()
@@ -98,6 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 8
     c.model.d_model = 64
     c.model.dim_feedforward = 256
+    c.model.classifier_dims = (64, 32)
+    c.model.ssop_dims = (256, 128)
     c.data.image_size = 48
     c.data.video_frames = 30
     c.data.num_train = 1008

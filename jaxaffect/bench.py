@@ -186,12 +186,7 @@ def _est_reference(path: str, config) -> Reference:
 def _est_table(xla: bool) -> tuple[str, Any]:
   from jaxaffect.models import est
   rows = est.est_table6_rows()
-  lines = ["EST, paper Table 6 (35 frames at 224², MACs in the thop convention)", "",
-           f"{'variant':<12}{'params':>14}{'paper':>9}{'GMACs':>10}{'paper':>9}"]
-  for r in rows:
-    lines.append(f"{r['variant']:<12}{r['params']:>14,}{r['paper_params_m']:>8.2f}M"
-                 f"{r['gmacs']:>10.3f}{r['paper_gmacs']:>9.2f}")
-  return "\n".join(lines), {"table6": rows}
+  return est.format_table6(rows), {"table6": rows}
 
 
 register(BenchModel("est", "est:dfew", _est_reference, _est_table))

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 
 from jaxaffect.interop import former_dfer as _former_dfer
+from jaxaffect.interop import est as _est
 from jaxaffect.interop import resnet as _resnet
 from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, from_torch,
                                        strip_prefix, to_torch)
 
 MODELS: dict[str, ModelMapping] = {
-    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING)
+    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING)
 }
 
 FORMATS = ("safetensors", "pth")
