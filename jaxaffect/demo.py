@@ -59,7 +59,7 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
       "macro_f1": float(final.get("macro_f1", float("nan"))),
       # task-specific held-out metrics (e.g. EST's snippet-order accuracy)
       **{k: float(v) for k, v in final.items()
-         if np.ndim(v) == 0 and k not in ("uar", "war", "macro_f1", "loss")},
+         if np.ndim(v) == 0 and k not in ("uar", "war", "macro_f1", "loss", "step")},
       "steps": int(step), "seconds": round(time.time() - t0, 1),
       "data_seconds": round(gen_seconds, 1), "train_seconds": round(train_seconds, 1),
       "shards": None if prep_info is None else prep_info["out"],
