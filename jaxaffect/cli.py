@@ -121,6 +121,9 @@ def cmd_import(argv: list[str]) -> int:
   p.add_argument("--weights", required=True, help=".safetensors / .pth / .pth.tar state dict")
   p.add_argument("--config", required=True, help="config file[:arg] of the run to start")
   p.add_argument("--workdir", required=True, help="new run directory (must hold no checkpoint)")
+  p.add_argument("--partial", action="store_true",
+                 help="the weights cover part of the model (e.g. EST's FER+ ResNet-18 backbone; "
+                      "keys without a rule, like fc.*, are ignored); the rest is initialised")
   a, overrides = p.parse_known_args(argv)
   from absl import flags
   from ml_collections import config_flags
@@ -128,7 +131,7 @@ def cmd_import(argv: list[str]) -> int:
   config_flags.DEFINE_config_file("config", None, "", flag_values=fl, lock_config=True)
   fl(["import", f"--config={resolve_config_path(a.config)}", *overrides])
   from jaxaffect.train import loop
-  step = loop.import_weights(fl.config, a.workdir, a.weights)
+  step = loop.import_weights(fl.config, a.workdir, a.weights, partial=a.partial)
   print(f"imported {a.weights} into {a.workdir}/checkpoints/{step}; "
         f"continue with: jaxaffect train --config {a.config} --workdir {a.workdir}")
   return 0

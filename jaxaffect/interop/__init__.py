@@ -45,11 +45,14 @@ def to_torch_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[s
 
 
 def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
-                          like_variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          like_variables: Mapping[str, Any] | None = None, *,
+                          partial: bool = False) -> dict[str, Any]:
   """Official PyTorch `state_dict` (tensors or numpy; `module.` prefix accepted) → Flax variables.
   With `like_variables` (e.g. `module.init(...)` or `jax.eval_shape` of it) keys and shapes are
-  checked and dtypes taken from it."""
-  return from_torch(get_mapping(model_name).rules, state_dict, like_variables, where=model_name)
+  checked and dtypes taken from it. `partial`: only the variables the state dict has (see
+  `mapping.from_torch`)."""
+  return from_torch(get_mapping(model_name).rules, state_dict, like_variables, where=model_name,
+                    partial=partial)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -228,11 +228,14 @@ def to_torch(rules: Sequence[Rule], variables: Mapping[str, Any], *,
 
 def from_torch(rules: Sequence[Rule], state_dict: Mapping[str, Any],
                like_variables: Mapping[str, Any] | None = None, *,
-               where: str = "") -> dict[str, Any]:
+               where: str = "", partial: bool = False) -> dict[str, Any]:
   """torch `state_dict` (tensors or arrays; `module.` prefix accepted) → nested Flax variables.
 
   With `like_variables`, the key set and every shape must match it exactly and arrays take its
   dtypes; otherwise the structure comes from the state dict alone (float32).
+  `partial=True` (a pretrained backbone, e.g. EST's FER+ ResNet-18): torch keys without a rule are
+  ignored and model variables the state dict lacks are simply not returned (shapes of those
+  present are still checked); at least one variable must match.
   """
   sd = {k: _to_numpy(v) for k, v in strip_prefix(state_dict).items()}
   compiled = [(_compile(r.torch, _placeholder_regexes(*r.jax, r.torch)), r) for r in rules]
@@ -253,14 +256,22 @@ def from_torch(rules: Sequence[Rule], state_dict: Mapping[str, Any],
       break
     else:
       unmatched.append(tkey)
-  if unmatched:
+  if unmatched and not partial:
     raise KeyError(f"{where}: unexpected torch keys (no rule): {sorted(unmatched)[:10]}")
   if like_variables is not None:   # arrays or jax.ShapeDtypeStructs (jax.eval_shape of init)
     like = traverse_util.flatten_dict(
         {c: v for c, v in dict(like_variables).items() if c in ("params", "batch_stats")},
         sep="/")
     missing, extra = sorted(set(like) - set(flat)), sorted(set(flat) - set(like))
-    if missing or extra:
+    if partial:
+      if extra:
+        raise KeyError(f"{where}: state dict keys map to variables the model does not have: "
+                       f"{extra[:10]}")
+      if not flat:
+        raise KeyError(f"{where}: no key of the state dict matches the model "
+                       f"(first keys: {sorted(sd)[:5]})")
+      like = {k: v for k, v in like.items() if k in flat}
+    elif missing or extra:
       raise KeyError(f"{where}: state dict does not match the model: missing {missing[:10]}, "
                      f"unexpected {extra[:10]}")
     for k, ref in like.items():

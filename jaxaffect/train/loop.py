@@ -267,9 +267,12 @@ def restore_state(workdir: str, step: int | None = None):
   return config, s, variables, step
 
 
-def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path: str) -> int:
+def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path: str, *,
+                   partial: bool = False) -> int:
   """Writes a step-0 checkpoint of `config` whose parameters (and BatchNorm statistics) come from a
-  PyTorch state dict in the official key layout; the optimizer state is fresh."""
+  PyTorch state dict in the official key layout; the optimizer state is fresh. `partial`: the
+  state dict covers part of the model (EST's FER+-pretrained ResNet-18 backbone, the official
+  initialisation); the rest keeps the model's own initialisation."""
   from jaxaffect import interop
   cdir = os.path.join(workdir, "checkpoints")
   mngr = ckpt_lib.make_manager(cdir, keep=config.checkpoint.keep, async_save=False)
@@ -278,10 +281,16 @@ def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path
   s = build(config, sources=spec_sources(config))
   like = {"params": s.abstract_state["params"], **s.abstract_state["extra"]}
   sd = interop.load_state_dict_file(weights_path)
-  variables = interop.from_torch_state_dict(config.model_name, sd, like)
+  variables = interop.from_torch_state_dict(config.model_name, sd, like, partial=partial)
   init_rng, _ = _rngs(config)
   with jax.set_mesh(s.mesh):
     state = s.init_fn(init_rng)
+    if partial:                    # imported variables over the model's own initialisation
+      from flax import traverse_util
+      base = traverse_util.flatten_dict(jax.device_get(
+          {"params": state["params"], **state["extra"]}), sep="/")
+      base.update(traverse_util.flatten_dict(jax.device_get(variables), sep="/"))
+      variables = traverse_util.unflatten_dict(base, sep="/")
     params = jax.device_put(variables["params"], s.state_shardings["params"])
     extra = jax.device_put({k: variables[k] for k in state["extra"]}, s.state_shardings["extra"])
     state = dict(state, params=params, extra=extra,

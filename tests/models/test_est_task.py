@@ -73,3 +73,39 @@ def test_trainer_runs_est_on_shards(tmp_path):
   for k in ("uar", "war", "ssop_accuracy", "ssop_loss"):
     assert np.isfinite(m[k]), (k, m)
   assert 0.0 <= m["ssop_accuracy"] <= 1.0
+
+
+def test_partial_import_of_a_pretrained_backbone(tmp_path):
+  """The official EST initialisation: a (FER+-pretrained) torchvision ResNet-18 state dict with
+  `module.` prefixes and an `fc` head goes into EST's backbone; the rest keeps its own init."""
+  from flax import traverse_util
+  from configs import est as est_cfg
+  from jaxaffect import interop
+  from jaxaffect.train import loop
+  c = est_cfg.get_config("smoke")
+  for k, v in KW.items():
+    c.model[k] = v
+  c.data.image_size = 32
+  c.batch_size = 8
+  c.checkpoint.async_save = False
+  donor = est.EST(**KW)
+  dv = donor.init({"params": jax.random.key(42), "dropout": jax.random.key(1)},
+                  jnp.zeros((1, 35, 32, 32, 3)), train=False)
+  sd = interop.to_torch_state_dict("est", dv)
+  backbone = {f"module.{k}": v for k, v in sd.items() if k.startswith(("conv1.", "bn1.", "layer"))}
+  backbone["module.fc.weight"] = np.zeros((7, 32), np.float32)          # ignored (no rule)
+  assert len(backbone) > 50
+  path = str(tmp_path / "resnet18_ferplus.safetensors")
+  interop.save_state_dict(backbone, path)
+  with pytest.raises(KeyError, match="unexpected torch keys"):              # strict import refuses it
+    loop.import_weights(c, str(tmp_path / "strict"), path)
+  loop.import_weights(c, str(tmp_path / "run"), path, partial=True)
+  _, _, got, _ = loop.restore_state(str(tmp_path / "run"))
+  flat_got = traverse_util.flatten_dict(got, sep="/")
+  flat_donor = traverse_util.flatten_dict(jax.device_get(dv), sep="/")
+  back = {k for k in flat_got if k.startswith(("params/backbone", "batch_stats/backbone"))}
+  assert back, sorted(flat_got)[:5]
+  for k in back:
+    np.testing.assert_array_equal(flat_got[k], flat_donor[k], err_msg=k)
+  others = [k for k in flat_got if k.startswith("params/") and k not in back]
+  assert others and not all(np.array_equal(flat_got[k], flat_donor[k]) for k in others)
