@@ -375,3 +375,36 @@ def test_auto_detector_decides_from_the_first_frame_with_an_image():
   det, _, _ = shards.Stages({"detector": "auto", "size": 112}).pick(
       base.VideoItem("video", "v", "train", frames=lambda: iter(raw)))
   assert det == "blazeface"
+
+
+def test_affwild2_layout_through_the_writer(tmp_path):
+  """Official Aff-Wild2 files -> shards: per-frame labels stay on their frames (1-based), the
+  crop gap is a MISSING frame (black crop, counted, not an issue), VA/EXPR/AU masks follow the
+  -5/-1 sentinels, and the dataset's aligned crops are resized as they are (`auto` -> `none`)."""
+  from tests.data_prep.test_sources import AU_B, EXPR_A, VA_A, _affwild_root
+  root, _, _ = _affwild_root(tmp_path)
+  out = tmp_path / "o"
+  assert prep_cli.main(["affwild2", "--src", str(root), "--out", str(out), "--size", "16",
+                        "--quiet", "--segment-frames", "3"]) == 0
+  m = json.loads((out / "manifest.json").read_text())
+  assert m["frame_issues"] == [] and m["splits"]["train"]["status"] == [4, 0, 1, 0]
+  recs = {}
+  for r in m["records"]:
+    with open(out / r["file"], "rb") as f:
+      rec = schema.decode(schema.read_record_at(f, r["offset"]))
+    recs.setdefault(rec.video_id, []).append(rec)
+  a = recs["vidA"]                                   # 5 frames in segments of 3 + 2
+  assert [len(r.jpegs) for r in a] == [3, 2] and all(r.recipe["detector"] == "none" for r in a)
+  idx = np.concatenate([r.frame_index for r in a])
+  np.testing.assert_array_equal(idx, [1, 2, 3, 4, 5])
+  va = np.concatenate([r.va for r in a])
+  np.testing.assert_array_equal(va, np.asarray(VA_A, np.float32))
+  np.testing.assert_array_equal(np.concatenate([r.va_mask for r in a]), [1, 0, 1, 1, 1])
+  np.testing.assert_array_equal(np.concatenate([r.expr for r in a]), EXPR_A + [-1])
+  status = np.concatenate([r.status for r in a])
+  np.testing.assert_array_equal(status, [0, 0, 2, 0, 0])
+  assert schema.decode_frames(a[0].jpegs, [2]).max() == 0          # the gap: a black crop
+  (b,) = recs["1-30-1280x720_left"]
+  assert b.track == "left" and b.split == "val" and b.au_names[0] == "AU1"
+  np.testing.assert_array_equal(b.au, AU_B)
+  np.testing.assert_array_equal(b.au_mask, np.asarray(AU_B) >= 0)
