@@ -44,7 +44,7 @@ import numpy as np
 from data_prep.sources import base
 from jaxaffect.data import schema
 
-PREP_VERSION = 1
+PREP_VERSION = 2
 JOB_FILE = "prep_job.json"
 SKIP_LOG = "skipped.jsonl"
 LOCK_FILE = ".lock"
@@ -238,7 +238,7 @@ def _write_shard(task: dict) -> dict:
   tmp = f"{final}.tmp-{os.getpid()}"
   stage = _stage()
   records, skipped, issues = [], [], []
-  lm_sum, lm_cnt = None, None
+  template = None                   # faces.TemplateAccumulator of this shard's landmarks
   try:
     with open(tmp, "wb") as f:
       w = schema.TFRecordWriter(f)
@@ -271,12 +271,10 @@ def _write_shard(task: dict) -> dict:
                           "offset": off, "length": n, "label": seg.label, "folds": list(seg.folds),
                           **_record_stats(seg)})
         if task["template"] and rec.landmarks.shape[1]:
-          # whole frames only: a frame with any non-finite point does not enter the mean
-          ok = (rec.face_found == 1) & np.isfinite(rec.landmarks).all(axis=(1, 2))
-          s = rec.landmarks[ok].sum(0, dtype=np.float64)
-          c = np.full(rec.landmarks.shape[1:], ok.sum(), np.int64)
-          lm_sum = s if lm_sum is None else lm_sum + s
-          lm_cnt = c if lm_cnt is None else lm_cnt + c
+          from data_prep import faces      # whole frames only (any NaN point: the frame is left out)
+          if template is None:
+            template = faces.TemplateAccumulator(rec.recipe["size"], rec.landmarks.shape[1])
+          template.add(rec.landmarks, rec.face_found == 1)
         if _QUEUE is not None:
           _QUEUE.put(("item", rec.num_frames))
       f.flush()
@@ -285,8 +283,7 @@ def _write_shard(task: dict) -> dict:
             "count": task["count"], "job": _JOB["job_hash"], "inputs": task["inputs"],
             "records": records, "skipped": skipped, "frame_issues": issues,
             "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp),
-            "template_sum": None if lm_sum is None else lm_sum.tolist(),
-            "template_count": None if lm_cnt is None else lm_cnt.tolist()}
+            "template": None if template is None else template.to_json()}
     _atomic_json(final + ".json", side)
     os.replace(tmp, final)
     return side
@@ -571,7 +568,7 @@ def _manifest(source_name, job, tasks, done, listing_skipped, template_split) ->
   from data_prep import faces
   splits: dict[str, Any] = {}
   records, skipped, issues = [], list(listing_skipped), []
-  t_sum, t_cnt = None, None
+  acc = None
   for t in tasks:
     side = done[t["name"]]
     sp = splits.setdefault(t["split"], {"shards": [], "videos": 0, "frames": 0,
@@ -601,19 +598,18 @@ def _manifest(source_name, job, tasks, done, listing_skipped, template_split) ->
       sp["va_frames"] += r.get("va_frames", 0)
     skipped.extend(side["skipped"])
     issues.extend(side["frame_issues"])
-    if side.get("template_sum") is not None:
-      s, c = np.asarray(side["template_sum"]), np.asarray(side["template_count"])
-      t_sum = s if t_sum is None else t_sum + s
-      t_cnt = c if t_cnt is None else t_cnt + c
+    if side.get("template") is not None:
+      part = faces.TemplateAccumulator.from_json(side["template"])
+      acc = part if acc is None else acc.merge(part)
   for sp in splits.values():
     sp["label_hist"] = dict(sorted(sp["label_hist"].items(), key=lambda kv: int(kv[0])))
   template = None
-  if t_sum is not None and t_cnt.min() > 0:
-    mean = (t_sum / t_cnt).astype(np.float64)
-    template = {"split": template_split, "frames": int(t_cnt.min()),
+  if acc is not None and acc.count > 0:
+    mean, key7 = acc.result()
+    template = {"split": template_split, "frames": acc.count,
                 "landmarks": np.round(mean, 4).tolist()}
-    if mean.shape[0] == 68:
-      template["keypoints7"] = np.round(faces.keypoints7(mean), 4).tolist()
+    if acc.num_points == 68:
+      template["keypoints7"] = np.round(key7, 4).tolist()
   import jaxaffect
   return {"schema_version": schema.SCHEMA_VERSION, "prep_version": PREP_VERSION,
           "source": source_name, "job": job, "recipe": job["recipe"], "splits": splits,

@@ -83,6 +83,25 @@ def register(model: BenchModel) -> BenchModel:
 # ----------------------------------------------------------------------------------- Former-DFER
 
 
+def _import_official(path: str, module_file: str, repo: str, module: str, name: str):
+  """`name` from `module` of an official checkout at `path` (its top-level `models` package),
+  refusing a checkout without `module_file` or another `models` package already imported."""
+  if not os.path.isfile(os.path.join(path, *module_file.split("/"))):
+    raise SystemExit(f"bench --reference {path}: {module_file} not found (expected a checkout of "
+                     f"{repo})")
+  cached = sys.modules.get("models")
+  where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
+  if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
+    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
+                     f"imported ({cached!r}); run the reference in a fresh process")
+  import importlib
+  sys.path.insert(0, os.path.abspath(path))
+  try:
+    return getattr(importlib.import_module(module), name)
+  finally:
+    sys.path.pop(0)
+
+
 def _former_dfer_reference(path: str, config) -> Reference:
   """The official `models.ST_Former.GenerateModel` (zengqunzhao/Former-DFER) from a checkout."""
   import torch
@@ -96,19 +115,8 @@ def _former_dfer_reference(path: str, config) -> Reference:
     raise SystemExit(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
                      f"classes; the config has N={m.num_spatial_layers}, "
                      f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
-  if not os.path.isfile(os.path.join(path, "models", "ST_Former.py")):
-    raise SystemExit(f"bench --reference {path}: models/ST_Former.py not found (expected a "
-                     "checkout of zengqunzhao/Former-DFER)")
-  cached = sys.modules.get("models")
-  where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
-  if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
-    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
-                     f"imported ({cached!r}); run the reference in a fresh process")
-  sys.path.insert(0, os.path.abspath(path))
-  try:
-    from models.ST_Former import GenerateModel  # type: ignore[import-not-found]
-  finally:
-    sys.path.pop(0)
+  GenerateModel = _import_official(path, "models/ST_Former.py", "zengqunzhao/Former-DFER",
+                                   "models.ST_Former", "GenerateModel")
 
   def to_inputs(batch):
     # (B,T,H,W,3) uint8 → (B,T,3,H,W) float in [0,1] (official loader: /255, no normalisation).
@@ -145,20 +153,9 @@ def _est_reference(path: str, config) -> Reference:
     raise SystemExit(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
                      f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
                      f"gives {official} (use --config est:dfew)")
-  if not os.path.isfile(os.path.join(path, "models", "Model.py")):
-    raise SystemExit(f"bench --reference {path}: models/Model.py not found (expected a checkout "
-                     "of DreamMr/EST)")
-  cached = sys.modules.get("models")
-  where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
-  if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
-    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
-                     f"imported ({cached!r}); run the reference in a fresh process")
+  resnet18_EST = _import_official(path, "models/Model.py", "DreamMr/EST", "models.Model",
+                                  "resnet18_EST")
   torch.Tensor.cuda = lambda self, *a, **k: self          # CPU: the official PE calls .cuda()
-  sys.path.insert(0, os.path.abspath(path))
-  try:
-    from models.Model import resnet18_EST  # type: ignore[import-not-found]
-  finally:
-    sys.path.pop(0)
   module = resnet18_EST(clips=7, img_num_per_clip=5, d_model=512, nhead=4, encoder_nums=3,
                         decoder_nums=3, use_norm=True, per_classes=10, draw_weight=False)
   rng = np.random.default_rng(config.seed)

@@ -57,10 +57,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
 from jaxaffect import flops as flops_lib
+from jaxaffect.models.tasks import classification_loss
 from jaxaffect.nn.attention import MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from jaxaffect.nn.layers import BatchNorm, Dense, layer_norm
 from jaxaffect.nn.resnet import resnet18
@@ -356,22 +356,11 @@ def official_init(variables: Mapping[str, Any], key: jax.Array) -> dict[str, Any
 # Losses.
 
 
-def _masked_ce(logits: jax.Array, labels: jax.Array, mask: jax.Array, num_classes: int,
-               label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """torch `CrossEntropyLoss` (mean) over the real examples (`mask` 1) of the global batch."""
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-  m = mask.astype(ce.dtype)
-  return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0), ce
-
-
 def ssop_loss(perm_logits: jax.Array, perm_labels: jax.Array,
               mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """L_S: cross-entropy of the SSOP head against the permutation row index, averaged over the
   real examples. Returns `(loss, per-example CE)`."""
-  return _masked_ce(perm_logits, perm_labels, mask, perm_logits.shape[-1])
+  return classification_loss(perm_logits, perm_labels, mask, perm_logits.shape[-1])
 
 
 def est_loss(logits: jax.Array, labels: jax.Array, perm_logits: jax.Array | None,
@@ -382,7 +371,7 @@ def est_loss(logits: jax.Array, labels: jax.Array, perm_logits: jax.Array | None
   real examples (`mask`). `ssop_weight` overrides 1/n (the official code uses 0.1428). Without
   `perm_logits` (no SSOP head) L = L_cls. Returns `(L, {"cls_loss", "ssop_loss", "ce",
   "perm_ce"})`."""
-  cls, ce = _masked_ce(logits, labels, mask, logits.shape[-1], label_smoothing)
+  cls, ce = classification_loss(logits, labels, mask, logits.shape[-1], label_smoothing)
   aux = {"cls_loss": cls, "ce": ce}
   if perm_logits is None:
     return cls, aux

@@ -136,13 +136,12 @@ class SnippetOrderTask:
     return self._split(variables)
 
   def _losses(self, out, batch, p):
-    loss, ce = classification_loss(out["logits"], batch["label"], batch["mask"], self.num_classes)
-    res = {"logits": out["logits"], "ce": ce}
+    from jaxaffect.models import est
+    loss, aux = est.est_loss(out["logits"], batch["label"], out.get("perm_logits"), p,
+                             batch["mask"], self.module.num_snippets, ssop_weight=self._lambda)
+    res = {"logits": out["logits"], "ce": aux["ce"]}
     if "perm_logits" in out:
-      l_s, ce_s = classification_loss(out["perm_logits"], p, batch["mask"],
-                                      self._perms.shape[0])
-      loss = loss + self._lambda * l_s
-      res.update(perm_logits=out["perm_logits"], perm_label=p, perm_ce=ce_s)
+      res.update(perm_logits=out["perm_logits"], perm_label=p, perm_ce=aux["perm_ce"])
     return loss, res
 
   def loss(self, params, extra, batch, rng):
