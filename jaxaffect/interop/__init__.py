@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxaffect.interop import abaw_tcn as _abaw_tcn
 from jaxaffect.interop import former_dfer as _former_dfer
 from jaxaffect.interop import est as _est
 from jaxaffect.interop import resnet as _resnet
@@ -26,7 +27,7 @@ from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, fr
                                        strip_prefix, to_torch)
 
 MODELS: dict[str, ModelMapping] = {
-    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING)
+    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING, _abaw_tcn.MAPPING)
 }
 
 FORMATS = ("safetensors", "pth")
@@ -41,7 +42,8 @@ def get_mapping(model_name: str) -> ModelMapping:
 def to_torch_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Flax variables (`params` + `batch_stats`) → official PyTorch `state_dict` (numpy, float32;
   BatchNorm `num_batches_tracked` = 0)."""
-  return to_torch(get_mapping(model_name).rules, variables, where=model_name)
+  mapping = get_mapping(model_name)
+  return _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
 
 
 def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
@@ -51,8 +53,17 @@ def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
   With `like_variables` (e.g. `module.init(...)` or `jax.eval_shape` of it) keys and shapes are
   checked and dtypes taken from it. `partial`: only the variables the state dict has (see
   `mapping.from_torch`)."""
-  return from_torch(get_mapping(model_name).rules, state_dict, like_variables, where=model_name,
-                    partial=partial)
+  mapping = get_mapping(model_name)
+  hook = getattr(mapping, "before_import", None)
+  if hook is not None:
+    state_dict = hook(state_dict)
+  return from_torch(mapping.rules, state_dict, like_variables, where=model_name, partial=partial)
+
+
+def _after_export(mapping: ModelMapping, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A mapping's optional `after_export(sd)` hook (e.g. ABAW's duplicate weight-norm names)."""
+  hook = getattr(mapping, "after_export", None)
+  return hook(sd) if hook is not None else sd
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -105,7 +116,8 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   """Write the weights in the official PyTorch layout plus a verification sample.
 
   `<out>.verify.npz` holds `input` (a random batch in the official torch layout, e.g.
-  `(B,16,3,112,112)` for Former-DFER) and `output` (this model's eval-mode outputs for it).
+  `(B,16,3,112,112)` for Former-DFER; a dict of arrays is stored as `input_<key>`) and `output`
+  (this model's eval-mode outputs for it).
   Returns `{"weights", "verify", "format", "num_tensors", "num_params", "snippet"}`; `snippet` is
   Python code that loads the export into the official PyTorch model and compares outputs.
   `input_shape=(H, W)` overrides the image size inferred from the variables.
@@ -114,7 +126,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
     raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
   mapping = get_mapping(model_name)
   variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
-  sd = to_torch(mapping.rules, variables, where=model_name)
+  sd = _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
   out_path = Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   vpath = verify_path(out_path)
@@ -130,7 +142,10 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   try:
     save_state_dict(sd, tmp_w, fmt)
     with open(tmp_v, "wb") as f:
-      np.savez(f, input=x_torch, output=y, model_name=np.array(model_name))
+      # a dict input (several feature streams) is stored as `input_<name>` arrays
+      inputs = ({f"input_{k}": np.asarray(v) for k, v in x_torch.items()}
+                if isinstance(x_torch, Mapping) else {"input": x_torch})
+      np.savez(f, **inputs, output=y, model_name=np.array(model_name))
     os.replace(tmp_w, out_path)
     os.replace(tmp_v, vpath)
   finally:

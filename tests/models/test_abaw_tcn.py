@@ -1,0 +1,263 @@
+"""ABAWTCN vs an independent torch model (TCN chomp stack + torch.nn.TransformerEncoder + Linear-
+BN-Linear heads, `tests/interop/torch_abaw_ref.py`) with the same weights through the export
+mapping: eval and train mode (BatchNorm batch statistics and running-stat updates), forward and
+gradients; one stream (ABAW6), six-way streams with split VA heads (ABAW5 layout), multi-task.
+Losses vs torch transcriptions of the published formulas; the ABAW6 EXPR parameter count."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxaffect import flops, interop
+from jaxaffect.models import abaw_tcn
+from tests.interop import torch_abaw_ref as tref
+from tests.interop.torch_refs import (assert_close, assert_grads_match, jit, load_numpy_state_dict,
+                                      random_variables)
+
+SMALL = dict(kernel_size=3, d_model=32, num_heads=4, num_layers=2, dim_feedforward=48)
+
+
+def _randn(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _variables(module, feats, seed):
+  shapes = jax.eval_shape(lambda f: module.init(jax.random.key(0), f, train=False), feats)
+  v = random_variables(shapes, seed=seed)
+  rng = np.random.default_rng(seed + 1)
+  # weight-norm gains ≠ ‖v‖ and PReLU slopes ≠ 0.25 (random_variables leaves them N(0,1))
+  fix = lambda path, x: (rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+                         if "weight_g" in jax.tree_util.keystr(path) else
+                         rng.uniform(0.05, 0.5, x.shape).astype(np.float32)
+                         if "relu" in jax.tree_util.keystr(path) else x)
+  return jax.tree_util.tree_map_with_path(fix, v)
+
+
+def _torch_model(module, input_dims, sd):
+  streams = [(n, input_dims[n], ch) for n, ch in module.streams]
+  heads = []
+  for o, names in module.head_names().items():
+    n = module.output_dims()[o] // len(names)
+    heads += [(h, n) for h in names]
+  ref = tref.TorchABAW(streams, heads, k=module.kernel_size, d=module.d_model,
+                       nheads=module.num_heads, layers=module.num_layers,
+                       ff=module.dim_feedforward, dropout=0.0,
+                       encoder_name="decoder" if any(h == "vhead" for h, _ in heads) else "encoder")
+  load_numpy_state_dict(ref, sd)
+  return ref
+
+
+CASES = {
+    "abaw6_expr": (dict(streams=(("mae", (24, 16, 12)),), outputs=("expr",), **SMALL),
+                   {"mae": 20}),
+    "abaw5_va_split": (dict(streams=(("wav", (16, 8)), ("arcface", (12, 12, 8)),
+                                     ("emotion", (10, 6))), outputs=("va",), va_heads="split",
+                            **SMALL), {"wav": 14, "arcface": 12, "emotion": 9}),
+    "multitask": (dict(streams={"a": [16, 8], "b": [12, 8]}, outputs=["va", "expr", "au"],
+                       num_expr_classes=7, **SMALL), {"a": 11, "b": 13}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("train", [False, True])
+def test_model_matches_torch_reference(case, train):
+  kw, dims = CASES[case]
+  module = abaw_tcn.ABAWTCN(**kw)
+  b, t = 3, 13
+  feats = {n: _randn(b, t, d, seed=i) for i, (n, d) in enumerate(sorted(dims.items()))}
+  variables = _variables(module, feats, seed=5)
+  sd = interop.to_torch_state_dict("abaw_tcn", variables)
+  ref = _torch_model(module, dims, sd)
+  ref.train(train)
+  n_out = sum(module.output_dims().values())
+  w = _randn(b, t, n_out, seed=9)
+
+  def loss(params, feats):
+    if train:
+      out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, feats,
+                              train=True, mutable=["batch_stats"])
+    else:
+      out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, feats,
+                              train=False), {}
+    y = jnp.concatenate([out[o] for o in module.outputs], axis=-1)
+    return jnp.sum(y * w), (y, new)
+  (_, (y, new)), (gp, gf) = jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+      variables["params"], feats)
+  ft = {n: torch.from_numpy(x).requires_grad_(True) for n, x in feats.items()}
+  yt = ref(ft)
+  (yt * torch.from_numpy(w.reshape(b * t, -1))).sum().backward()
+  assert_close(np.asarray(y).reshape(b * t, -1), yt.detach().numpy(), err="forward")
+  for n in feats:
+    assert_close(gf[n], ft[n].grad.numpy(), err=f"d {n}")
+  g_sd = interop.to_torch_state_dict("abaw_tcn", {"params": gp,
+                                                  "batch_stats": variables["batch_stats"]})
+  # In train mode BatchNorm cancels any per-channel constant before it (fc0.bias, the last
+  # norm2.bias): those gradients are 0 up to rounding; compare them against the largest gradient.
+  gmax = max(float(p.grad.abs().max()) for p in ref.parameters())
+  n = assert_grads_match(ref, g_sd, atol_abs=1e-6 * gmax if train else 0.0)
+  assert n == len(list(ref.parameters()))
+  if train:   # running statistics after one step (torch momentum 0.1, unbiased variance)
+    new_sd = interop.to_torch_state_dict("abaw_tcn", {"params": variables["params"], **new})
+    tsd = ref.state_dict()
+    keys = [k for k in tsd if k.endswith("running_mean") or k.endswith("running_var")]
+    assert keys
+    for k in keys:
+      assert_close(new_sd[k], tsd[k].numpy(), err=k)
+
+
+def test_frame_mask_batchnorm_uses_only_valid_frames():
+  """All-valid mask == no mask (torch); a partial mask == torch BatchNorm1d on the valid rows."""
+  bn = abaw_tcn.MaskedBatchNorm()
+  x = _randn(3, 7, 5, seed=1) * 2 + 1
+  v = bn.init(jax.random.key(0), x, use_running_average=False)
+  run = lambda m: bn.apply(v, x, use_running_average=False, mask=m, mutable=["batch_stats"])
+  y0, s0 = run(None)
+  y1, s1 = run(jnp.ones((3, 7)))
+  np.testing.assert_allclose(np.asarray(y0), np.asarray(y1), rtol=1e-6, atol=1e-6)
+  mask = np.ones((3, 7), np.float32)
+  mask[0, 5:] = 0
+  mask[2, :3] = 0
+  y2, s2 = run(jnp.asarray(mask))
+  tb = torch.nn.BatchNorm1d(5).train()
+  valid = mask.reshape(-1) > 0
+  yt = tb(torch.from_numpy(x.reshape(-1, 5)[valid])).detach().numpy()
+  assert_close(np.asarray(y2).reshape(-1, 5)[valid], yt, err="masked BN")
+  assert_close(s2["batch_stats"]["mean"], tb.running_mean.numpy(), err="running mean")
+  assert_close(s2["batch_stats"]["var"], tb.running_var.numpy(), err="running var")
+  tb0 = torch.nn.BatchNorm1d(5).train()
+  tb0(torch.from_numpy(x.reshape(-1, 5)))
+  assert_close(s0["batch_stats"]["var"], tb0.running_var.numpy(), err="running var (all)")
+  _, s3 = run(jnp.zeros((3, 7)))           # no valid frame: running stats unchanged
+  np.testing.assert_array_equal(np.asarray(s3["batch_stats"]["var"]), np.ones(5))
+  # through the model: frame_mask reaches every head's BatchNorm
+  module = abaw_tcn.ABAWTCN(streams=(("f", (8,)),), outputs=("va", "au"), **SMALL)
+  feats = {"f": _randn(2, 6, 8, seed=3)}
+  mv = module.init(jax.random.key(1), feats, train=False)
+  fm = jnp.asarray(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32))
+  full = lambda m: module.apply(mv, feats, train=True, frame_mask=m,
+                                mutable=["batch_stats", "intermediates"],
+                                capture_intermediates=lambda mdl, _: mdl.name == "fc0")
+  (o_none, st_none), (o_ones, st_ones) = full(None), full(jnp.ones((2, 6)))
+  for o in ("va", "au"):
+    np.testing.assert_allclose(np.asarray(o_none[o]), np.asarray(o_ones[o]), rtol=1e-6, atol=1e-6)
+  _, st = full(fm)
+  for h in ("head_va", "head_au"):
+    hid = np.asarray(st["intermediates"][h]["fc0"]["__call__"][0]).reshape(-1, 16)
+    valid = np.asarray(fm).reshape(-1) > 0
+    np.testing.assert_allclose(np.asarray(st["batch_stats"][h]["bn"]["mean"]),
+                               0.1 * hid[valid].mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(st_none["batch_stats"][h]["bn"]["mean"]),
+                               0.1 * hid.mean(0), rtol=1e-4, atol=1e-6)
+    assert np.abs(hid[valid].mean(0) - hid.mean(0)).max() > 1e-3
+  with pytest.raises(ValueError, match="frame_mask"):
+    module.apply(mv, feats, train=True, frame_mask=jnp.ones((2, 5)), mutable=["batch_stats"])
+
+
+def test_va_ccc_loss_matches_torch_transcription():
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(4, 30, 2)).astype(np.float32) * 0.5
+  target = (0.6 * pred + 0.3 * rng.normal(size=pred.shape) + 0.1).astype(np.float32)
+  mask = (rng.random((4, 30)) > 0.3).astype(np.float32)
+  (loss, ccc), g = jax.value_and_grad(
+      lambda p: abaw_tcn.va_ccc_loss(p, jnp.asarray(target), jnp.asarray(mask)),
+      has_aux=True)(jnp.asarray(pred))
+  pt = torch.from_numpy(pred).requires_grad_(True)
+  lt, ct = tref.va_ccc_loss_torch(pt, torch.from_numpy(target), torch.from_numpy(mask > 0))
+  lt.backward()
+  assert_close(loss, lt.detach().numpy(), rtol=1e-5, err="loss")
+  assert_close(ccc, ct.detach().numpy(), rtol=1e-5, err="ccc")
+  assert_close(g, pt.grad.numpy(), rtol=1e-4, err="d pred")
+  assert np.all(np.asarray(g)[mask == 0] == 0)
+  # ddof=0 is Lin's CCC: 2 cov / (var_x + var_y + (mx − my)²) (population moments)
+  _, c0 = abaw_tcn.va_ccc_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask), ddof=0)
+  x, y = pred[mask > 0, 0].astype(np.float64), target[mask > 0, 0].astype(np.float64)
+  lin = 2 * np.mean((x - x.mean()) * (y - y.mean())) / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+  np.testing.assert_allclose(float(c0[0]), lin, rtol=1e-5)
+  assert abs(float(c0[0]) - float(ccc[0])) > 1e-5      # ddof matters (official: 1)
+  # no valid frame: loss 0 and finite zero gradient, CCC undefined (NaN)
+  (l0, c), g0 = jax.value_and_grad(lambda p: abaw_tcn.va_ccc_loss(
+      p, jnp.asarray(target), jnp.zeros((4, 30))), has_aux=True)(jnp.asarray(pred))
+  assert float(l0) == 0.0 and np.all(np.isnan(np.asarray(c))) and np.all(np.asarray(g0) == 0)
+
+
+def test_expr_ce_loss_matches_torch_ignore_index():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 20, 8)).astype(np.float32)
+  labels = rng.integers(0, 8, (3, 20))
+  labels[rng.random((3, 20)) < 0.3] = -1
+  mask = (labels >= 0).astype(np.float32)
+  loss, g = jax.value_and_grad(abaw_tcn.expr_ce_loss)(jnp.asarray(logits), jnp.asarray(labels),
+                                                      jnp.asarray(mask))
+  lt = torch.from_numpy(logits).requires_grad_(True)
+  tl = torch.nn.CrossEntropyLoss(ignore_index=-1)(lt.reshape(-1, 8),
+                                                  torch.from_numpy(labels.reshape(-1)))
+  tl.backward()
+  assert_close(loss, tl.detach().numpy(), rtol=1e-5, err="loss")
+  assert_close(g, lt.grad.numpy(), rtol=1e-4, err="grad")
+  # label −1 is ignored even if the mask says 1; mask 0 drops valid labels too
+  l2 = abaw_tcn.expr_ce_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.ones((3, 20)))
+  np.testing.assert_allclose(float(l2), float(loss), rtol=1e-6)
+  m3 = mask.copy()
+  m3[0] = 0
+  sel = (labels.reshape(-1) >= 0) & (m3.reshape(-1) > 0)
+  t3 = torch.nn.functional.cross_entropy(torch.from_numpy(logits.reshape(-1, 8)[sel]),
+                                         torch.from_numpy(labels.reshape(-1)[sel]))
+  np.testing.assert_allclose(float(abaw_tcn.expr_ce_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                                         jnp.asarray(m3))), float(t3), rtol=1e-5)
+  assert float(abaw_tcn.expr_ce_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                     jnp.zeros((3, 20)))) == 0.0
+
+
+def test_au_bce_loss_drops_rows_with_any_invalid_unit():
+  rng = np.random.default_rng(2)
+  logits = (2 * rng.normal(size=(2, 25, 12))).astype(np.float32)
+  labels = rng.integers(0, 2, (2, 25, 12))
+  bad = rng.random((2, 25)) < 0.3
+  labels[bad, rng.integers(0, 12, bad.sum())] = -1
+  mask = (labels != -1).astype(np.float32)
+  loss, g = jax.value_and_grad(abaw_tcn.au_bce_loss)(jnp.asarray(logits), jnp.asarray(labels),
+                                                     jnp.asarray(mask))
+  lt = torch.from_numpy(logits).requires_grad_(True)
+  lab = torch.from_numpy(labels.reshape(-1, 12))
+  keep = ~(lab == -1).any(dim=1)                    # the official row selection
+  tl = torch.nn.BCEWithLogitsLoss()(lt.reshape(-1, 12)[keep], lab[keep].float())
+  tl.backward()
+  assert_close(loss, tl.detach().numpy(), rtol=1e-5, err="loss")
+  assert_close(g, lt.grad.numpy(), rtol=1e-4, err="grad")
+  m2 = mask.copy()
+  m2[0, 0, 3] = 0                                   # one unit masked drops the whole row
+  keep2 = keep.clone()
+  keep2[0] = False
+  t2 = torch.nn.BCEWithLogitsLoss()(torch.from_numpy(logits.reshape(-1, 12))[keep2],
+                                    lab[keep2].float())
+  np.testing.assert_allclose(float(abaw_tcn.au_bce_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                                        jnp.asarray(m2))), float(t2), rtol=1e-5)
+
+
+def test_abaw6_expr_parameter_count_and_macs():
+  size = abaw_tcn.abaw6_expr_size(seq_len=300)
+  assert size["params"] == 20_512_913                # official EXPR Model (torch parameters())
+  m = abaw_tcn.ABAWTCN(streams=(("a", (8, 6)), ("b", (5,))), outputs=("va", "expr"),
+                       va_heads="split", **SMALL)
+  t = 11
+  feats = {"a": jax.ShapeDtypeStruct((2, t, 7), jnp.float32),
+           "b": jax.ShapeDtypeStruct((2, t, 5), jnp.float32)}
+  shapes = jax.eval_shape(lambda f: m.init(jax.random.key(0), f, train=False), feats)
+  counted = flops.count_macs(lambda v, f: m.apply(v, f, train=False), shapes, feats)["total"]
+  ours = abaw_tcn.forward_macs_per_frame(m, t, {"a": 7, "b": 5})["total"] * 2 * t
+  assert counted == ours
+
+
+def test_bad_configuration_errors():
+  feats = {"x": np.zeros((1, 4, 6), np.float32)}
+  with pytest.raises(ValueError, match="outputs"):
+    abaw_tcn.ABAWTCN(streams=(("x", (4,)),), outputs=("valence",), **SMALL).init(
+        jax.random.key(0), feats)
+  with pytest.raises(KeyError, match="missing"):
+    abaw_tcn.ABAWTCN(streams=(("y", (4,)),), **SMALL).init(jax.random.key(0), feats)
+  with pytest.raises(ValueError, match="identifier"):
+    abaw_tcn.ABAWTCN(streams=(("a.b", (4,)),), **SMALL)
+  with pytest.raises(ValueError, match="va_heads"):
+    abaw_tcn.ABAWTCN(streams=(("x", (4,)),), outputs=("va",), va_heads="both", **SMALL).init(
+        jax.random.key(0), feats)
