@@ -5,6 +5,8 @@
   python -m data_prep video --src clips/ --out /shards/mine --detector blazeface
   python -m data_prep synthetic --src - --out /tmp/syn --num-videos 64
   python -m data_prep SOURCE --help     # the source's own flags
+  python -m data_prep features --shards /shards/affwild2 --checkpoint WORKDIR --out /feats/x
+                                        # per-frame embeddings of an image model (data_prep.features)
 
 A killed job rerun with the same arguments completes the missing shards only.
 """
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     if hasattr(mod, "add_arguments"):
       mod.add_arguments(sp.add_argument_group(name))
+  from data_prep import features
+  features.add_arguments(sub.add_parser("features", help="per-frame embeddings of a trained "
+                                        "image model over face shards (feature shards)"))
   return p
 
 
@@ -50,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
   from data_prep import shards
   args = build_parser().parse_args(argv)
   try:
-    shards.run(args.source, args)
+    if args.source == "features":
+      from data_prep import features
+      features.run(args)
+    else:
+      shards.run(args.source, args)
   except shards.PrepFailed as e:
     print(e.code if isinstance(e.code, str) else e, file=sys.stderr)
     return 2

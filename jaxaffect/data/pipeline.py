@@ -457,6 +457,10 @@ class FrameSampler:
       rec = None                              # in-memory videos (benchmarks): no per-frame labels
       idx, valid = self.indices(len(record["frames"]), None, rng)
       video = record["frames"][idx]
+    elif "frames" in record and self.kind == "frame":
+      rec = None                              # in-memory stand-in (shapes only): the first frame
+      idx, valid = np.zeros(1, np.int64), np.ones(1, bool)
+      video = record["frames"][idx]
     else:
       raise ValueError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
     aug = self.train and rng is not None
@@ -484,6 +488,9 @@ class FrameSampler:
 
 def make_clip(cfg: ml_collections.ConfigDict, train: bool):
   """The sampler + augmentation of `config.data` (train or eval)."""
+  if cfg.get("source", "") == "features":       # per-frame feature windows (data/features.py)
+    from jaxaffect.data import features
+    return features.make_clip(cfg, train)
   kind = cfg.get("sampler", "former_dfer")
   if kind == "former_dfer":
     if train:
@@ -500,6 +507,9 @@ def make_clip(cfg: ml_collections.ConfigDict, train: bool):
 # ---------------------------------------------------------------------------------------- builders
 def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(train source, eval source) from `config.data`."""
+  if cfg.source == "features":                  # per-frame feature windows (data/features.py)
+    from jaxaffect.data import features
+    return features.build_sources(cfg)
   if cfg.source == "synthetic":
     from jaxaffect.data import synthetic
     common = dict(num_frames=cfg.video_frames, size=cfg.image_size,

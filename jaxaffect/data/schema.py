@@ -34,6 +34,13 @@ Keys (T frames, K landmarks per frame, A action units; every per-frame field has
   series/names                                          bytes[]  continuous labels on their own time base
   series/<name>/times, series/<name>/values             float[N], float[N*D]
   series/<name>/columns, series/<name>/rate_hz          bytes[D], float
+  features/names                                        bytes[]  per-frame embedding streams (optional)
+  features/<name>/values, features/<name>/dim           float[T*D], int64  one row per frame
+
+Feature records (`python -m data_prep features`, read by `jaxaffect.data.features`) are records of
+the face shards they were computed from, with every field copied except `frame/jpeg`, which holds
+T empty strings (no images), and with `features/*` added. Records without `features/names` (all
+face shards) read back with no features.
 
 Shard files are named `<dataset>-<split>.tfrecord-<i:05d>-of-<n:05d>`; `manifest.json` next to them
 holds counts, label histograms, checksums, the recipe and a per-record index (byte offsets) that gives
@@ -222,6 +229,8 @@ class VideoRecord:
   au_names: tuple[str, ...] = ()
   series: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   # series[name] = {"times": (N,), "values": (N, D), "columns": tuple, "rate_hz": float}
+  features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # features[name] = (T, D) float32 per-frame embeddings (feature shards only)
 
   @property
   def num_frames(self) -> int:
@@ -311,6 +320,15 @@ def encode(r: VideoRecord) -> bytes:
     _put(fe, f"series/{name}/values", "float", vals)
     _put(fe, f"series/{name}/columns", "bytes", list(s["columns"]))
     _put(fe, f"series/{name}/rate_hz", "float", [s["rate_hz"]])
+  if r.features:                       # absent (not empty) on face shards: their bytes are unchanged
+    _put(fe, "features/names", "bytes", list(r.features))
+    for name, vals in r.features.items():
+      vals = np.asarray(vals, np.float32)
+      if vals.ndim != 2 or vals.shape[0] != t:
+        raise ValueError(f"{where}: field 'features/{name}/values' has shape {vals.shape}, "
+                         f"expected ({t}, D)")
+      _put(fe, f"features/{name}/dim", "int", [vals.shape[1]])
+      _put(fe, f"features/{name}/values", "float", vals)
   return ex.SerializeToString(deterministic=True)
 
 
@@ -398,6 +416,9 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
     r.series[name] = {"times": times, "values": vals.reshape(len(times), len(cols)),
                       "columns": cols,
                       "rate_hz": float(_get(fm, f"series/{name}/rate_hz", "float", where)[0])}
+  for name in (b.decode() for b in _get(fm, "features/names", "bytes", where, required=False) or []):
+    d = int(scalar(f"features/{name}/dim"))
+    r.features[name] = rows(f"features/{name}/values", "float", (d,))
   return r
 
 

@@ -1,0 +1,256 @@
+"""`python -m data_prep features`: per-frame embeddings over face shards -> feature shards.
+
+Features equal a direct `module.apply(..., method="embed")` on the decoded frames (batches across
+videos, padded last batch, split over the 8 test devices or not), every other field is copied, the
+manifest is the face shards' layout plus the recipe, a rerun skips finished shards and redoes a
+removed one byte-identically, a job killed mid-shard leaves no partial file, and the readers of
+jaxaffect.data.features read the result (labels from the feature shards alone, or joined to a
+stream of npy files).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from data_prep import cli as prep_cli
+from data_prep import features as job
+from data_prep import shards as shards_lib
+from jaxaffect.data import augment, features as F, pipeline, schema
+
+SYN = ["synthetic", "--src", "-", "--num-frames", "8", "--render-size", "64", "--size", "64",
+       "--pose", "0.3", "--quiet"]
+
+
+class TinyEncoder(nn.Module):
+  """A stand-in image model with an `embed` method (conv, ReLU, global average pool, dense)."""
+  dim: int = 5
+
+  def setup(self):
+    self.conv = nn.Conv(4, (3, 3), strides=(2, 2))
+    self.proj = nn.Dense(self.dim)
+    self.head = nn.Dense(2)
+
+  def embed(self, x, train: bool = False):
+    return self.proj(jnp.mean(nn.relu(self.conv(x)), axis=(1, 2)))
+
+  def __call__(self, x, *, train: bool = False):
+    return self.head(self.embed(x, train))
+
+
+@pytest.fixture(scope="module")
+def face_shards(tmp_path_factory):
+  out = tmp_path_factory.mktemp("faces")
+  args = prep_cli.build_parser().parse_args([*SYN, "--out", str(out), "--num-videos", "5",
+                                             "--heldout-videos", "3", "--shards", "2"])
+  shards_lib.run(args.source, args)
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = TinyEncoder()
+  v = m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  return m, v
+
+
+def _embedder(model, size, batch):
+  m, v = model
+  return job.make_embedder(m, v, size, batch, {"model_name": "tiny", "checkpoint": "-", "step": 0})
+
+
+def _records(d):
+  m = schema.read_manifest(d)
+  out = {}
+  for r in m["records"]:
+    with open(os.path.join(d, r["file"]), "rb") as f:
+      out[(r["id"], r["split"])] = schema.decode(schema.read_record_at(f, r["offset"]))
+  return m, out
+
+
+def _check_features(face_dir, feat_dir, model, size, stream, exact=True):
+  m, v = model
+  _, faces = _records(face_dir)
+  man, feats = _records(feat_dir)
+  assert sorted(feats) == sorted(faces)
+  worst = 0.0
+  for key, rec in faces.items():
+    fr = feats[key]
+    imgs = schema.decode_frames(rec.jpegs)
+    if imgs.shape[1] != size:
+      imgs, _ = augment.augment_clip(imgs, np.random.default_rng(0), size=size, crop=None,
+                                     flip_prob=0.0)
+    direct = np.asarray(m.apply(v, jnp.asarray(imgs.astype(np.float32) / np.float32(255)),
+                                method="embed"))
+    worst = max(worst, float(np.abs(fr.features[stream] - direct).max()))
+    if exact:
+      np.testing.assert_array_equal(fr.features[stream], direct)      # exact float32
+    else:
+      np.testing.assert_allclose(fr.features[stream], direct, rtol=1e-5, atol=1e-7)
+    assert fr.jpegs == [b""] * rec.num_frames
+    for f in ("frame_index", "t_sec", "status", "face_found", "va", "expr", "au", "box",
+              "landmarks"):
+      np.testing.assert_array_equal(getattr(fr, f), getattr(rec, f), err_msg=f)
+    for f in ("label", "vocab", "folds", "split", "expr_vocab", "au_names", "meta", "dataset"):
+      assert getattr(fr, f) == getattr(rec, f), f
+  return man, worst
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+def test_features_equal_direct_apply(face_shards, model, tmp_path, batch):
+  """batch 5: batches straddle videos (8 frames each) and the last is padded, one device: the
+  features are bit-identical to an unbatched apply. batch 16: split over the 8 test devices (2
+  frames each); XLA reduces the pooled mean in another order there: equal to ~1 ulp.
+  Crops 64 px resized to the model's 32."""
+  out = str(tmp_path / "feat")
+  man = job.extract(face_shards, out, _embedder(model, 32, batch), stream="tiny", quiet=True)
+  man2, worst = _check_features(face_shards, out, model, 32, "tiny", exact=batch == 5)
+  print(f"batch {batch}: max |feature - direct apply| = {worst:.3g}")
+  assert worst < 1e-6 and man == man2
+  assert man["totals"] == {"videos": 8, "frames": 64, "shards": 4, "skipped": 0, "frame_issues": 0}
+  fe = man["features"]
+  assert fe["stream"] == "tiny" and fe["dim"] == 5 and fe["image_size"] == 32
+  assert fe["source_manifest_sha256"] == shards_lib._sha256(os.path.join(face_shards,
+                                                                         "manifest.json"))
+  assert fe["model"] == {"model_name": "tiny", "checkpoint": "-", "step": 0}
+  assert "numpy" in fe["versions"] and "jax" in fe["versions"]
+  for sp in man["splits"].values():
+    for sh in sp["shards"]:
+      p = os.path.join(out, sh["file"])
+      assert shards_lib._sha256(p) == sh["sha256"]
+  # the feature shards read as shards (same manifest layout)
+  src = pipeline.ShardRecords(out, "train")
+  assert len(src) == 5 and src[0]["record"].features["tiny"].shape == (8, 5)
+
+
+def test_select_rerun_skip_redo_and_refuse(face_shards, model, tmp_path):
+  out = str(tmp_path / "feat")
+  emb = _embedder(model, 64, 8)
+  man = job.extract(face_shards, out, emb, select="test", quiet=True)
+  assert man["totals"]["videos"] == 3 and sorted(man["splits"]) == ["test"]
+  _check_features_subset = {r["id"] for r in man["records"]}
+  assert len(_check_features_subset) == 3
+  files = sorted(glob.glob(os.path.join(out, "*.tfrecord-*-of-*[0-9]")))
+  mtimes = {f: os.stat(f).st_mtime_ns for f in files}
+  calls = []
+  counting = job.Embedder(lambda x: calls.append(1) or emb.fn(x), emb.batch, emb.image_size,
+                          emb.dim, emb.info)
+  assert job.extract(face_shards, out, counting, select="test", quiet=True) == man
+  assert not calls and {f: os.stat(f).st_mtime_ns for f in files} == mtimes     # all skipped
+  sha = {f: shards_lib._sha256(f) for f in files}
+  os.remove(files[0])
+  assert job.extract(face_shards, out, counting, select="test", quiet=True) == man
+  assert calls and {f: shards_lib._sha256(f) for f in files} == sha            # redone, same bytes
+  assert os.stat(files[1]).st_mtime_ns == mtimes[files[1]]
+  with pytest.raises(shards_lib.PrepFailed, match=r"other settings \(differs in \['select'\]\)"):
+    job.extract(face_shards, out, emb, select="train", quiet=True)
+  with pytest.raises(shards_lib.PrepFailed, match=r"no record matches select='nope'"):
+    job.extract(face_shards, str(tmp_path / "x"), emb, select="nope", quiet=True)
+  man3 = job.extract(face_shards, out, emb, select="all", overwrite=True, quiet=True)
+  assert man3["totals"]["videos"] == 8
+
+
+def test_killed_job_leaves_no_partial_shard_and_resumes(face_shards, model, tmp_path):
+  emb = _embedder(model, 64, 8)
+  ref = job.extract(face_shards, str(tmp_path / "ref"), emb, quiet=True)
+  out = str(tmp_path / "feat")
+  n = [0]
+
+  def dies(x):
+    n[0] += 1
+    if n[0] == 4:     # shards test-0 (2 videos: 2 batches), test-1 (1), then mid train-0 (3)
+      raise KeyboardInterrupt
+    return emb.fn(x)
+
+  with pytest.raises(KeyboardInterrupt):
+    job.extract(face_shards, out, job.Embedder(dies, 8, 64, emb.dim, emb.info), quiet=True)
+  left = sorted(os.listdir(out))
+  assert not [f for f in left if ".tmp-" in f]
+  assert [f for f in left if ".tfrecord-" in f] == [
+      f"synthetic-test.tfrecord-0000{i}-of-00002{e}" for i in range(2) for e in ("", ".json")]
+  assert "manifest.json" not in left
+  man = job.extract(face_shards, out, emb, quiet=True)
+  strip = lambda m: {k: v for k, v in m.items() if k not in ("features", "job")}
+  assert strip(man) == strip(ref)                                # same records, offsets, sha256
+  assert [s["sha256"] for sp in man["splits"].values() for s in sp["shards"]] == \
+      [s["sha256"] for sp in ref["splits"].values() for s in sp["shards"]]
+
+
+def test_cli_parses_and_refuses_missing_shards(tmp_path):
+  args = prep_cli.build_parser().parse_args(["features", "--shards", "a", "--checkpoint", "b",
+                                             "--out", "c", "--best", "--batch", "64"])
+  assert args.source == "features" and args.best and args.step is None and args.batch == 64
+  with pytest.raises(SystemExit):
+    prep_cli.build_parser().parse_args(["features", "--shards", "a", "--checkpoint", "b",
+                                        "--out", "c", "--best", "--step", "3"])
+  emb = job.Embedder(lambda x: x, 4, 8, 1, {})
+  with pytest.raises(shards_lib.PrepFailed, match="no manifest"):
+    job.extract(str(tmp_path / "nothing"), str(tmp_path / "o"), emb)
+
+
+# ----------------------------------------------------------------------------- readers over shards
+def _cfg(**kw):
+  c = ml_collections.ConfigDict(dict(source="features", labels="", window=4, stride=2,
+                                     eval_stride=0, train_select="train", eval_select="test",
+                                     expr_vocab="", num_au=12, fps=0.0, fps_csv=""))
+  c.update(kw)
+  return c
+
+
+def test_readers_over_feature_shards(face_shards, model, tmp_path):
+  out = str(tmp_path / "feat")
+  job.extract(face_shards, out, _embedder(model, 64, 8), stream="tiny", quiet=True)
+  _, feats = _records(out)
+  cfg = _cfg(features=[dict(name="img", kind="shards", path=out, stream="tiny")])
+  vids = {(v.video_id, v.split): v for v in F.iter_videos(cfg, "all")}
+  assert sorted(vids) == sorted(feats)
+  for key, rec in feats.items():
+    v = vids[key]
+    np.testing.assert_array_equal(v.streams["img"], rec.features["tiny"])   # every frame has a face
+    got = pipeline.frame_labels(rec, np.arange(rec.num_frames))
+    np.testing.assert_array_equal(v.labels["va"], got["va"])
+    np.testing.assert_array_equal(v.labels["expr"], got["expr"])
+    np.testing.assert_array_equal(v.labels["au"], got["au"])
+    np.testing.assert_array_equal(v.labels["au_mask"], got["au_mask"])
+    assert v.label == rec.label and v.folds == rec.folds and v.face.all()
+    np.testing.assert_array_equal(v.t_sec, rec.t_sec)
+  # labels from the face shards, features joined from the feature shards and from npy files with
+  # gaps (ABAW layout, numbered by the shards' frame index)
+  npy = tmp_path / "npy"                   # (npy folders are named by video id: train only)
+  for (vid, split), rec in feats.items():
+    if split != "train":
+      continue
+    os.makedirs(npy / vid)
+    for k, fi in enumerate(rec.frame_index):
+      if k not in (2, 3):
+        np.save(npy / vid / f"{fi:05d}.npy", rec.features["tiny"][k] * 2)
+  cfg = _cfg(labels=face_shards, train_select="train", eval_select="train", features=[
+      dict(name="img", kind="shards", path=out, stream="tiny"),
+      dict(name="twice", kind="npy", path=str(npy))])
+  tr, ev = pipeline.build_sources(cfg)
+  assert len(tr.videos) == 5 and len(ev) == 5 * 2 and len(tr) == 5 * 3    # 8 frames: w4 s2 / s4
+  for v in tr.videos:
+    rec = feats[(v.video_id, "train")]
+    face = np.ones(8, bool)
+    face[[2, 3]] = False
+    np.testing.assert_array_equal(v.face, face)
+    near = [0, 1, 1, 4, 4, 5, 6, 7]
+    np.testing.assert_array_equal(v.streams["img"], rec.features["tiny"][near])
+    np.testing.assert_array_equal(v.streams["twice"], 2 * rec.features["tiny"][near])
+    assert v.split == "train" and v.label == rec.label
+  # a stream lacking a video of the labels: the error names stream and video
+  import shutil
+  vid = tr.videos[1].video_id
+  shutil.rmtree(npy / vid)
+  with pytest.raises(ValueError, match=rf"stream 'twice': no features for video '{vid}'"):
+    F.load_videos(cfg, "train")
+  cfg = _cfg(labels=face_shards, features=[dict(name="img", kind="shards", path=out, stream="x")])
+  with pytest.raises(ValueError, match=r"stream 'img' .* has no feature 'x' \(has \['tiny'\]\)"):
+    list(F.iter_videos(cfg, "train"))
