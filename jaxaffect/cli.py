@@ -1,7 +1,9 @@
-"""`jaxaffect` command line: train, eval, export, bench, demo.
+"""`jaxaffect` command line: train, eval, predict, export, import, bench, demo, prep.
 
   jaxaffect train --config configs/former_dfer.py:dfew --workdir DIR [--config.x=y ...]
   jaxaffect eval --workdir DIR [--best] [--json]
+  jaxaffect predict --workdir DIR --out DIR [--select test] [--best] [--window W --stride S]
+      (sequence models: per-frame ABAW submission files, CCC/F1 metrics, valence/arousal plots)
   jaxaffect export --checkpoint DIR --out FILE [--format safetensors|pth]
   jaxaffect import --weights FILE --config CONFIG --workdir DIR   (then `train` fine-tunes it)
   jaxaffect bench former_dfer [--json] [--reference PATH_TO_OFFICIAL_CHECKOUT]
@@ -98,6 +100,35 @@ def cmd_eval(argv: list[str]) -> int:
   return 0
 
 
+def cmd_predict(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxaffect predict",
+                              description="whole-video per-frame predictions of a sequence model: "
+                                          "ABAW submission files, metrics.json, VA plots")
+  p.add_argument("--workdir", required=True, help="the training run (its checkpoints/)")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--select", default=None, help="split/fold of the data (default: eval_select)")
+  p.add_argument("--best", action="store_true", help="the best checkpoint by the config's metric")
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--window", type=int, default=None, help="default: config.data.window")
+  p.add_argument("--stride", type=int, default=None, help="default: config.data.stride")
+  p.add_argument("--plot", type=int, default=4, help="VA plots for the first N videos")
+  p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+  a = p.parse_args(argv)
+  from jaxaffect import predict
+  summary = predict.run(a.workdir, a.out, select=a.select, step=a.step, best=a.best,
+                        window=a.window, stride=a.stride, plot=a.plot)
+  if a.json:
+    _print_json({k: v for k, v in summary.items() if k != "per_video"})
+  else:
+    print(f"{summary['videos']} videos, {summary['frames']} frames "
+          f"({summary['no_face_frames']} without a face) -> {a.out}")
+    for k, v in summary["metrics"].items():
+      print(f"  {k}: {v}")
+    for k, v in summary["files"].items():
+      print(f"  {k} submission: {v}")
+  return 0
+
+
 def cmd_export(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="jaxaffect export")
   p.add_argument("--checkpoint", required=True, help="a workdir or its checkpoints/ directory")
@@ -172,8 +203,8 @@ def _print_json(d):
   print(json.dumps(d, default=default), flush=True)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "import": cmd_import,
-            "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "import": cmd_import, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

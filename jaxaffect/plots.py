@@ -51,3 +51,35 @@ def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str], title: st
   import matplotlib.image as mpimg
   img = mpimg.imread(buf, format="png")
   return (img[..., :3] * 255).astype(np.uint8)
+
+
+def save_va_timeseries(pred: np.ndarray, true: np.ndarray, labelled: np.ndarray, path: str,
+                       title: str = "", face: np.ndarray | None = None, fps: float | None = None):
+  """Predicted vs true valence and arousal over one video (two panels), PNG. Unlabelled frames
+  leave gaps in the true curve; frames without a face are shaded."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from jaxaffect import metrics as jm
+  pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+  labelled = np.asarray(labelled, bool)
+  t = np.arange(len(pred)) / (fps or 1.0)
+  fig, axes = plt.subplots(2, 1, figsize=(9, 4.5), dpi=100, sharex=True)
+  for d, (ax, name) in enumerate(zip(axes, ("valence", "arousal"))):
+    y = np.where(labelled, true[:, d], np.nan)
+    ax.plot(t, y, color="black", lw=1.2, label="true")
+    ax.plot(t, pred[:, d], color="tab:red", lw=1.0, label="predicted")
+    if face is not None and (~np.asarray(face, bool)).any():
+      nf = ~np.asarray(face, bool)
+      ax.fill_between(t, -1, 1, where=nf, color="0.85", step="mid", label="no face")
+    c = float(jm.ccc(pred[labelled, d], true[labelled, d])) if labelled.sum() > 1 else float("nan")
+    ax.set_ylabel(f"{name}\nCCC {c:.3f}", fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7, loc="upper right", ncol=3)
+  axes[1].set_xlabel("seconds" if fps else "frame")
+  if title:
+    axes[0].set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

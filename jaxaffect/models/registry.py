@@ -12,10 +12,13 @@ from jaxaffect.models import tasks
 MODELS = {
     "former_dfer": ("jaxaffect.models.former_dfer", "FormerDFER"),
     "est": ("jaxaffect.models.est", "EST"),
+    "frame_resnet": ("jaxaffect.models.baselines", "FrameResNet"),
+    "abaw_tcn": ("jaxaffect.models.abaw_tcn", "ABAWTCN"),
 }
 TASKS = {
     "clip_classification": tasks.ClipClassificationTask,
     "snippet_order": tasks.SnippetOrderTask,
+    "frame_labels": tasks.FrameLabelsTask,
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -190,3 +191,181 @@ class SnippetOrderTask:
       correct = (jnp.argmax(outputs["perm_logits"], -1) == outputs["perm_label"]).astype(jnp.float32)
       kw.update(ssop_correct=correct, ssop_loss=outputs["perm_ce"])
     return kw
+
+
+@flax.struct.dataclass
+class BatchAverage(clu_metrics.Average):
+  """Mean of a per-batch scalar (a loss that is not a sum over examples, e.g. 1 − CCC)."""
+
+  @classmethod
+  def from_model_output(cls, *, batch_loss: jax.Array, **_):
+    return cls(total=jnp.asarray(batch_loss, jnp.float32), count=jnp.asarray(1, jnp.int32))
+
+
+@flax.struct.dataclass
+class VACCC(jm.CCC):
+  """Concatenated CCC of (valence, arousal) over every labelled frame seen (ABAW VA protocol):
+  `ccc_valence`, `ccc_arousal` and P_VA = their mean (population statistics, ddof 0)."""
+
+  def compute(self):
+    c = self.ccc()
+    return {"ccc_valence": c[0], "ccc_arousal": c[1], "p_va": c.mean()}
+
+
+PER_FRAME_OUTPUTS = ("va", "expr", "au")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameLabelsTask:
+  """Per-frame valence/arousal, expression and action units (the three Aff-Wild2 tasks).
+
+  Two input forms, one set of losses (`models.abaw_tcn`, the ABAW papers' equations):
+    input="features"  windows of feature streams: `feat/<stream> (B, T, D)`, `valid (B, T)` (1
+                      inside the video), labels `va (B,T,2)`, `va_mask (B,T)`, `expr (B,T)`,
+                      `expr_mask`, `au (B,T,A)`, `au_mask (B,T,A)`; the module takes
+                      `({stream: array}, train=, frame_mask=)` (ABAW TCN + Transformer);
+    input="image"     single face crops: `image (B, H, W, 3)` uint8 and the same labels without
+                      the T axis (the frame encoder, `models.baselines.FrameResNet`).
+  Every label mask is multiplied by the example `mask` (padding rows of the last eval batch) and,
+  for windows, by `valid`. Losses: VA (1 − CCC_v) + (1 − CCC_a) over the masked frames of the
+  global batch (`ccc_ddof`: 1 as the official `torch.std`); EXPR masked cross-entropy; AU BCE over
+  frames whose units are all labelled. The total is Σ weight_k · L_k over `outputs`.
+  Metrics: `va/{ccc_valence, ccc_arousal, p_va}` (CCC of all frames concatenated), `expr/macro_f1`
+  (+ UAR/WAR/confusion), `au/f1` (mean F1 over units; frames with any unlabelled unit dropped).
+  """
+  module: nn.Module
+  outputs: tuple = PER_FRAME_OUTPUTS
+  num_expr: int = 8
+  num_au: int = 12
+  input: str = "features"
+  loss_weights: tuple = ()        # per output; () = all 1
+  ccc_ddof: int = 1
+
+  def __post_init__(self):
+    bad = [o for o in self.outputs if o not in PER_FRAME_OUTPUTS]
+    if bad or not self.outputs:
+      raise ValueError(f"task.outputs={tuple(self.outputs)}: expected a non-empty subset of "
+                       f"{PER_FRAME_OUTPUTS}")
+    if self.input not in ("features", "image"):
+      raise ValueError(f"task.input={self.input!r}: expected 'features' or 'image'")
+    if self.loss_weights and len(self.loss_weights) != len(self.outputs):
+      raise ValueError(f"task.loss_weights={tuple(self.loss_weights)} must have one weight per "
+                       f"output {tuple(self.outputs)}")
+
+  def _split(self, variables):
+    variables = dict(variables)
+    return variables.pop("params"), variables
+
+  def _inputs(self, batch):
+    """(positional input, keyword inputs, frame keep-mask)."""
+    if self.input == "image":
+      return video_to_float(batch["image"]), {}, batch["mask"].astype(jnp.float32)
+    feats = {k[len("feat/"):]: v for k, v in batch.items() if k.startswith("feat/")}
+    if not feats:
+      raise ValueError(f"task.input='features' needs batch entries 'feat/<stream>'; batch has "
+                       f"{sorted(batch)}")
+    keep = batch["valid"].astype(jnp.float32) * batch["mask"].astype(jnp.float32)[:, None]
+    return feats, {"frame_mask": keep}, keep
+
+  def init(self, rng: jax.Array, batch: dict[str, Any]):
+    p_rng, d_rng = jax.random.split(rng)
+    x, kw, _ = self._inputs(batch)
+    variables = self.module.init({"params": p_rng, "dropout": d_rng}, x, train=False, **kw)
+    return self._split(variables)
+
+  def _masks(self, batch, keep):
+    m = {"va": batch.get("va_mask"), "expr": batch.get("expr_mask"), "au": batch.get("au_mask")}
+    out = {}
+    for o in self.outputs:
+      if m[o] is None:
+        raise ValueError(f"task.outputs includes {o!r} but the batch has no '{o}_mask' (the data "
+                         f"has no {o} labels); batch keys: {sorted(batch)}")
+      mo = m[o].astype(jnp.float32)
+      out[o] = mo * (keep[..., None] if mo.ndim > keep.ndim else keep)
+    return out
+
+  def _losses(self, out, batch, keep):
+    from jaxaffect.models import abaw_tcn
+    masks = self._masks(batch, keep)
+    weights = dict(zip(self.outputs, self.loss_weights or (1.0,) * len(self.outputs)))
+    parts = {}
+    for o in self.outputs:
+      if o == "va":
+        parts[o], _ = abaw_tcn.va_ccc_loss(out["va"], batch["va"], masks["va"], ddof=self.ccc_ddof)
+      elif o == "expr":
+        parts[o] = abaw_tcn.expr_ce_loss(out["expr"], batch["expr"], masks["expr"])
+      else:
+        parts[o] = abaw_tcn.au_bce_loss(out["au"], batch["au"], masks["au"])
+    total = sum(weights[o] * parts[o] for o in self.outputs)
+    return total, parts, masks
+
+  def loss(self, params, extra, batch, rng):
+    x, kw, keep = self._inputs(batch)
+    out, new_extra = self.module.apply({"params": params, **extra}, x, train=True,
+                                       mutable=list(extra.keys()), rngs={"dropout": rng}, **kw)
+    total, parts, masks = self._losses(out, batch, keep)
+    return total, ({**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()},
+                    "masks": masks}, dict(new_extra))
+
+  def predict(self, params, extra, batch):
+    x, kw, keep = self._inputs(batch)
+    out = self.module.apply({"params": params, **extra}, x, train=False, **kw)
+    total, parts, masks = self._losses(out, batch, keep)
+    return {**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "masks": masks}
+
+  def _fields(self):
+    f = {"loss": BatchAverage}
+    for o in self.outputs:
+      f[f"loss_{o}"] = _named_batch_average(f"loss_{o}")
+    if "va" in self.outputs:
+      f["va"] = _named_metric(VACCC.bind(2), "va")
+    if "expr" in self.outputs:
+      f["expr"] = _named_metric(jm.ConfusionMatrix.bind(num_classes=self.num_expr), "expr")
+    if "au" in self.outputs:
+      f["au"] = _named_metric(jm.MultiLabelCounts.bind(num_labels=self.num_au), "au")
+    return f
+
+  @property
+  def train_metrics(self):
+    return clu_metrics.Collection.create(**self._fields())
+
+  @property
+  def eval_metrics(self):
+    return self.train_metrics
+
+  def metric_inputs(self, outputs, batch):
+    kw = {"batch_loss": outputs["loss"], "mask": batch["mask"]}
+    for o in self.outputs:
+      kw[f"loss_{o}"] = outputs[f"loss_{o}"]
+      kw[f"{o}_inputs"] = {"out": outputs[o], "label": batch[o], "mask": outputs["masks"][o]}
+    return kw
+
+
+def _named_batch_average(key: str):
+  @flax.struct.dataclass
+  class _Avg(BatchAverage):
+    @classmethod
+    def from_model_output(cls, **kw):
+      return cls(total=jnp.asarray(kw[key], jnp.float32), count=jnp.asarray(1, jnp.int32))
+  _Avg.__name__ = f"BatchAverage_{key}"
+  return _Avg
+
+
+def _named_metric(metric_cls, name: str):
+  """`metric_cls` reading its inputs from `<name>_inputs = {out, label, mask}` of the model output
+  (several per-frame metrics share one `metric_inputs` dict without clashing keys)."""
+  @flax.struct.dataclass
+  class _M(metric_cls):
+    @classmethod
+    def from_model_output(cls, **kw):
+      d = kw[f"{name}_inputs"]
+      if name == "va":
+        return super().from_model_output(predictions=d["out"], labels=d["label"], mask=d["mask"])
+      if name == "expr":
+        return super().from_model_output(logits=d["out"], labels=d["label"], mask=d["mask"])
+      # ABAW: a frame counts only when all of its units are labelled (the official code drops
+      # rows with any -1), so the per-unit mask becomes a per-frame one.
+      return super().from_model_output(logits=d["out"], labels=d["label"],
+                                       mask=jnp.all(d["mask"] > 0, axis=-1), invalid="row")
+  _M.__name__ = f"{metric_cls.__name__}_{name}"
+  return _M

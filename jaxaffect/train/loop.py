@@ -69,6 +69,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setu
 def spec_sources(config):
   """A one-video stand-in source with the configured shapes (to restore without reading data)."""
   d = config.data
+  if d.get("source", "") == "features":       # per-frame feature windows: stream widths from the config
+    from jaxaffect.data import features
+    src = features.spec_source(d)
+    return src, src
   t = max(d.get("video_frames", 0) or 0, d.num_segments * d.duration)
   src = pipeline.InMemoryVideos(np.zeros((1, t, d.image_size, d.image_size, 3), np.uint8),
                                 np.zeros((1,), np.int32), "spec")

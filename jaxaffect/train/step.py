@@ -75,6 +75,11 @@ def make_eval_step(task, mesh: Mesh, state_shardings):
 
   def step(state, batch):
     outputs = task.predict(state["params"], state["extra"], batch)
-    return metrics_cls.single_from_model_output(**task.metric_inputs(outputs, batch)), outputs
+    metrics = metrics_cls.single_from_model_output(**task.metric_inputs(outputs, batch))
+    # Outputs leave sharded over the batch; a batch-level scalar (e.g. a CCC loss) is repeated
+    # per example so that every leaf has the batch axis.
+    b = batch["mask"].shape[0]
+    outputs = jax.tree.map(lambda v: v if jnp.ndim(v) else jnp.broadcast_to(v, (b,)), outputs)
+    return metrics, outputs
 
   return jax.jit(step, in_shardings=(state_shardings, bsh), out_shardings=(repl, bsh))

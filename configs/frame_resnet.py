@@ -1,0 +1,111 @@
+"""Frame encoder: ResNet-18 on single face crops with per-frame VA / EXPR / AU heads.
+
+The image model of the ABAW feature path (`models.baselines.FrameResNet`): trained on frames with
+the ABAW losses, then `python -m data_prep features` writes its pooled features as a stream for the
+TCN + Transformer (`configs/abaw_tcn.py`). Its torchvision-layout trunk also initialises EST's
+ResNet-18 (`jaxaffect import --partial`).
+
+Variants (`--config configs/frame_resnet.py:VARIANT[,key=value...]`):
+  affwild2  ResNet-18 (width 64) on the 112-px crops of Aff-Wild2 face shards (`python -m data_prep
+            affwild2`), the three tasks at once (8 expressions, 12 AUs, VA), one random frame with a
+            face per video per epoch, AdamW lr 1e-4, batch 256, 20 epochs. This is our frame
+            baseline, not a paper's table: the ABAW5/6 teams' frame encoders (ArcFace, AffectNet-8,
+            RAF-DB ResNets; MAE ViT-B) are trained elsewhere and read as feature files.
+  smoke     width 16, 64 px, on synthetic face videos through data_prep shards (7 expressions in
+            the ABAW order without `Other`, which synthetic faces never show), for the learning test.
+Extra arguments: `shards=DIR`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("affwild2", "smoke")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, variant="affwild2", shards="")
+  if a.variant not in VARIANTS:
+    raise ValueError(f"frame_resnet config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
+  c = common.base_config()
+  c.variant = a.variant           # which variant built this config (informational)
+  c.model_name = "frame_resnet"   # models.registry key
+
+  c.model = ml_collections.ConfigDict()
+  c.model.outputs = ("va", "expr", "au")  # heads (any subset)
+  c.model.num_expr = 8            # ABAW expressions (Neutral .. Other)
+  c.model.num_au = 12             # ABAW AUs 1,2,4,6,7,10,12,15,23,24,25,26
+  c.model.width = 64              # ResNet-18 base width (64 = torchvision)
+  c.model.dropout = 0.0           # before the heads
+  c.model.dtype = "float32"       # compute dtype ('bfloat16' on TPU/GPU)
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "frame_labels"
+  c.task.input = "image"          # single face crops
+  c.task.outputs = c.model.get_ref("outputs")
+  c.task.num_expr = c.model.get_ref("num_expr")
+  c.task.num_au = c.model.get_ref("num_au")
+  c.task.loss_weights = ()        # () = 1 for every output
+  c.task.ccc_ddof = 1             # CCC loss std as torch.std (the ABAW6 code)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "shards"        # data_prep face shards
+  c.data.shards = a.shards        # a data_prep output directory
+  c.data.train_select = "train"
+  c.data.eval_select = "val"      # Aff-Wild2's validation split (test labels are not public)
+  c.data.label_vocab = ""         # clip labels are not used
+  c.data.expr_vocab = "abaw8"     # per-frame EXPR converted to this order (explicit map)
+  c.data.reader = "index"
+  c.data.cycle_length = 4
+  c.data.shuffle_window = 64
+  c.data.sampler = "frame"        # one frame with a face per video (random in training)
+  c.data.image_size = 112         # Aff-Wild2 cropped_aligned size
+  c.data.crop = "zoom"            # random zoom 1.1-1.5 (same for all frames; here one frame)
+  c.data.hflip = True
+  c.data.color_jitter = 0.2
+  c.data.num_classes = c.model.get_ref("num_expr")
+  c.data.class_names = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise",
+                        "Other")
+  # `synthetic` prep settings (smoke: the videos are prepped into shards first)
+  c.data.video_frames = 0
+  c.data.num_train = 0
+  c.data.num_eval = 0
+  c.data.seed = 0
+  c.data.synthetic_pose = 1.0
+  c.data.synthetic_occlusion = 0.2
+  c.data.num_segments = 8         # Former-DFER sampler fields (unused by 'frame')
+  c.data.duration = 2
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"     # linear warm-up, then cosine to 0
+  c.optim.warmup_epochs = 1
+  c.batch_size = 256
+  c.num_epochs = 20
+  c.checkpoint.best_metric = "expr/macro_f1"
+  c.checkpoint.best_mode = "max"
+
+  if a.variant == "smoke":
+    c.model.num_expr = 7          # synthetic faces never show `Other`: the ABAW-7 order
+    c.model.width = 16
+    c.data.expr_vocab = "abaw7"
+    c.data.class_names = c.data.class_names[:7]
+    c.data.eval_select = "test"   # held-out generator seeds: unseen identities
+    c.data.image_size = 64
+    c.data.crop = ""
+    c.data.color_jitter = 0.0
+    c.data.video_frames = 48
+    c.data.num_train = 1008
+    c.data.num_eval = 140
+    c.data.synthetic_pose = 0.3
+    c.optim.lr = 2e-3
+    c.optim.weight_decay = 1e-4
+    c.batch_size = 64
+    c.num_epochs = 40             # one frame per video per epoch: 40 x 15 steps
+    c.eval_every_steps = 0
+    c.log_every_steps = 25
+  c.lock()
+  return c
