@@ -183,6 +183,70 @@ def test_killed_job_leaves_no_partial_shard_and_resumes(face_shards, model, tmp_
       [s["sha256"] for sp in ref["splits"].values() for s in sp["shards"]]
 
 
+def test_cli_end_to_end_with_a_trained_frame_resnet(face_shards, tmp_path):
+  """`python -m data_prep features` over a 1-step frame_resnet checkpoint (restore_state): the
+  features equal `task.module.apply(variables, frames / 255, train=False, method="embed")` on the
+  decoded crops resized to the model's 32 px (BatchNorm from its statistics): exactly for the same
+  batches (12 does not divide the 8 test devices: one device), to ~1 ulp per video."""
+  from jaxaffect.models import registry
+  if "frame_resnet" not in registry.MODELS:
+    pytest.skip("frame_resnet is not registered yet")
+  frame_resnet = pytest.importorskip("configs.frame_resnet")
+  from jaxaffect.train import loop
+  c = frame_resnet.get_config(f"smoke,shards={face_shards}")
+  c.unlock()
+  c.num_steps, c.batch_size, c.model.width, c.data.image_size = 1, 8, 4, 32
+  c.checkpoint.async_save = False
+  wd = str(tmp_path / "wd")
+  loop.train(c, wd)
+  out = str(tmp_path / "feat")
+  assert prep_cli.main(["features", "--shards", face_shards, "--checkpoint", wd, "--out", out,
+                        "--batch", "12", "--quiet"]) == 0
+  _, setup, variables, step = loop.restore_state(wd)
+  man = schema.read_manifest(out)
+  fe = man["features"]
+  assert fe["stream"] == "frame_resnet" and fe["dim"] == 32 and fe["image_size"] == 32
+  assert step == 1
+  assert fe["model"] == {"checkpoint": os.path.abspath(wd), "step": 1, "model_name": "frame_resnet"}
+  assert man["totals"]["videos"] == 8
+
+  # (1) exactly the same numbers as a jitted apply of the same (12, 32, 32, 3) batches: every
+  # frame of the selected records in the job's order (shard files by name, records by offset),
+  # resized, /255, zero-padded at the end.
+  fm = schema.read_manifest(face_shards)
+  order = sorted(fm["records"], key=lambda r: (r["file"], r["offset"]))
+  frames, owner = [], []
+  for r in order:
+    with open(os.path.join(face_shards, r["file"]), "rb") as f:
+      rec = schema.decode(schema.read_record_at(f, r["offset"]))
+    img, _ = augment.augment_clip(schema.decode_frames(rec.jpegs), np.random.default_rng(0),
+                                  size=32, crop=None, flip_prob=0.0)
+    frames.append(img)
+    owner += [(r["id"], r["split"])] * len(img)
+  frames = np.concatenate(frames).astype(np.float32) / np.float32(255)
+  n = len(frames)
+  pad = np.concatenate([frames, np.zeros((-n % 12, 32, 32, 3), np.float32)])
+  f = jax.jit(lambda v, x: setup.task.module.apply(v, x, train=False, method="embed"))
+  direct = np.concatenate([np.asarray(f(variables, pad[i:i + 12]))
+                           for i in range(0, len(pad), 12)])[:n]
+  _, feats = _records(out)
+  got = np.concatenate([feats[(r["id"], r["split"])].features["frame_resnet"] for r in order])
+  np.testing.assert_array_equal(got, direct)
+  # (2) and to ~1 ulp a per-video, unpadded, op-by-op apply (XLA:CPU convolutions round
+  # differently with another batch size or fusion)
+  class Direct:
+    def apply(self, v, x, method):
+      return setup.task.module.apply(v, x, train=False, method=method)
+
+  _, worst = _check_features(face_shards, out, (Direct(), variables), 32, "frame_resnet",
+                             exact=False)
+  print(f"frame_resnet: max |feature - per-video op-by-op apply| = {worst:.3g}")
+  # rerun: nothing to do
+  assert prep_cli.main(["features", "--shards", face_shards, "--checkpoint", wd, "--out", out,
+                        "--batch", "12", "--quiet"]) == 0
+  assert schema.read_manifest(out) == man
+
+
 def test_cli_parses_and_refuses_missing_shards(tmp_path):
   args = prep_cli.build_parser().parse_args(["features", "--shards", "a", "--checkpoint", "b",
                                              "--out", "c", "--best", "--batch", "64"])
