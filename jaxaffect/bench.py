@@ -29,7 +29,10 @@ Timings on shared machines vary with the load of other processes: compare ratios
 run (jax/torch, achieved/peak) rather than absolute numbers across runs.
 
 New models (`bench est`, `bench abaw_tcn`) register a `BenchModel`: name → default config,
-reference loader, optional paper table, random sources and the batch key of the model input.
+reference loader, optional paper table, random sources and the batch key of the model input (or a
+`cost` function for models fed a dict, e.g. ABAW's feature streams). `inference=True` also times
+the eval step (forward + metrics, `jaxaffect eval`) and the reference's no-grad eval forward, run
+interleaved with the train steps (`bench abaw_tcn` reports windows/s for both).
 """
 from __future__ import annotations
 
@@ -70,6 +73,11 @@ class BenchModel:
   # (config, n) -> (train source, eval source) of n random examples with the configured shapes.
   sources: Callable[[Any, int], tuple[Any, Any]] | None = None
   input_key: str = "video"                      # batch entry the model's forward takes
+  # (module, batch shapes) -> {"input_shape", "macs_per_example", "params"}: the forward cost of a
+  # model whose input is not the one array `input_key` (None: `flops.forward_flops` on it).
+  cost: Callable[[Any, dict], dict] | None = None
+  unit: str = "clips"                           # what one example is called in the report
+  inference: bool = False                       # also time the eval step and the torch forward
 
 
 MODELS: dict[str, BenchModel] = {}
@@ -187,6 +195,129 @@ def _est_table(xla: bool) -> tuple[str, Any]:
 
 
 register(BenchModel("est", "est:dfew", _est_reference, _est_table))
+
+
+# -------------------------------------------------------------------------------------- ABAW TCN
+
+
+def _abaw_sources(config, n: int):
+  """n random windows (one `window`-frame video each) with the configured feature streams
+  (`config.data.features[*].dim`) and every label valid: VA U(−1, 1), EXPR uniform classes, AU
+  Bernoulli(½). Train source = eval source."""
+  from jaxaffect.data import features
+  d, m = config.data, config.model
+  w = int(d.window)
+  rng = np.random.default_rng(config.seed)
+  dims = {}
+  for s in d.features:
+    s = dict(s)
+    if int(s.get("dim", 0) or 0) <= 0:
+      raise SystemExit(f"bench abaw_tcn: config.data.features entry {s.get('name')!r} needs `dim`")
+    dims[s["name"]] = int(s["dim"])
+  num_au = int(d.get("num_au", 12))
+  videos = []
+  for i in range(n):
+    labels = {"va": rng.uniform(-1, 1, (w, 2)).astype(np.float32),
+              "va_mask": np.ones(w, np.float32),
+              "expr": rng.integers(0, m.num_expr_classes, w).astype(np.int32),
+              "expr_mask": np.ones(w, np.float32),
+              "au": rng.integers(0, 2, (w, num_au)).astype(np.float32),
+              "au_mask": np.ones((w, num_au), np.float32)}
+    streams = {k: rng.standard_normal((w, dd), dtype=np.float32) for k, dd in dims.items()}
+    videos.append(features.VideoFeatures(f"bench-{i}", streams, np.ones(w, bool), np.arange(w),
+                                         np.arange(w, dtype=np.float32) / 30.0, labels))
+  src = features.FeatureWindows(videos, w, w, "bench-random")
+  return src, src
+
+
+def _abaw_cost(module, batch_shapes) -> dict[str, Any]:
+  """Analytic forward MACs of one window (`abaw_tcn.forward_macs_per_frame` × T) and params."""
+  from jaxaffect.models import abaw_tcn
+  dims, t = {}, None
+  for name, _ in module.streams:
+    shape = batch_shapes[f"feat/{name}"].shape
+    dims[name], t = int(shape[-1]), int(shape[1])
+  macs = abaw_tcn.forward_macs_per_frame(module, t, dims)["total"] * t
+  return {"input_shape": [t, "+".join(str(v) for v in dims.values())],
+          "macs_per_example": macs, "params": abaw_tcn.param_count(module, dims)}
+
+
+def _abaw_reference(path: str, config) -> Reference:
+  """The ABAW team's `model.model.Model` from a checkout: upczww/abaw6 (`<path>/{EXPR,VA,AU}`,
+  one 768-d stream, joint head) or, for the six-stream split-VA config, upczww/abaw5
+  (`<path>/VA`). `munch` (imported, unused) is stubbed when missing. Trained with the paper's
+  loss for the output (VA: (1−CCC_v)+(1−CCC_a), ddof 1; EXPR: CE ignoring −1; AU: BCE over
+  fully-labelled rows) written here in torch, the official solvers' formulas."""
+  import types
+  import torch
+  from jaxaffect.interop import abaw_tcn as abaw_map
+  from jaxaffect.models import abaw_tcn, registry
+  module = registry.build_module(config)
+  if len(module.outputs) != 1:
+    raise SystemExit(f"bench --reference: the official models have one output; the config has "
+                     f"{module.outputs}")
+  out = module.outputs[0]
+  abaw5 = module.va_heads == "split"
+  if abaw5:
+    official = module.streams == abaw_tcn.ABAW5_VA_STREAMS and out == "va"
+    repo, task = "upczww/abaw5", "VA"
+  else:
+    official = abaw_map.is_official_config(module)
+    repo, task = "upczww/abaw6", {"va": "VA", "expr": "EXPR", "au": "AU"}[out]
+  if not official:
+    raise SystemExit("bench --reference: the config is not the official ABAW6 model (one 768-d "
+                     "stream, TCN [768,256,128] k5 PReLU, d 512, 8x4 heads, FF 512) nor the "
+                     "ABAW5 six-stream VA model (use --config abaw_tcn:expr / :va / :au / "
+                     ":abaw5_va)")
+  if "munch" not in sys.modules:
+    try:
+      import munch  # noqa: F401
+    except ImportError:
+      stub = types.ModuleType("munch")
+      stub.DefaultMunch = object
+      sys.modules["munch"] = stub
+  Model = _import_official(os.path.join(path, task), "model/model.py", repo, "model.model",
+                           "Model")
+  ns = types.SimpleNamespace
+  cfg = ns(Model=ns(kernel_size=module.kernel_size, num_head=module.num_heads,
+                    num_layer=module.num_layers, out_dim=module.d_model, bin_num=1),
+           Solver=ns(dropout=module.dropout))
+  torch_model = Model(cfg)
+  names = [n for n, _ in module.streams]
+  state: dict[str, Any] = {}
+
+  def to_inputs(batch):
+    for k in ("va", "va_mask", "expr", "expr_mask", "au", "au_mask"):
+      state[k] = torch.from_numpy(np.asarray(batch[k]))
+    feats = {n: torch.from_numpy(np.ascontiguousarray(batch[f"feat/{n}"])) for n in names}
+    return (feats,) if abaw5 else (feats[names[0]],)
+
+  def loss_fn(outputs, labels):
+    if abaw5:
+      outputs = torch.cat(outputs, dim=1)
+    if out == "va":
+      keep = state["va_mask"].reshape(-1) > 0
+      y, p = state["va"].reshape(-1, 2)[keep], outputs[keep]
+      loss = 0.0
+      for i in range(2):
+        x, z = p[:, i], y[:, i]
+        vx, vz = x - x.mean(), z - z.mean()
+        rho = (vx * vz).sum() / (vx.pow(2).sum().sqrt() * vz.pow(2).sum().sqrt() + 1e-8)
+        sx, sz = x.std(), z.std()
+        loss = loss + 1 - 2 * rho * sx * sz / (sx ** 2 + sz ** 2 + (x.mean() - z.mean()) ** 2)
+      return loss
+    if out == "expr":
+      lab = torch.where(state["expr_mask"] > 0, state["expr"].long(), -1).reshape(-1)
+      return torch.nn.functional.cross_entropy(outputs, lab, ignore_index=-1)
+    keep = (state["au_mask"] > 0).all(dim=-1).reshape(-1)
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs[keep], state["au"].reshape(-1, outputs.shape[1])[keep].float())
+
+  return Reference(f"official {repo} {task} Model (PyTorch)", torch_model, to_inputs, loss_fn)
+
+
+register(BenchModel("abaw_tcn", "abaw_tcn:expr", _abaw_reference, None, _abaw_sources,
+                    input_key="feat", cost=_abaw_cost, unit="windows", inference=True))
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -337,7 +468,8 @@ def host_state(abstract_state, shardings, seed: int = 0):
 class JaxStep:
   """The configured train step, compiled ahead of time, with its compile-time figures in `info`."""
 
-  def __init__(self, config, *, sources=None, input_key: str = "video", init: str = "host"):
+  def __init__(self, config, *, sources=None, input_key: str = "video", init: str = "host",
+               cost=None):
     import jax
     from jaxaffect import flops
     from jaxaffect.data import pipeline
@@ -370,8 +502,12 @@ class JaxStep:
     first = self.step()
     n_dev = int(s.mesh.devices.size)
     step_flops = flops.xla_cost(self.compiled)["flops"] * n_dev    # cost analysis is per device
-    example = tuple(int(x) for x in s.batch_shapes[input_key].shape[1:])
-    fwd = flops.forward_flops(s.task.module, None, (1,) + example, xla=False)
+    if cost is not None:
+      fwd = cost(s.task.module, s.batch_shapes)
+      example = fwd["input_shape"]
+    else:
+      example = tuple(int(x) for x in s.batch_shapes[input_key].shape[1:])
+      fwd = flops.forward_flops(s.task.module, None, (1,) + example, xla=False)
     self.info = dict(lower_s=t1 - t0, compile_s=t2 - t1, first_step_s=first,
                      input_shape=list(example), devices=n_dev, train_step_flops=step_flops,
                      fwd_gmacs_per_clip=fwd["macs_per_example"] / 1e9, params=int(fwd["params"]),
@@ -389,6 +525,48 @@ class JaxStep:
   def last_loss(self) -> float | None:
     from jaxaffect.train import loop
     return loop.compute_metrics(self.metrics).get("loss") if self.metrics is not None else None
+
+
+class JaxInfer:
+  """The configured eval step (`jaxaffect eval`: deterministic forward + metrics) on the train
+  step's current state and batch, compiled ahead of time."""
+
+  def __init__(self, jstep: JaxStep):
+    import jax
+    self.jstep = jstep
+    with jax.set_mesh(jstep.setup.mesh):
+      t0 = time.perf_counter()
+      self.compiled = jstep.setup.eval_step.lower(jstep.state, jstep.batch).compile()
+      self.compile_s = time.perf_counter() - t0
+    self.first_step_s = self.step()
+
+  def step(self) -> float:
+    import jax
+    with jax.set_mesh(self.jstep.setup.mesh):
+      t0 = time.perf_counter()
+      out = self.compiled(self.jstep.state, self.jstep.batch)
+      jax.block_until_ready(out)
+      return time.perf_counter() - t0
+
+
+class TorchInfer:
+  """The reference module's eval-mode forward under `torch.no_grad()` on the same inputs."""
+
+  def __init__(self, tstep: "TorchStep"):
+    self.tstep = tstep
+    self.first_step_s = self.step()
+
+  def step(self) -> float:
+    import torch
+    model = self.tstep.model
+    t0 = time.perf_counter()
+    model.eval()
+    try:
+      with torch.no_grad():
+        model(*self.tstep.inputs)
+    finally:
+      model.train()
+    return time.perf_counter() - t0
 
 
 class TorchStep:
@@ -456,7 +634,8 @@ def _fmt_table(r: dict[str, Any]) -> str:
       f"jaxaffect bench {r['model']}  config {r['config']}  batch {r['batch']}  input "
       f"{'x'.join(map(str, r['input_shape']))}  backend {r['backend']} x{r['devices']}  "
       f"{r['threads']} CPU threads",
-      f"{'':18}{'step ms':>10}{'clips/s':>10}{'GFLOP/s':>10}{'of peak':>9}{'1st step s':>12}",
+      f"{'':18}{'step ms':>10}{r.get('unit', 'clips') + '/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
+      f"{'1st step s':>12}",
   ]
 
   def row(name, d):
@@ -471,6 +650,16 @@ def _fmt_table(r: dict[str, Any]) -> str:
     lines.append(f"jax/torch throughput: {r['jax_over_torch']:.2f}x (step by step: median "
                  f"{statistics.median(per):.2f}x, {min(per):.2f}-{max(per):.2f}x)  "
                  f"{r['reference']['name']}, {r['reference']['params']:,} params")
+  inf = r.get("inference")
+  if inf:
+    unit = r.get("unit", "clips")
+    text = (f"inference (eval step, no grad): jax {inf['step_s'] * 1e3:.1f} ms, "
+            f"{inf['per_s']:.2f} {unit}/s")
+    if inf.get("reference"):
+      ri = inf["reference"]
+      text += (f"; torch {ri['step_s'] * 1e3:.1f} ms, {ri['per_s']:.2f} {unit}/s; jax/torch "
+               f"{inf['jax_over_torch']:.2f}x")
+    lines.append(text)
   mem = r["memory_bytes"]
   lines += [
       f"compile: lower {r['lower_s']:.2f} s + compile {r['compile_s']:.2f} s; first step "
@@ -540,15 +729,20 @@ def main(argv: list[str]) -> int:
                             "steps": args.steps, "warmup": args.warmup, "init": args.init,
                             # compile_s is a cache load when a persistent cache is configured
                             "compilation_cache": bool(jax.config.jax_compilation_cache_dir)}
-  jstep = JaxStep(config, sources=spec.sources, input_key=spec.input_key, init=args.init)
-  result.update(jstep.info)
+  jstep = JaxStep(config, sources=spec.sources, input_key=spec.input_key, init=args.init,
+                  cost=spec.cost)
+  result.update(jstep.info, unit=spec.unit)
   tstep = None
+  infer: list = []
   try:
     if ref is not None:
       _log(f"building {ref.name}")
       tstep = TorchStep(ref, config, jstep.host_batch, threads)
-    _log(f"timing {args.steps} steps" + (" of each, interleaved" if tstep else ""))
-    times = time_steps([jstep] + ([tstep] if tstep else []), args.steps, args.warmup)
+    if spec.inference:
+      _log("compiling the eval step (inference)")
+      infer = [JaxInfer(jstep)] + ([TorchInfer(tstep)] if tstep else [])
+    _log(f"timing {args.steps} steps" + (" of each, interleaved" if tstep or infer else ""))
+    times = time_steps([jstep] + ([tstep] if tstep else []) + infer, args.steps, args.warmup)
     _log(f"measuring the f32 matmul peak ({args.peak_size}^2)")
     result["peak_matmul"] = matmul_peak(args.peak_size)
     if tstep is not None:
@@ -573,6 +767,16 @@ def main(argv: list[str]) -> int:
     result["jax_over_torch"] = result["clips_per_s"] / result["reference"]["clips_per_s"]
     # the same ratio step by step (both ran back to back under the same load)
     result["jax_over_torch_per_step"] = [t / j for j, t in zip(times[0], times[1])]
+  if infer:
+    ti = times[len(times) - len(infer):]
+    j_s = statistics.median(ti[0])
+    result["inference"] = {"step_s": j_s, "step_s_all": ti[0], "per_s": args.batch / j_s,
+                           "compile_s": infer[0].compile_s, "reference": None}
+    if len(infer) > 1:
+      t_s = statistics.median(ti[1])
+      result["inference"]["reference"] = {"step_s": t_s, "step_s_all": ti[1],
+                                          "per_s": args.batch / t_s}
+      result["inference"]["jax_over_torch"] = t_s / j_s
   return _emit(_fmt_table(result), result, args.json)
 
 
