@@ -104,8 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr = 2e-3
     c.optim.weight_decay = 1e-4
     c.batch_size = 64
-    c.num_epochs = 40             # one frame per video per epoch: 40 x 15 steps
-    c.eval_every_steps = 0
+    c.num_epochs = 20             # one frame per video per epoch: 20 x 15 steps
+    c.eval_every_steps = 100
     c.log_every_steps = 25
   c.lock()
   return c

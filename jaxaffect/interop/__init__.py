@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxaffect.interop import abaw_tcn as _abaw_tcn
+from jaxaffect.interop import frame_resnet as _frame_resnet
 from jaxaffect.interop import former_dfer as _former_dfer
 from jaxaffect.interop import est as _est
 from jaxaffect.interop import resnet as _resnet
@@ -27,7 +28,8 @@ from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, fr
                                        strip_prefix, to_torch)
 
 MODELS: dict[str, ModelMapping] = {
-    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING, _abaw_tcn.MAPPING)
+    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING, _abaw_tcn.MAPPING,
+                      _frame_resnet.MAPPING)
 }
 
 FORMATS = ("safetensors", "pth")
