@@ -554,6 +554,9 @@ def join(tl: _Timeline, specs: Sequence[StreamSpec], shard_dirs: dict[str, _Shar
   raw = {}
   for spec in specs:
     feat, avail, sface = read_stream(spec, tl, shard_dirs)
+    if spec.dim > 0 and feat.shape[1] != spec.dim:
+      raise ValueError(f"stream {spec.name!r}: video {tl.video_id!r} has {feat.shape[1]}-wide "
+                       f"features, the config says dim={spec.dim}")
     raw[spec.name] = (feat, avail)
     if sface is not None:
       face &= sface

@@ -197,6 +197,11 @@ def test_errors_name_stream_video_file_field(abaw):
   with pytest.raises(ValueError, match=r"stream 'wav' \(rate_hz=50.0\): video 'vidC' has unknown "
                                        r"frame times"):
     list(F.iter_videos(_cfg(abaw, fps=0.0), "val"))
+  cfg = _cfg(abaw)
+  cfg.features[0]["dim"] = 7
+  with pytest.raises(ValueError, match=r"stream 'mae': video 'vidC' has 6-wide features, the "
+                                       r"config says dim=7"):
+    list(F.iter_videos(cfg, "val"))
   # annotation values: file, line and field
   bad = os.path.join(abaw["ann"], "VA_Estimation_Challenge", "Validation_Set", "vidC.txt")
   _write_txt(bad, "valence,arousal", ["0.1,0.2", "0.3,3.0"])

@@ -318,3 +318,33 @@ def test_readers_over_feature_shards(face_shards, model, tmp_path):
   cfg = _cfg(labels=face_shards, features=[dict(name="img", kind="shards", path=out, stream="x")])
   with pytest.raises(ValueError, match=r"stream 'img' .* has no feature 'x' \(has \['tiny'\]\)"):
     list(F.iter_videos(cfg, "train"))
+
+
+def test_segmented_videos_are_joined(model, tmp_path):
+  """Face shards written with --segment-frames: feature records mirror the segments, the readers
+  join them back into one video in segment order."""
+  faces = str(tmp_path / "faces")
+  args = prep_cli.build_parser().parse_args([*SYN, "--out", faces, "--num-videos", "2",
+                                             "--heldout-videos", "0", "--segment-frames", "3"])
+  shards_lib.run(args.source, args)
+  out = str(tmp_path / "feat")
+  man = job.extract(faces, out, _embedder(model, 64, 8), stream="tiny", quiet=True)
+  assert man["totals"]["videos"] == 6 and man["totals"]["frames"] == 16     # 3 segments each
+  m, v = model
+  cfg = _cfg(features=[dict(name="img", kind="shards", path=out, stream="tiny")])
+  vids = F.load_videos(cfg, "train")
+  assert [x.video_id for x in vids] == ["000000", "000001"]
+  face = schema.read_manifest(faces)
+  for x in vids:
+    assert x.num_frames == 8
+    np.testing.assert_array_equal(x.frame_index, np.arange(8))
+    segs = sorted((r for r in face["records"] if r["id"] == x.video_id), key=lambda r: r["offset"])
+    imgs = []
+    for r in segs:
+      with open(os.path.join(faces, r["file"]), "rb") as f:
+        rec = schema.decode(schema.read_record_at(f, r["offset"]))
+      imgs.append((rec.meta["segment"]["index"], schema.decode_frames(rec.jpegs)))
+    imgs = np.concatenate([i for _, i in sorted(imgs, key=lambda t: t[0])])
+    direct = np.asarray(m.apply(v, jnp.asarray(imgs.astype(np.float32) / np.float32(255)),
+                                method="embed"))
+    np.testing.assert_allclose(x.streams["img"], direct, rtol=1e-5, atol=1e-7)
