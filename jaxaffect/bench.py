@@ -283,6 +283,17 @@ def _abaw_reference(path: str, config) -> Reference:
                     num_layer=module.num_layers, out_dim=module.d_model, bin_num=1),
            Solver=ns(dropout=module.dropout))
   torch_model = Model(cfg)
+  if abaw5:
+    class FreshDict(torch.nn.Module):
+      """ABAW5's `forward` overwrites the entries of its input dict: give it a copy each call."""
+
+      def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+      def forward(self, feats):
+        return self.inner(dict(feats))
+    torch_model = FreshDict(torch_model)
   names = [n for n, _ in module.streams]
   state: dict[str, Any] = {}
 
