@@ -119,7 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.d_model = 64
     c.model.num_layers = 2
     c.model.dim_feedforward = 128
-    c.data.features = [{"name": "frame", "kind": "shards", "path": a.features, "dim": 128}]
+    # the job names the stream after the image model (`data_prep features --stream` to change it)
+    c.data.features = [{"name": "frame", "kind": "shards", "path": a.features,
+                        "stream": "frame_resnet", "dim": 128}]
     c.data.eval_select = "test"   # held-out generator seeds: unseen identities
     c.data.expr_vocab = "abaw7"
     c.data.window, c.data.stride = 32, 16

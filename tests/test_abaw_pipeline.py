@@ -40,7 +40,7 @@ def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path):
   feats = str(tmp_path / "features")
   subprocess.run([sys.executable, "-m", "data_prep", "features", "--shards", shards,
                   "--checkpoint", str(tmp_path / "frame"), "--out", feats, "--select", "all",
-                  "--stream", "frame", "--quiet"], check=True)
+                  "--quiet"], check=True)           # stream named after the model: frame_resnet
   man = json.load(open(os.path.join(feats, "manifest.json")))
   assert man["totals"]["frames"] == (1008 + 140) * 48, man["totals"]
 

@@ -160,3 +160,40 @@ def test_bench_data_reports_both_readers_on_identical_frames(tmp_path):
   assert ours_clip.shape == (35, 224, 224, 3) and tuple(torch_clip.shape) == (35, 3, 224, 224)
   text = bench_data.format_table(r)
   assert "ours/torch" in text and "blazeface" in text
+
+
+def test_bench_abaw_tcn_reports_windows_per_second_for_train_and_inference(capsys, monkeypatch):
+  """`bench abaw_tcn` on a tiny TCN + Transformer with a small torch stand-in for the team's
+  module: one JSON line, windows/s for train and inference, the analytic MACs per window."""
+  from jaxaffect.models import abaw_tcn
+
+  def tiny_ref(path, config):
+    w, d = config.data.window, config.data.features[0]["dim"]
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(d, config.model.num_expr_classes))
+    to_inputs = lambda batch: (torch.from_numpy(np.asarray(batch["feat/mae"])).float(),)
+    return bench.Reference(f"tiny torch model from {path}", module, to_inputs,
+                           lambda out, labels: out.float().mean())
+  spec = dataclasses.replace(bench.MODELS["abaw_tcn"], reference=tiny_ref)
+  monkeypatch.setitem(bench.MODELS, "abaw_tcn", spec)
+  args = ["abaw_tcn", "--config", "abaw_tcn:expr", "--batch", "8", "--steps", "2",
+          "--peak-size", "128", "--json", "--config.data.window=16",
+          "--config.model.num_layers=1", "--config.model.d_model=32",
+          "--config.model.dim_feedforward=32", "--config.model.streams=(('mae',(16,8)),)"]
+  assert bench.main(args + ["--reference", "/nowhere"]) == 0
+  r = _last_json(capsys.readouterr().out)
+  assert r["model"] == "abaw_tcn" and r["batch"] == 8
+  m = abaw_tcn.ABAWTCN(streams=(("mae", (16, 8)),), outputs=("expr",), d_model=32, num_layers=1,
+                       dim_feedforward=32)
+  for key in ("step_s", "train_step_flops", "params"):
+    assert isinstance(r[key], (int, float)) and r[key] > 0, key
+  assert r["unit"] == "windows" and r["input_shape"] == [16, "768"]   # window x stream widths
+  assert r["clips_per_s"] == pytest.approx(8 / r["step_s"])
+  inf = r["inference"]
+  assert inf["per_s"] == pytest.approx(8 / inf["step_s"]) and len(inf["step_s_all"]) == 2
+  assert np.isfinite(r["reference"]["last_loss"]) and r["jax_over_torch"] > 0
+  assert inf["reference"]["per_s"] > 0
+  # The analytic forward count of one 16-frame window (TCN + projection + encoder + head).
+  assert r["fwd_gmacs_per_clip"] * 1e9 == pytest.approx(
+      abaw_tcn.forward_macs_per_frame(m, 16, {"mae": 768})["total"] * 16, rel=1e-9)
+  assert r["params"] == abaw_tcn.param_count(m, {"mae": 768})
