@@ -112,11 +112,19 @@ def cmd_predict(argv: list[str]) -> int:
   p.add_argument("--window", type=int, default=None, help="default: config.data.window")
   p.add_argument("--stride", type=int, default=None, help="default: config.data.stride")
   p.add_argument("--plot", type=int, default=4, help="VA plots for the first N videos")
+  p.add_argument("--frames-from", default=None, metavar="EXAMPLE",
+                 help="ABAW example submission file: write exactly its frames (test sets)")
+  p.add_argument("--labels", default=None,
+                 help="replace data.labels ('' = unlabelled, e.g. the test set; then --select all)")
+  p.add_argument("--stream", action="append", default=[], metavar="NAME=PATH",
+                 help="replace a feature stream's path (repeatable), e.g. mae=/feats/test/mae")
   p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
   a = p.parse_args(argv)
   from jaxaffect import predict
   summary = predict.run(a.workdir, a.out, select=a.select, step=a.step, best=a.best,
-                        window=a.window, stride=a.stride, plot=a.plot)
+                        window=a.window, stride=a.stride, plot=a.plot,
+                        frames_from=a.frames_from, labels=a.labels,
+                        stream_paths=dict(x.split("=", 1) for x in a.stream) or None)
   if a.json:
     _print_json({k: v for k, v in summary.items() if k != "per_video"})
   else:

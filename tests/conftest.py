@@ -20,3 +20,26 @@ jax.config.update("jax_compilation_cache_dir",
                                  os.path.join(tempfile.gettempdir(), "jaxaffect-test-jax-cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def frame_encoder(tmp_path_factory):
+  """Synthetic face videos prepped into shards (`frame_resnet:smoke` data: 1,008 + 140 held-out
+  videos × 48 frames, 64 px) and the smoke frame encoder trained on them (ResNet-18 width 16, the
+  three per-frame tasks). Shared by the learning tests that start from it: the ABAW sequence model
+  reads its features, EST starts from its trunk (the official EST starts from a FER ResNet-18)."""
+  from configs import frame_resnet
+  from jaxaffect import demo
+  from jaxaffect.train import loop
+  root = tmp_path_factory.mktemp("frame_encoder")
+  cfg = frame_resnet.get_config("smoke")
+  shards = demo.prep_synthetic(cfg.data, str(root / "shards"))["out"]
+  cfg = frame_resnet.get_config(f"smoke,shards={shards}")
+  cfg.unlock()
+  cfg.checkpoint.async_save = False
+  workdir = str(root / "frame")
+  metrics = loop.train(cfg, workdir)
+  return {"shards": shards, "workdir": workdir, "metrics": metrics, "root": root}

@@ -22,24 +22,19 @@ THRESHOLDS = {"ccc_valence": 0.80, "ccc_arousal": 0.80, "expr_macro_f1": 0.80, "
 
 
 @pytest.mark.slow
-def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path):
-  from configs import abaw_tcn, frame_resnet
-  from jaxaffect import cli, demo
+def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path, frame_encoder):
+  from configs import abaw_tcn
+  from jaxaffect import cli
   from jaxaffect.train import loop
 
-  # 1. Shards of synthetic videos (48 frames, 64 px), train split + held-out identities.
-  fcfg = frame_resnet.get_config("smoke")
-  shards = demo.prep_synthetic(fcfg.data, str(tmp_path / "shards"))["out"]
-  fcfg = frame_resnet.get_config(f"smoke,shards={shards}")
-  fcfg.unlock()
-  fcfg.checkpoint.async_save = False
-  fm = loop.train(fcfg, str(tmp_path / "frame"))
+  # 1. Shards of synthetic videos (48 frames, 64 px) and the frame encoder (conftest fixture).
+  shards, fm = frame_encoder["shards"], frame_encoder["metrics"]
   assert fm["expr/macro_f1"] >= 0.8 and fm["va/p_va"] >= 0.8, fm   # single held-out frames
 
   # 2. Per-frame features of every frame of both splits (a subprocess, as users run it).
   feats = str(tmp_path / "features")
   subprocess.run([sys.executable, "-m", "data_prep", "features", "--shards", shards,
-                  "--checkpoint", str(tmp_path / "frame"), "--out", feats, "--select", "all",
+                  "--checkpoint", frame_encoder["workdir"], "--out", feats, "--select", "all",
                   "--quiet"], check=True)           # stream named after the model: frame_resnet
   man = json.load(open(os.path.join(feats, "manifest.json")))
   assert man["totals"]["frames"] == (1008 + 140) * 48, man["totals"]

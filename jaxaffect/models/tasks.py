@@ -256,8 +256,9 @@ class FrameLabelsTask:
     variables = dict(variables)
     return variables.pop("params"), variables
 
-  def _inputs(self, batch):
-    """(positional input, keyword inputs, frame keep-mask)."""
+  def inputs(self, batch):
+    """(positional model input, keyword inputs, frame keep-mask) of a batch (also used by
+    `jaxaffect predict`)."""
     if self.input == "image":
       return video_to_float(batch["image"]), {}, batch["mask"].astype(jnp.float32)
     feats = {k[len("feat/"):]: v for k, v in batch.items() if k.startswith("feat/")}
@@ -269,7 +270,7 @@ class FrameLabelsTask:
 
   def init(self, rng: jax.Array, batch: dict[str, Any]):
     p_rng, d_rng = jax.random.split(rng)
-    x, kw, _ = self._inputs(batch)
+    x, kw, _ = self.inputs(batch)
     variables = self.module.init({"params": p_rng, "dropout": d_rng}, x, train=False, **kw)
     return self._split(variables)
 
@@ -300,7 +301,7 @@ class FrameLabelsTask:
     return total, parts, masks
 
   def loss(self, params, extra, batch, rng):
-    x, kw, keep = self._inputs(batch)
+    x, kw, keep = self.inputs(batch)
     out, new_extra = self.module.apply({"params": params, **extra}, x, train=True,
                                        mutable=list(extra.keys()), rngs={"dropout": rng}, **kw)
     total, parts, masks = self._losses(out, batch, keep)
@@ -308,7 +309,7 @@ class FrameLabelsTask:
                     "masks": masks}, dict(new_extra))
 
   def predict(self, params, extra, batch):
-    x, kw, keep = self._inputs(batch)
+    x, kw, keep = self.inputs(batch)
     out = self.module.apply({"params": params, **extra}, x, train=False, **kw)
     total, parts, masks = self._losses(out, batch, keep)
     return {**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "masks": masks}

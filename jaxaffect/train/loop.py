@@ -229,22 +229,38 @@ def _check_resume_config(saved: dict, config: ml_collections.ConfigDict):
                        f"{saved.get(key)!r}, now {new.get(key)!r} (use a new --workdir)")
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints`, or `workdir` itself when it is the checkpoints directory."""
+  cdir = os.path.join(workdir, "checkpoints")
+  return cdir if os.path.isdir(cdir) else workdir
+
+
+def resolve_step(workdir: str, step: int | None = None, best: bool = False) -> int:
+  """The checkpoint step to read: `step`, the best by the run's `checkpoint.best_metric`
+  (`best=True`), or the latest. Errors name the directory and the metric."""
+  cdir = checkpoint_dir(workdir)
+  config, latest = ckpt_lib.read_config(cdir)
+  if best:
+    mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False,
+                                 best_metric=config.checkpoint.best_metric or None,
+                                 best_mode=config.checkpoint.best_mode)
+    step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
+    mngr.close()
+    if step is None:
+      raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
+                              f"{config.checkpoint.best_metric!r} (best); give a step instead")
+  return latest if step is None else int(step)
+
+
 def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = None,
                      config_overrides: dict | None = None, sources=None) -> dict[str, Any]:
   """Evaluates the latest (or best) checkpoint of `workdir` with the config stored beside it."""
-  cdir = os.path.join(workdir, "checkpoints")
-  config, latest = ckpt_lib.read_config(cdir)
+  cdir = checkpoint_dir(workdir)
+  step = resolve_step(workdir, step, best)
+  config, _ = ckpt_lib.read_config(cdir)
   if config_overrides:
     config.update(config_overrides)
-  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False,
-                               best_metric=config.checkpoint.best_metric or None,
-                               best_mode=config.checkpoint.best_mode)
-  if best:
-    step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
-    if step is None:
-      raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
-                              f"{config.checkpoint.best_metric!r}")
-  step = latest if step is None else step
+  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
   s = build(config, sources=sources)
   with jax.set_mesh(s.mesh):
     abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
@@ -257,8 +273,7 @@ def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = Non
 
 def restore_state(workdir: str, step: int | None = None):
   """(config, task, variables dict {'params', ...extra}) of a checkpoint, on the host."""
-  cdir = os.path.join(workdir, "checkpoints") if os.path.isdir(
-      os.path.join(workdir, "checkpoints")) else workdir
+  cdir = checkpoint_dir(workdir)
   config, latest = ckpt_lib.read_config(cdir)
   step = latest if step is None else step
   s = build(config, sources=spec_sources(config))
