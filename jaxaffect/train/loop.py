@@ -187,8 +187,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
             sps, cps = progress.rates(done)
             vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
             writer.scalars(done, vals)
-            progress.update(done, {"loss": vals.get("train/loss", float("nan")),
-                                   "acc": vals.get("train/war", float("nan"))})
+            shown = {"loss": vals.get("train/loss", float("nan"))}
+            best = config.checkpoint.get("best_metric", "")
+            if best and f"train/{best}" in vals and best != "uar":   # the run's own metric
+              shown[best] = vals[f"train/{best}"]
+            else:
+              shown["acc"] = vals.get("train/war", float("nan"))
+            progress.update(done, shown)
             acc = None
           is_eval = done % eval_every == 0 or done == s.total_steps
           killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
