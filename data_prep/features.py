@@ -98,18 +98,15 @@ def make_embedder(module, variables, image_size: int, batch: int, info: dict) ->
 
 def load_embedder(checkpoint: str, *, step: int | None = None, best: bool = False,
                   batch: int = 256) -> Embedder:
-  """The image model of a training workdir (`restore_state`), at `step`, the best or the latest."""
-  from jaxaffect.train import checkpoint as ckpt_lib, loop
-  if best:
-    cdir = os.path.join(checkpoint, "checkpoints")
-    cdir = cdir if os.path.isdir(cdir) else checkpoint
-    config, _ = ckpt_lib.read_config(cdir)
-    mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
-    step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
-    mngr.close()
-    if step is None:
-      raise shards_lib.PrepFailed(f"data_prep features: {cdir}: no checkpoint carries the metric "
-                                  f"{config.checkpoint.best_metric!r} (--best); give --step")
+  """The image model of a training workdir (`loop.restore_state`) at the step
+  `loop.resolve_step(checkpoint, step, best)` names: `step`, the best by the run's
+  `checkpoint.best_metric`, or the latest; a missing checkpoint or metric is a PrepFailed."""
+  from jaxaffect.train import loop
+  try:
+    step = loop.resolve_step(checkpoint, step, best)
+  except FileNotFoundError as e:
+    raise shards_lib.PrepFailed(f"data_prep features: --checkpoint {checkpoint}"
+                                f"{' --best' if best else ''}: {e}") from e
   config, setup, variables, step = loop.restore_state(checkpoint, step)
   module = setup.task.module
   if not callable(getattr(module, "embed", None)):

@@ -1,17 +1,12 @@
 """Aff-Wild2 (ABAW): per-frame VA / EXPR / AU annotation files + cropped-aligned images or videos.
 
-Annotations (`--src`, or its `annotations/` subfolder): one folder per task, under any edition's
-name -- VA: `VA_Set` (ABAW1/2), `VA_Estimation_Challenge` (ABAW3+); EXPR: `EXPR_Set`,
-`EXPR_Classification_Challenge`, `EXPR_Recognition_Challenge` (6th); AU: `AU_Set`,
-`AU_Detection_Challenge` -- each with `Train_Set/` and `Validation_Set/` of `<video>.txt`
-(split "train" / "val"). Two folders for the same task is ambiguous and raises.
-
-File format: line 1 is the header, line i+1 belongs to frame i (1-based, `<i:05d>.jpg`):
-- VA `valence,arousal`: floats in [-1, 1], -5 = not annotated;
-- EXPR `Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other` (vocab `abaw8`) or the
-  ABAW1/2 7-class header without Other (`abaw7`): one int per line, -1 = invalid;
-- AU `AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26` (or ABAW1's 8-AU header
-  `AU1,AU2,AU4,AU6,AU12,AU15,AU20,AU25`): 0/1 per unit, -1 = invalid.
+Annotations (`--src`, or its `annotations/` subfolder): the official VA / EXPR / AU folders of any
+ABAW edition (`VA_Set` / `VA_Estimation_Challenge`, `EXPR_Set` / `EXPR_Classification_Challenge` /
+`EXPR_Recognition_Challenge`, `AU_Set` / `AU_Detection_Challenge`), each with `Train_Set/` and
+`Validation_Set/` of `<video>.txt` (split "train" / "val"); two folders for the same task is
+ambiguous and raises. The files (header line, then line i+1 = frame i; VA -5 / EXPR -1 / AU -1
+sentinels; 8- or 7-class EXPR, 12- or 8-unit AU headers) are parsed by `jaxaffect.data.affwild2`,
+the parser the feature reader uses too; its `AnnotationError`s become `PrepError`s here.
 
 Items: the files of one video in one split are merged into one `VideoItem` (video_id = the file
 stem, e.g. `10-60-1280x720_right`; track "left"/"right" from the suffix). It has T = the most label
@@ -46,35 +41,17 @@ video) for a labelled video.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Iterator
 
-import numpy as np
-
 from data_prep.sources import _util, video
 from data_prep.sources.base import MISSING, UNREADABLE, Frame, PrepError, Skip, VideoItem
-from jaxaffect.data import vocab as vocab_lib
+from jaxaffect.data import affwild2 as aw
 
-TASK_FOLDERS = {
-    "va": ("VA_Set", "VA_Estimation_Challenge"),
-    "expr": ("EXPR_Set", "EXPR_Classification_Challenge", "EXPR_Recognition_Challenge"),
-    "au": ("AU_Set", "AU_Detection_Challenge"),
-}
-SPLIT_FOLDERS = (("Train_Set", "train"), ("Validation_Set", "val"))
-VA_HEADER = ("valence", "arousal")
-EXPR_HEADERS = {vocab_lib.names("abaw8"): "abaw8", vocab_lib.names("abaw7"): "abaw7"}
-AU_HEADERS = (vocab_lib.AU12, vocab_lib.AU8_ABAW1)
 DEFAULT_FPS = 30.0
 IMAGE_LAYOUTS = ("cropped_aligned", "cropped")
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-
-
-@dataclasses.dataclass
-class Labels:
-  values: np.ndarray            # (n,) int32 EXPR, (n, 2) float32 VA, (n, A) int32 AU
-  names: tuple[str, ...]        # header columns
-  vocab: str = ""               # EXPR vocabulary
+track_of = aw.track_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,96 +65,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="*_test_set_release.txt: test videos (no labels); repeatable")
 
 
-def track_of(video_id: str) -> tuple[str, str]:
-  """(`video_id` without `_left`/`_right`, track)."""
-  for track in ("left", "right"):
-    if video_id.endswith("_" + track):
-      return video_id[:-len(track) - 1], track
-  return video_id, ""
+def _prep_error(e: aw.AnnotationError) -> PrepError:
+  return PrepError(e.path, e.reason, line=e.line, field=e.field, item=e.item)
 
 
 def annotation_folders(src: str) -> dict[str, str]:
-  """{task: folder} found under `src` or `src/annotations` (ambiguity raises)."""
-  found: dict[str, list[str]] = {}
-  for root in (src, os.path.join(src, "annotations")):
-    for task, aliases in TASK_FOLDERS.items():
-      for alias in aliases:
-        path = os.path.join(root, alias)
-        if os.path.isdir(path):
-          found.setdefault(task, []).append(path)
-  for task, paths in found.items():
-    if len(paths) > 1:
-      raise PrepError(paths[0], f"several {task.upper()} annotation folders found ({paths}): point "
-                      "--src at one ABAW edition")
-  return {task: paths[0] for task, paths in found.items()}
+  """{task: folder} found under `src` or `src/annotations` (ambiguity raises PrepError)."""
+  try:
+    return aw.annotation_folders(src, option="--src")
+  except aw.AnnotationError as e:
+    raise _prep_error(e) from None
 
 
-def _lines(path: str) -> list[tuple[int, str]]:
-  with open(path, encoding="utf-8-sig") as f:
-    lines = [(k, s.strip()) for k, s in enumerate(f, start=1)]
-  while lines and not lines[-1][1]:
-    lines.pop()
-  return lines
-
-
-def parse_label_file(path: str, task: str, *, item: str | None = None) -> Labels:
-  """One Aff-Wild2 annotation file; PrepError(path, line=, field=) on any deviation."""
-  lines = _lines(path)
-  if not lines:
-    raise PrepError(path, "empty annotation file (expected a header line)", line=1, item=item)
-  header = tuple(c.strip() for c in lines[0][1].split(","))
-  if task == "va":
-    _util.check_header(path, header, VA_HEADER)
-    names, vocab = VA_HEADER, ""
-  elif task == "expr":
-    if header not in EXPR_HEADERS:
-      _util.check_header(path, header, vocab_lib.names("abaw8" if len(header) >= 8 else "abaw7"))
-    names, vocab = header, EXPR_HEADERS[header]
-  else:
-    if header not in AU_HEADERS:
-      _util.check_header(path, header, AU_HEADERS[0] if len(header) > 8 else AU_HEADERS[1])
-    names, vocab = header, ""
-  body = lines[1:]
-  if not body:
-    raise PrepError(path, "no label line after the header", line=2, item=item)
-  ncol = 1 if task == "expr" else len(names)
-  field_names = ("expression",) if task == "expr" else names
-  out = np.empty((len(body), ncol), np.float32 if task == "va" else np.int32)
-  allowed = range(-1, len(names)) if task == "expr" else (-1, 0, 1)
-  for r, (lineno, text) in enumerate(body):
-    cols = text.split(",")
-    if len(cols) != ncol:
-      field = field_names[min(len(cols), ncol - 1)] if len(cols) < ncol else field_names[-1]
-      raise PrepError(path, f"expected {ncol} comma-separated values, found {len(cols)} "
-                      f"({text!r})", line=lineno, field=field, item=item)
-    for c, (text_c, field) in enumerate(zip(cols, field_names)):
-      if task == "va":
-        v = _util.parse_float(path, text_c, line=lineno, field=field, item=item)
-        if not (-1.0 <= v <= 1.0 or v == -5.0):
-          raise PrepError(path, f"unknown label value {text_c.strip()} (expected [-1, 1] or -5)",
-                          line=lineno, field=field, item=item)
-        out[r, c] = v
-      else:
-        out[r, c] = _util.parse_int(path, text_c.strip(), line=lineno, field=field,
-                                    allowed=allowed, item=item)
-  return Labels(out[:, 0] if task == "expr" else out, tuple(names), vocab)
+def parse_label_file(path: str, task: str, *, item: str | None = None) -> aw.Labels:
+  """`jaxaffect.data.affwild2.parse_label_file` raising PrepError(path, line=, field=, item=)."""
+  try:
+    return aw.parse_label_file(path, task, item=item)
+  except aw.AnnotationError as e:
+    raise _prep_error(e) from None
 
 
 def _read_fps_csv(path: str) -> dict[str, float]:
-  rows = _util.read_rows(path)
-  first = next(rows, None)
-  if first is None:
-    raise PrepError(path, "empty fps file (expected header 'video,fps')", line=1)
-  _util.check_header(path, first[1], ("video", "fps"), line=first[0])
-  out = {}
-  for lineno, row in rows:
-    if len(row) != 2:
-      raise PrepError(path, f"expected 2 columns, found {len(row)}", line=lineno, field="fps")
-    fps = _util.parse_float(path, row[1], line=lineno, field="fps")
-    if fps <= 0:
-      raise PrepError(path, f"fps must be > 0, found {row[1]}", line=lineno, field="fps")
-    out[row[0]] = fps
-  return out
+  try:
+    return aw.read_fps_csv(path)
+  except aw.AnnotationError as e:
+    raise _prep_error(e) from None
 
 
 def _read_test_list(path: str) -> list[str]:
@@ -225,9 +137,9 @@ class _Context:
 
   def fps(self, video_id: str) -> tuple[float, dict]:
     base, _ = track_of(video_id)
-    for name in (video_id, base):
-      if name in self.fps_table:
-        return self.fps_table[name], dict(fps_source="fps_csv")
+    fps = aw.lookup(self.fps_table, video_id)
+    if fps is not None:
+      return fps, dict(fps_source="fps_csv")
     path = self.videos.get(base) or self.videos.get(video_id)
     if path:
       try:
@@ -314,16 +226,8 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
   test_lists = _util.opt(args, "test_list") or []
   if not folders and not test_lists:
     raise PrepError(src, "no Aff-Wild2 annotation folder found (expected one of "
-                    f"{sum(TASK_FOLDERS.values(), ())} under --src or --src/annotations)")
-  files: dict[tuple[str, str], dict[str, str]] = {}
-  for task, folder in folders.items():
-    for sub, split in SPLIT_FOLDERS:
-      d = os.path.join(folder, sub)
-      if not os.path.isdir(d):
-        continue
-      for name in os.listdir(d):
-        if name.endswith(".txt"):
-          files.setdefault((split, name[:-4]), {})[task] = os.path.join(d, name)
+                    f"{sum(aw.TASK_FOLDERS.values(), ())} under --src or --src/annotations)")
+  files = aw.annotation_files(folders)
   for path in test_lists:
     for name in _read_test_list(path):
       files.setdefault(("test", name), {})
@@ -336,7 +240,7 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
       e.item = e.item or video_id
       yield Skip(e)
       continue
-    count = max((len(lab.values) for lab in labels.values()), default=None)
+    count = aw.num_frames(labels)
     fps, meta = ctx.fps(video_id)
     meta["label_files"] = dict(sorted(task_files.items()))
     meta["label_lines"] = {t: len(lab.values) for t, lab in sorted(labels.items())}
@@ -345,21 +249,12 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
       yield Skip(got)
       continue
     frames, n = got
-
-    def padded(task: str, sentinel, dtype) -> np.ndarray | None:
-      if task not in labels:
-        return None
-      v = labels[task].values
-      out = np.full((n,) + v.shape[1:], sentinel, dtype)
-      out[:len(v)] = v
-      return out
-
     _, track = track_of(video_id)
     yield VideoItem(
         dataset="affwild2", video_id=video_id, split=split, frames=frames,
         num_frames=n if (count is not None or ctx.images in IMAGE_LAYOUTS) else None,
         fps=fps, source_path=meta.get("video", os.path.join(ctx.images_dir, video_id)),
-        track=track, va=padded("va", -5.0, np.float32), expr=padded("expr", -1, np.int32),
+        track=track, va=aw.padded(labels, "va", n), expr=aw.padded(labels, "expr", n),
         expr_vocab=labels["expr"].vocab if "expr" in labels else "",
-        au=padded("au", -1, np.int32), au_names=labels["au"].names if "au" in labels else (),
+        au=aw.padded(labels, "au", n), au_names=labels["au"].names if "au" in labels else (),
         meta=meta)

@@ -12,10 +12,9 @@ dim?, fill?}`):
   Rows are joined to the frames by frame number; every frame must have its row.
 * `kind="npy"`: features as ABAW teams share them, under `path` (the stream's folder):
   per-frame files `<path>/<video>/<frame:05d>.npy` (1-based 5-digit names as the Aff-Wild2 crops;
-  a frame without a file is a frame without a face: the upczww/abaw6 `construct_*.py` repeats the
-  previous frame's features, we keep the row and mark `face=0`), or per-video arrays
-  `<path>/<video>.npy` / `.npz` (`key` names the array of a several-array npz) with one row per
-  frame (the length must equal the video's frame count).
+  a frame without a file is a frame without a face: we keep the row and mark `face=0`), or
+  per-video arrays `<path>/<video>.npy` / `.npz` (`key` names the array of a several-array npz)
+  with one row per frame (the length must equal the video's frame count).
 * `kind="array"`: per-video arrays only (`<path>/<video>.npy|.npz`); with `rate_hz` the rows are
   samples at `k / rate_hz` seconds (audio features at their own rate) and are linearly
   interpolated to the frames' `t_sec` at read time (`samplers.resample_series`, ends held as
@@ -24,16 +23,26 @@ dim?, fill?}`):
 
 Labels (`config.data.labels`): a shard directory (face or feature shards: `manifest.json`; the
 frames, labels, clip label, split and folds of each record; segments of one video are joined), an
-Aff-Wild2 annotation folder (`VA_Set`/`VA_Estimation_Challenge`, `EXPR_*`, `AU_*` with
-`Train_Set`/`Validation_Set` of `<video>.txt`: header line, then line i+1 is frame i; VA `v,a`
-with -5 not annotated, EXPR int with -1 invalid, 12 AU ints with -1 invalid; split "train"/"val"),
-or "" (the first `shards` stream's directory if there is one; otherwise the videos and frames of the
-first stream, unlabelled). Several streams are joined by video id and frame number: a stream that
-lacks a video is an error naming both; lengths that differ are an error unless the stream has a
-rate.
+Aff-Wild2 annotation folder (any ABAW edition's `VA_*`, `EXPR_*`, `AU_*` folders with
+`Train_Set`/`Validation_Set` of `<video>.txt`, parsed by `jaxaffect.data.affwild2` -- the parser
+`data_prep` uses too: header line, then line i+1 is frame i; VA `v,a` with -5 not annotated, EXPR
+int (8 or 7 classes) with -1 invalid, 12 (or ABAW1's 8) AU ints with -1 invalid; split
+"train"/"val"; errors name file, line and field), or "" (the first `shards` stream's directory if
+there is one; otherwise the videos and frames of the first stream, unlabelled). Several streams
+are joined by video id and frame number: a stream that lacks a video is an error naming both;
+lengths that differ are an error unless the stream has a rate.
 
 Frames without a face keep their row and `face=0`; their features are filled from the nearest
-frame with a face (ABAW5 paper) by `fill_nearest`, for every stream without a rate (spec `fill`).
+frame with a face by `fill_nearest` (the ABAW5 paper's rule; the ABAW6 team's code instead repeats
+the previous frame's features in its training data and leaves zeros in the test set, see
+`fill_nearest`), for every stream without a rate (spec `fill`).
+
+Where the face flag comes from: shard labels and `shards` streams carry `frame/face_found` (0 for
+NO_FACE and MISSING frames); Aff-Wild2 txt labels and unlabelled streams say nothing about faces,
+so with `npy` / `array` streams over txt labels `face` is all True except the frames whose
+per-frame `<frame:05d>.npy` file is missing in some `npy` stream (per-video arrays have a row for
+every frame and never clear it). A frame's flag is the AND over all streams, so a gap in one
+per-frame stream also fills the other streams' rows at that frame.
 
 Windows: `FeatureWindows`, a grain source of (video, window) items (train `w=300, s=200`; eval
 non-overlapping, so masked per-frame metrics count every frame once), dispatched from
@@ -43,14 +52,13 @@ inference: `iter_videos`, `video_windows`, `merge`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
 
-from jaxaffect.data import samplers, schema, vocab as vocab_lib
+from jaxaffect.data import affwild2, samplers, schema, vocab as vocab_lib
 
 KINDS = ("shards", "npy", "array")
 LABEL_KEYS = ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")
@@ -83,6 +91,11 @@ def fill_nearest(feat: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """Rows where `valid` is False replaced by the nearest valid row (the earlier one on a tie).
 
   ABAW5 (Zhou et al.): "frames without a face take the features of the nearest frame with one".
+  The ABAW6 team's released code does otherwise (upczww/abaw6
+  `preprocess/construct_{VA,EXPR,AU}.py`): its training samples repeat the previous frame's
+  features for a frame without a feature file (and cover only the frames from the video's first
+  crop to just before its last), while `construct_*_testset.py` leaves such test frames at zeros.
+  `fill_nearest` follows the ABAW5 rule for train and test alike.
   No valid row at all: returned unchanged (a copy)."""
   feat = np.asarray(feat)
   valid = np.asarray(valid, bool)
@@ -154,84 +167,7 @@ def stream_specs(cfg) -> list[StreamSpec]:
   return specs
 
 
-# --------------------------------------------------------------------------- Aff-Wild2 annotations
-AFFWILD2_TASK_FOLDERS = {
-    "va": ("VA_Set", "VA_Estimation_Challenge"),
-    "expr": ("EXPR_Set", "EXPR_Classification_Challenge", "EXPR_Recognition_Challenge"),
-    "au": ("AU_Set", "AU_Detection_Challenge"),
-}
-AFFWILD2_SPLITS = (("Train_Set", "train"), ("Validation_Set", "val"))
-
-
-def affwild2_folders(root: str) -> dict[str, str]:
-  """{task: folder} of an Aff-Wild2 annotation root (or its `annotations/`); two editions of one
-  task is an error."""
-  found: dict[str, list[str]] = {}
-  for base in (root, os.path.join(root, "annotations")):
-    for task, aliases in AFFWILD2_TASK_FOLDERS.items():
-      for a in aliases:
-        if os.path.isdir(os.path.join(base, a)):
-          found.setdefault(task, []).append(os.path.join(base, a))
-  for task, paths in found.items():
-    if len(paths) > 1:
-      raise ValueError(f"{root}: several {task.upper()} annotation folders {paths}: point "
-                       f"data.labels at one ABAW edition")
-  return {t: p[0] for t, p in found.items()}
-
-
-def parse_affwild2_file(path: str, task: str) -> tuple[np.ndarray, str]:
-  """One Aff-Wild2 annotation file -> (values, expr vocabulary). VA (n, 2) float32 (-5 kept),
-  EXPR (n,) int64 (-1 kept), AU (n, A) int64 (-1 kept). Errors name file, line and field."""
-  with open(path, encoding="utf-8-sig") as f:
-    lines = [s.strip() for s in f]
-  while lines and not lines[-1]:
-    lines.pop()
-  if not lines:
-    raise ValueError(f"{path}:1: empty annotation file (expected a header line)")
-  header = tuple(c.strip() for c in lines[0].split(","))
-  ev = ""
-  if task == "va":
-    fields = ("valence", "arousal")
-    if header != fields:
-      raise ValueError(f"{path}:1: header {','.join(header)!r}, expected 'valence,arousal'")
-  elif task == "expr":
-    known = {vocab_lib.names(v): v for v in ("abaw8", "abaw7")}
-    if header not in known:
-      raise ValueError(f"{path}:1: header {','.join(header)!r}, expected "
-                       f"{','.join(vocab_lib.names('abaw8'))!r} (or the 7-class ABAW1/2 one)")
-    ev, fields = known[header], ("expression",)
-  else:
-    if header not in (vocab_lib.AU12, vocab_lib.AU8_ABAW1):
-      raise ValueError(f"{path}:1: header {','.join(header)!r}, expected "
-                       f"{','.join(vocab_lib.AU12)!r}")
-    fields = header
-  body = lines[1:]
-  if not body:
-    raise ValueError(f"{path}:2: no label line after the header")
-  out = np.empty((len(body), len(fields)), np.float32 if task == "va" else np.int64)
-  n_expr = len(header)
-  for r, text in enumerate(body):
-    lineno = r + 2
-    cols = text.split(",")
-    if len(cols) != len(fields):
-      raise ValueError(f"{path}:{lineno}: expected {len(fields)} comma-separated values "
-                       f"({','.join(fields)}), found {len(cols)}: {text!r}")
-    for c, (s, field) in enumerate(zip(cols, fields)):
-      s = s.strip()
-      try:
-        v = float(s) if task == "va" else int(s)
-      except ValueError:
-        raise ValueError(f"{path}:{lineno}: field '{field}' is not a number: {s!r}") from None
-      ok = (-1.0 <= v <= 1.0 or v == schema.VA_MISSING) if task == "va" else (
-          -1 <= v < n_expr if task == "expr" else v in (-1, 0, 1))
-      if not ok:
-        raise ValueError(f"{path}:{lineno}: field '{field}' has unknown value {s} (expected "
-                         + ("[-1, 1] or -5" if task == "va" else
-                            f"-1..{n_expr - 1}" if task == "expr" else "-1, 0 or 1") + ")")
-      out[r, c] = v
-  return (out[:, 0] if task == "expr" else out), ev
-
-
+# ---------------------------------------------------------------------- timelines (the labels side)
 @dataclasses.dataclass
 class _Timeline:
   """What the labels side says about one video (before the streams are joined)."""
@@ -253,39 +189,14 @@ def _empty_labels(t: int, num_au: int) -> dict[str, np.ndarray]:
           "au": np.zeros((t, num_au), np.float32), "au_mask": np.zeros((t, num_au), np.float32)}
 
 
-def _read_fps_csv(path: str) -> dict[str, float]:
-  out = {}
-  with open(path, encoding="utf-8-sig") as f:
-    rows = [ln.strip() for ln in f if ln.strip()]
-  if not rows or [c.strip() for c in rows[0].split(",")] != ["video", "fps"]:
-    raise ValueError(f"{path}:1: expected header 'video,fps'")
-  for k, row in enumerate(rows[1:], start=2):
-    parts = row.split(",")
-    try:
-      fps = float(parts[1])
-    except (IndexError, ValueError):
-      raise ValueError(f"{path}:{k}: field 'fps' missing or not a number: {row!r}") from None
-    if len(parts) != 2 or fps <= 0:
-      raise ValueError(f"{path}:{k}: expected 'video,fps' with fps > 0, got {row!r}")
-    out[parts[0].strip()] = fps
-  return out
-
-
-def _strip_track(video_id: str) -> str:
-  for track in ("_left", "_right"):
-    if video_id.endswith(track):
-      return video_id[:-len(track)]
-  return video_id
-
-
 class _Fps:
   def __init__(self, cfg):
     self.default = float(cfg.get("fps", 0.0) or 0.0)
     csv = cfg.get("fps_csv", "") or ""
-    self.table = _read_fps_csv(csv) if csv else {}
+    self.table = affwild2.read_fps_csv(csv) if csv else {}
 
   def __call__(self, video_id: str) -> float:
-    return self.table.get(video_id, self.table.get(_strip_track(video_id), self.default))
+    return affwild2.lookup(self.table, video_id, self.default)
 
 
 def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
@@ -293,7 +204,7 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
   1..T with T the most label lines over the video's tasks (shorter tasks padded with their
   sentinels, as `data_prep.sources.affwild2`), t_sec = (i - 1) / fps (`data.fps`, `data.fps_csv`;
   unknown: NaN)."""
-  folders = affwild2_folders(root)
+  folders = affwild2.annotation_folders(root, option="data.labels")
   if not folders:
     raise ValueError(f"data.labels={root}: neither a shard directory (manifest.json) nor an "
                      f"Aff-Wild2 annotation folder (VA_Set, EXPR_*, AU_* ...)")
@@ -303,30 +214,22 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
   expr_vocab = cfg.get("expr_vocab", "") or ""
   num_au = int(cfg.get("num_au", DEFAULT_NUM_AU))
   fps = _Fps(cfg)
-  files: dict[tuple[str, str], dict[str, str]] = {}
-  for task, folder in folders.items():
-    for sub, split in AFFWILD2_SPLITS:
-      if select != "all" and split != select:
-        continue
-      for p in sorted(glob.glob(os.path.join(folder, sub, "*.txt"))):
-        files.setdefault((os.path.splitext(os.path.basename(p))[0], split), {})[task] = p
+  files = affwild2.annotation_files(folders, None if select == "all" else (select,))
   if not files:
     raise ValueError(f"data.labels={root}: no annotation file for select={select!r}")
   out = []
-  for (vid, split), paths in sorted(files.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    parsed = {task: parse_affwild2_file(p, task) for task, p in paths.items()}
-    t = max(len(v) for v, _ in parsed.values())
+  for (split, vid), paths in sorted(files.items()):
+    parsed = {task: affwild2.parse_label_file(p, task, item=vid) for task, p in paths.items()}
+    t = affwild2.num_frames(parsed)
     labels = _empty_labels(t, num_au)
     if "va" in parsed:
-      va = np.full((t, 2), schema.VA_MISSING, np.float32)
-      va[:len(parsed["va"][0])] = parsed["va"][0]
+      va = affwild2.padded(parsed, "va", t)
       m = np.all(va > schema.VA_MISSING + 1e-6, axis=-1)
       labels["va"], labels["va_mask"] = np.where(m[:, None], va, 0).astype(np.float32), \
           m.astype(np.float32)
     if "expr" in parsed:
-      e = np.full((t,), -1, np.int64)
-      e[:len(parsed["expr"][0])] = parsed["expr"][0]
-      ev = parsed["expr"][1]
+      e = affwild2.padded(parsed, "expr", t)
+      ev = parsed["expr"].vocab
       if expr_vocab and ev != expr_vocab:
         try:
           e = vocab_lib.convert(e, ev, expr_vocab)
@@ -335,14 +238,12 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
       labels["expr"], labels["expr_mask"] = np.maximum(e, 0).astype(np.int32), \
           (e >= 0).astype(np.float32)
     if "au" in parsed:
-      au = parsed["au"][0]
+      au = affwild2.padded(parsed, "au", t)
       if au.shape[1] != num_au:
-        raise ValueError(f"{paths['au']}: {au.shape[1]} action units, config data.num_au="
-                         f"{num_au}")
-      a = np.full((t, num_au), -1, np.int64)
-      a[:len(au)] = au
-      labels["au"], labels["au_mask"] = np.maximum(a, 0).astype(np.float32), \
-          (a >= 0).astype(np.float32)
+        raise ValueError(f"{paths['au']}: {au.shape[1]} action units "
+                         f"({','.join(parsed['au'].names)}), config data.num_au={num_au}")
+      labels["au"], labels["au_mask"] = np.maximum(au, 0).astype(np.float32), \
+          (au >= 0).astype(np.float32)
     f = fps(vid)
     idx = np.arange(1, t + 1, dtype=np.int64)
     ts = ((idx - 1) / f).astype(np.float32) if f > 0 else np.full((t,), np.nan, np.float32)
@@ -446,7 +347,7 @@ def _npy_load(path: str, key: str, stream: str) -> np.ndarray:
 
 
 def _array_file(spec: StreamSpec, video_id: str) -> str | None:
-  for vid in dict.fromkeys((video_id, _strip_track(video_id))):
+  for vid in dict.fromkeys((video_id, affwild2.track_of(video_id)[0])):
     for ext in (".npy", ".npz"):
       p = os.path.join(spec.path, vid + ext)
       if os.path.isfile(p):

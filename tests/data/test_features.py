@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxaffect.data import affwild2
 from jaxaffect.data import features as F
 from jaxaffect.data import pipeline
 
@@ -178,6 +179,53 @@ def test_unlabelled_streams(abaw):
     list(F.iter_videos(cfg, "train"))
 
 
+def test_affwild2_labels_of_every_edition(tmp_path):
+  """The reader's Aff-Wild2 labels under the ABAW1/2 names (VA_Set, 7-class EXPR_Set, 8-unit
+  AU_Set) and the ABAW6 EXPR_Recognition_Challenge, read through the shared parser
+  (jaxaffect.data.affwild2): sentinels masked, 7 classes converted to 8 on request, a `_right`
+  track finds its fps under the shared name; two editions of one task are refused."""
+  old = tmp_path / "abaw2"
+  _write_txt(str(old / "VA_Set" / "Train_Set" / "v_right.txt"), "valence,arousal",
+             ["0.5,-0.25", "-5,-5", "1,-1"])
+  _write_txt(str(old / "EXPR_Set" / "Train_Set" / "v_right.txt"), EXPR8.rsplit(",", 1)[0],
+             ["6", "-1", "0", "3"])
+  au8 = [[1, 0, 0, 0, 1, 0, 1, 0], [-1, 1, 0, 0, 0, 0, 0, 1]]
+  _write_txt(str(old / "AU_Set" / "Validation_Set" / "w.txt"),
+             "AU1,AU2,AU4,AU6,AU12,AU15,AU20,AU25", [",".join(map(str, r)) for r in au8])
+  fps = tmp_path / "fps.csv"
+  fps.write_text("video,fps\nv,25\n")
+  cfg = ml_collections.ConfigDict(dict(labels=str(old), num_au=8, expr_vocab="abaw8", fps=0.0,
+                                       fps_csv=str(fps)))
+  tls = {(t.split, t.video_id): t for t in F.affwild2_timelines(str(old), "all", cfg)}
+  assert sorted(tls) == [("train", "v_right"), ("val", "w")]
+  v, w = tls["train", "v_right"], tls["val", "w"]
+  np.testing.assert_array_equal(v.frame_index, [1, 2, 3, 4])        # T = 4 EXPR lines > 3 VA
+  np.testing.assert_allclose(v.t_sec, np.arange(4) / 25.0, atol=1e-7)
+  np.testing.assert_array_equal(v.labels["va_mask"], [1, 0, 1, 0])   # -5 and the padded line
+  np.testing.assert_array_equal(v.labels["va"], [[0.5, -0.25], [0, 0], [1, -1], [0, 0]])
+  np.testing.assert_array_equal(v.labels["expr"], [6, 0, 0, 3])      # abaw7 -> abaw8: same index
+  np.testing.assert_array_equal(v.labels["expr_mask"], [1, 0, 1, 1])
+  assert not v.labels["au_mask"].any() and v.labels["au"].shape == (4, 8)
+  np.testing.assert_array_equal(w.labels["au"], np.maximum(au8, 0))
+  np.testing.assert_array_equal(w.labels["au_mask"], np.asarray(au8) >= 0)
+  assert np.isnan(w.t_sec).all()                                    # not in the fps table
+  with pytest.raises(ValueError, match=r"w.txt: 8 action units \(AU1,.*AU25\), config "
+                                       r"data.num_au=12"):
+    F.affwild2_timelines(str(old), "val", dict(cfg, num_au=12))
+  # ABAW6's EXPR folder name; 8 classes
+  new = tmp_path / "abaw6"
+  _write_txt(str(new / "EXPR_Recognition_Challenge" / "Validation_Set" / "x.txt"), EXPR8,
+             ["7", "-1"])
+  (x,) = F.affwild2_timelines(str(new), "val", dict(cfg, labels=str(new), fps_csv=""))
+  np.testing.assert_array_equal(x.labels["expr"], [7, 0])
+  np.testing.assert_array_equal(x.labels["expr_mask"], [1, 0])
+  _write_txt(str(new / "annotations" / "EXPR_Classification_Challenge" / "Train_Set" / "x.txt"),
+             EXPR8, ["1"])
+  with pytest.raises(ValueError, match=r"several EXPR annotation folders .* point data.labels at "
+                                       r"one ABAW edition"):
+    F.affwild2_timelines(str(new), "val", cfg)
+
+
 # ----------------------------------------------------------------------------------------- errors
 def test_errors_name_stream_video_file_field(abaw):
   os.remove(os.path.join(abaw["arc"], "vidA.npy"))
@@ -205,13 +253,19 @@ def test_errors_name_stream_video_file_field(abaw):
   # annotation values: file, line and field
   bad = os.path.join(abaw["ann"], "VA_Estimation_Challenge", "Validation_Set", "vidC.txt")
   _write_txt(bad, "valence,arousal", ["0.1,0.2", "0.3,3.0"])
-  with pytest.raises(ValueError, match=r"vidC.txt:3: field 'arousal' has unknown value 3.0"):
+  with pytest.raises(affwild2.AnnotationError,
+                     match=r"vidC.txt:3 field 'arousal': unknown label value 3.0") as e:
     list(F.iter_videos(_cfg(abaw), "val"))
+  assert (e.value.path, e.value.line, e.value.field, e.value.item) == (bad, 3, "arousal", "vidC")
   _write_txt(bad, "valence,arousal", ["0.1,0.2", "x,0.1"])
-  with pytest.raises(ValueError, match=r"vidC.txt:3: field 'valence' is not a number"):
+  with pytest.raises(ValueError, match=r"vidC.txt:3 field 'valence': expected a number, found 'x'"):
+    list(F.iter_videos(_cfg(abaw), "val"))
+  _write_txt(bad, "valence,arousal", ["0.1,0.2", "nan,0.1"])
+  with pytest.raises(ValueError, match=r"vidC.txt:3 field 'valence': unknown label value nan"):
     list(F.iter_videos(_cfg(abaw), "val"))
   _write_txt(bad, "arousal,valence", ["0.1,0.2"])
-  with pytest.raises(ValueError, match=r"vidC.txt:1: header"):
+  with pytest.raises(ValueError, match=r"vidC.txt:1 field 'valence': header column 1: expected "
+                                       r"'valence', found 'arousal'"):
     list(F.iter_videos(_cfg(abaw), "val"))
   with pytest.raises(ValueError, match=r"features\[0\] \(mae\): kind='csv'"):
     F.stream_specs(ml_collections.ConfigDict(dict(features=[dict(name="mae", kind="csv",

@@ -9,6 +9,8 @@ stream of npy files).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
 import json
 import os
@@ -188,10 +190,7 @@ def test_cli_end_to_end_with_a_trained_frame_resnet(face_shards, tmp_path):
   features equal `task.module.apply(variables, frames / 255, train=False, method="embed")` on the
   decoded crops resized to the model's 32 px (BatchNorm from its statistics): exactly for the same
   batches (12 does not divide the 8 test devices: one device), to ~1 ulp per video."""
-  from jaxaffect.models import registry
-  if "frame_resnet" not in registry.MODELS:
-    pytest.skip("frame_resnet is not registered yet")
-  frame_resnet = pytest.importorskip("configs.frame_resnet")
+  from configs import frame_resnet
   from jaxaffect.train import loop
   c = frame_resnet.get_config(f"smoke,shards={face_shards}")
   c.unlock()
@@ -245,9 +244,12 @@ def test_cli_end_to_end_with_a_trained_frame_resnet(face_shards, tmp_path):
   assert prep_cli.main(["features", "--shards", face_shards, "--checkpoint", wd, "--out", out,
                         "--batch", "12", "--quiet"]) == 0
   assert schema.read_manifest(out) == man
+  # --best: the step `loop.resolve_step` picks by the run's best metric (the last step evaluated)
+  assert loop.resolve_step(wd, best=True) == 1
+  assert job.load_embedder(wd, best=True, batch=12).info["step"] == 1
 
 
-def test_cli_parses_and_refuses_missing_shards(tmp_path):
+def test_cli_parses_and_refuses_missing_shards(tmp_path, capsys):
   args = prep_cli.build_parser().parse_args(["features", "--shards", "a", "--checkpoint", "b",
                                              "--out", "c", "--best", "--batch", "64"])
   assert args.source == "features" and args.best and args.step is None and args.batch == 64
@@ -257,6 +259,14 @@ def test_cli_parses_and_refuses_missing_shards(tmp_path):
   emb = job.Embedder(lambda x: x, 4, 8, 1, {})
   with pytest.raises(shards_lib.PrepFailed, match="no manifest"):
     job.extract(str(tmp_path / "nothing"), str(tmp_path / "o"), emb)
+  # no checkpoint: loop.resolve_step's FileNotFoundError becomes the CLI's PrepFailed (exit 2)
+  ck = str(tmp_path / "no_run")
+  with pytest.raises(shards_lib.PrepFailed, match=rf"--checkpoint {ck} --best: no checkpoint "
+                                                  rf"under '{ck}'"):
+    job.load_embedder(ck, best=True)
+  assert prep_cli.main(["features", "--shards", "a", "--checkpoint", ck, "--out",
+                        str(tmp_path / "o2"), "--quiet"]) == 2
+  assert "no checkpoint under" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- readers over shards
@@ -318,6 +328,125 @@ def test_readers_over_feature_shards(face_shards, model, tmp_path):
   cfg = _cfg(labels=face_shards, features=[dict(name="img", kind="shards", path=out, stream="x")])
   with pytest.raises(ValueError, match=r"stream 'img' .* has no feature 'x' \(has \['tiny'\]\)"):
     list(F.iter_videos(cfg, "train"))
+
+
+# Frames without a face, per video (0-based positions in 8 frames): NO_FACE (the item's landmarks
+# and box are NaN there: the face stage crops the centre or the last face's place, face_found=0),
+# MISSING (no image: a black crop), and MISSING frames whose crop is stored as an empty JPEG.
+GAPS = {"000000": dict(no_face=[0, 3, 5], missing=[4], empty=[]),
+        "000001": dict(no_face=[2], missing=[], empty=[6, 7]),
+        "000002": dict(no_face=[0, 1, 2, 3, 4, 5], missing=[6], empty=[7])}
+
+
+def _with_gaps(resolve):
+  from data_prep.sources.base import MISSING, Frame
+  item = resolve()
+  g = GAPS[item.video_id]
+  boxes, lms = item.boxes.copy(), item.landmarks.copy()
+  boxes[g["no_face"]] = np.nan
+  lms[g["no_face"]] = np.nan
+  frames = list(item.frames())
+  for k in g["missing"] + g["empty"]:
+    f = frames[k]
+    frames[k] = Frame(f.index, f.t_sec, None, MISSING, error="no crop")
+  return dataclasses.replace(item, boxes=boxes, landmarks=lms, frames=lambda: iter(frames))
+
+
+def _nearest_face(face: np.ndarray) -> np.ndarray:
+  """Independent reference of fill_nearest's choice: for each frame the face frame at the smallest
+  distance, the earlier on a tie (itself when it has a face)."""
+  good = np.flatnonzero(face)
+  if not len(good):
+    return np.arange(len(face))
+  return np.asarray([min(good, key=lambda j: (abs(j - i), j)) for i in range(len(face))])
+
+
+def test_frames_without_a_face_keep_their_rows_and_are_filled(model, tmp_path, monkeypatch):
+  """Face shards with NO_FACE frames (a real crop, face_found=0), MISSING frames (black crops) and
+  MISSING frames stored as empty JPEGs: the feature shards keep one row per frame (the embedding
+  of the stored crop, of a black image for an empty JPEG) and face_found; the reader's face flag
+  is 0 exactly there and, with the default fill, those rows hold the nearest face frame's
+  features (the earlier one on a tie); a video without any face keeps its rows; fill=False keeps
+  the raw rows."""
+  import types
+  from data_prep import sources
+  from data_prep.sources import base, synthetic as syn_src
+
+  def items(src, args):
+    for it in syn_src.items(src, args):
+      yield dataclasses.replace(it, resolve=functools.partial(_with_gaps, it.resolve))
+
+  process = shards_lib.process_item
+
+  def process_item(item, stages):     # a writer that stores no image for the `empty` frames
+    rec, issues = process(item, stages)
+    for k in GAPS[rec.video_id]["empty"]:
+      rec.jpegs[k] = b""
+    return rec, issues
+
+  monkeypatch.setitem(sources.SOURCES, "synthetic",
+                      types.SimpleNamespace(items=items, add_arguments=syn_src.add_arguments))
+  monkeypatch.setattr(shards_lib, "process_item", process_item)
+  faces = str(tmp_path / "faces")
+  args = prep_cli.build_parser().parse_args([*SYN, "--out", faces, "--num-videos", "3",
+                                             "--occlusion", "0"])
+  fm = shards_lib.run(args.source, args)
+  assert fm["totals"]["videos"] == 3 and fm["totals"]["frames"] == 24
+  out = str(tmp_path / "feat")
+  job.extract(faces, out, _embedder(model, 32, 5), stream="tiny", quiet=True)
+  _, face_recs = _records(faces)
+  _, feat_recs = _records(out)
+  m, v = model
+  black = np.asarray(m.apply(v, jnp.zeros((1, 32, 32, 3)), method="embed"))[0]
+  cfg = _cfg(features=[dict(name="img", kind="shards", path=out, stream="tiny")])
+  vids = {x.video_id: x for x in F.iter_videos(cfg, "train")}
+  raw = {x.video_id: x for x in F.iter_videos(
+      _cfg(features=[dict(name="img", kind="shards", path=out, stream="tiny", fill=False)]),
+      "train")}
+  assert sorted(vids) == sorted(GAPS)
+  for vid, g in GAPS.items():
+    rec, fr = face_recs[(vid, "train")], feat_recs[(vid, "train")]
+    gap = sorted(g["no_face"] + g["missing"] + g["empty"])
+    face = np.ones(8, bool)
+    face[gap] = False
+    # the face shards are what the test asked for
+    np.testing.assert_array_equal(rec.face_found, face.astype(np.int64))
+    status = np.zeros(8, np.int64)
+    status[g["no_face"]] = base.NO_FACE
+    status[g["missing"] + g["empty"]] = base.MISSING
+    np.testing.assert_array_equal(rec.status, status)
+    assert [k for k in range(8) if not rec.jpegs[k]] == g["empty"]
+    # feature shards: a row per frame, every field kept, embeddings of the stored crops
+    assert fr.features["tiny"].shape == (8, 5) and fr.num_frames == 8
+    for f in ("frame_index", "t_sec", "status", "face_found"):
+      np.testing.assert_array_equal(getattr(fr, f), getattr(rec, f), err_msg=f)
+    have = [k for k in range(8) if k not in g["empty"]]
+    imgs, _ = augment.augment_clip(schema.decode_frames(rec.jpegs, have), np.random.default_rng(0),
+                                   size=32, crop=None, flip_prob=0.0)
+    direct = np.asarray(m.apply(v, jnp.asarray(imgs.astype(np.float32) / np.float32(255)),
+                                method="embed"))
+    np.testing.assert_allclose(fr.features["tiny"][have], direct, rtol=1e-5, atol=1e-6)
+    for k in g["missing"] + g["empty"]:          # black crop or no image: the black embedding
+      np.testing.assert_allclose(fr.features["tiny"][k], black, rtol=1e-5, atol=1e-6)
+    for k in g["no_face"]:                       # a real (non-black) crop was embedded
+      assert schema.decode_frames(rec.jpegs, [k]).max() > 0
+    # the reader: face flag exactly at the gaps, rows from the nearest face frame
+    x = vids[vid]
+    np.testing.assert_array_equal(x.face, face)
+    np.testing.assert_array_equal(x.frame_index, rec.frame_index)
+    near = _nearest_face(face)
+    np.testing.assert_array_equal(x.streams["img"], fr.features["tiny"][near])
+    np.testing.assert_array_equal(raw[vid].streams["img"], fr.features["tiny"])
+    np.testing.assert_array_equal(raw[vid].face, face)
+    if face.any():                               # the fill changed every gap row
+      assert not np.isclose(x.streams["img"][gap], fr.features["tiny"][gap]).all(-1).any()
+  # the nearest-face choices of the hand-made gaps (a tie at frame 4 of 000000 takes frame 2)
+  assert _nearest_face(vids["000000"].face).tolist() == [1, 1, 2, 2, 2, 6, 6, 7]
+  assert _nearest_face(vids["000001"].face).tolist() == [0, 1, 1, 3, 4, 5, 5, 5]
+  assert not vids["000002"].face.any()
+  # windows carry the flag: `face` 0 on those frames, 1 elsewhere inside the video
+  item = F.FeatureWindows([vids["000000"]], 8, 8)[0]
+  np.testing.assert_array_equal(item["face"], vids["000000"].face.astype(np.float32))
 
 
 def test_segmented_videos_are_joined(model, tmp_path):

@@ -19,6 +19,7 @@ from data_prep.sources import affectnet, afew, affwild2, dfew, folder, recola, s
 from data_prep.sources import video
 from data_prep.sources.base import MISSING, OK, UNREADABLE, PrepError, Skip, VideoItem
 from jaxaffect.data import synthetic as synth_lib
+from jaxaffect.data import vocab as vocab_lib
 from tests.data_prep import fixtures_sources as fx
 
 
@@ -382,9 +383,9 @@ def _affwild_root(tmp_path):
   files = dict(
       va=_aw_file(ann, "VA_Estimation_Challenge", "Train_Set", "vidA", "valence,arousal", VA_A),
       expr=_aw_file(ann, "EXPR_Classification_Challenge", "Train_Set", "vidA",
-                    ",".join(affwild2.vocab_lib.names("abaw8")), EXPR_A),
+                    ",".join(vocab_lib.names("abaw8")), EXPR_A),
       au=_aw_file(ann, "AU_Detection_Challenge", "Validation_Set", "1-30-1280x720_left",
-                  ",".join(affwild2.vocab_lib.AU12), AU_B))
+                  ",".join(vocab_lib.AU12), AU_B))
   jpgs = {}
   for i in (1, 2, 4, 5, 6):  # frame 3 has no crop (no face); 6 is beyond the label lines
     jpgs[i] = fx.write_jpeg(str(root / "cropped_aligned" / "vidA" / f"{i:05d}.jpg"),
@@ -415,7 +416,7 @@ def test_affwild2_cropped_aligned_merge_and_gaps(tmp_path):
   assert all(f.precomputed for f in frames if f.status == OK)
   assert b.track == "left" and b.va is None and b.expr is None
   np.testing.assert_array_equal(b.au, np.asarray(AU_B, np.int32))
-  assert b.au_names == affwild2.vocab_lib.AU12 and b.num_frames == 3
+  assert b.au_names == vocab_lib.AU12 and b.num_frames == 3
   # `cropped/` (not aligned) via --images-dir: same frames, not marked precomputed
   os.rename(root / "cropped_aligned", root / "crops")
   out = run(affwild2, root, ["--images", "cropped", "--images-dir", str(root / "crops")])
@@ -427,9 +428,9 @@ def test_affwild2_cropped_aligned_merge_and_gaps(tmp_path):
 def test_affwild2_old_edition_videos_fps_and_test_list(tmp_path):
   root = tmp_path / "aw"
   _aw_file(root, "EXPR_Set", "Train_Set", "2-30-640x360_right",
-           ",".join(affwild2.vocab_lib.names("abaw7")), [6, 0, 5, 1, 2, 3])
+           ",".join(vocab_lib.names("abaw7")), [6, 0, 5, 1, 2, 3])
   _aw_file(root, "AU_Set", "Train_Set", "2-30-640x360_right",
-           ",".join(affwild2.vocab_lib.AU8_ABAW1), [[1, 0, 0, 0, 1, 0, 1, 0]] * 2)
+           ",".join(vocab_lib.AU8_ABAW1), [[1, 0, 0, 0, 1, 0, 1, 0]] * 2)
   vpath = fx.write_video(str(root / "videos" / "2-30-640x360.mp4"), fx.video_frames(2, 4), fps=30)
   fx.write_video(str(root / "videos" / "9-10-20x20.avi"), fx.video_frames(3, 3), fps=25)
   tl = fx.write_text(str(tmp_path / "Expression_Classification_Challenge_test_set_release.txt"),
@@ -439,7 +440,7 @@ def test_affwild2_old_edition_videos_fps_and_test_list(tmp_path):
                                                   ("test", "9-10-20x20")]
   a, t = out
   assert a.track == "right" and a.fps == 30 and "fps_assumed" not in a.meta
-  assert a.expr_vocab == "abaw7" and a.au_names == affwild2.vocab_lib.AU8_ABAW1
+  assert a.expr_vocab == "abaw7" and a.au_names == vocab_lib.AU8_ABAW1
   np.testing.assert_array_equal(a.au[2:], -1)  # 2 AU lines padded to the 6 EXPR lines
   frames = list(a.frames())
   ref, ref_t = cv2_video(vpath)
@@ -471,11 +472,11 @@ def test_affwild2_test_list_images_fill_gaps(tmp_path):
 @pytest.mark.parametrize("task,content,line,field,what", [
     ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n0\n9\n", 3,
      "expression", "unknown label value 9"),
-    ("au", ",".join(affwild2.vocab_lib.AU12) + "\n" + "0,0,0,0,0,0,0,0,0,0,0,0\n"
+    ("au", ",".join(vocab_lib.AU12) + "\n" + "0,0,0,0,0,0,0,0,0,0,0,0\n"
      "0,2,0,0,0,0,0,0,0,0,0,0\n", 3, "AU2", "unknown label value 2"),
     ("va", "valence,arousal\n0.1,0.2\n-0.3,3.0\n", 3, "arousal", "unknown label value 3.0"),
     ("va", "valence,arousal\n0.1\n", 2, "arousal", "expected 2 comma-separated values, found 1"),
-    ("au", ",".join(affwild2.vocab_lib.AU12[:11]) + "\n1\n", 1, "AU26", "expected 'AU26'"),
+    ("au", ",".join(vocab_lib.AU12[:11]) + "\n1\n", 1, "AU26", "expected 'AU26'"),
     ("va", "arousal,valence\n0.1,0.2\n", 1, "valence", "expected 'valence', found 'arousal'"),
     ("expr", "Neutral,Anger,Disgust,Fear,Happy,Sadness,Surprise,Other\n1\n", 1, "Happiness",
      "expected 'Happiness', found 'Happy'"),
