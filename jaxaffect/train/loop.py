@@ -254,7 +254,14 @@ def resolve_step(workdir: str, step: int | None = None, best: bool = False) -> i
     if step is None:
       raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
                               f"{config.checkpoint.best_metric!r} (best); give a step instead")
-  return latest if step is None else int(step)
+  if step is None:
+    return latest
+  mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
+  steps = sorted(mngr.all_steps())
+  mngr.close()
+  if int(step) not in steps:
+    raise FileNotFoundError(f"{cdir}: no checkpoint at step {step}; it has steps {steps}")
+  return int(step)
 
 
 def evaluate_workdir(workdir: str, *, best: bool = False, step: int | None = None,
