@@ -278,8 +278,10 @@ def sliding_windows(num_frames: int, window: int = 300, stride: int = 200, *,
 
   * "pad" (default, covers every frame): starts 0, s, 2s, ... up to the first start whose window
     reaches the end; the last window is shorter than `window` and is padded by `window_indices` /
-    `window_labels` (valid mask False). With stride == window this is exactly the ABAW6 inference
-    loop (`test.py`: non-overlapping windows, the last one truncated at the end of the video).
+    `window_labels` (valid mask False). With stride == window these are the ABAW6 inference loop's
+    windows (`test.py`: non-overlapping, the last one truncated at the end of the video instead of
+    padded); a model that masks the padding (`ABAWTCN` with `frame_mask = valid`) gives its real
+    frames the truncated window's outputs.
   * "end" (covers every frame with full windows): starts 0, s, 2s, ... while the window ends before
     the video does, then one last window aligned to the end `[n - w, n)`; a video shorter than the
     window gets one padded window `[0, n)`. (This is what `split_sample` in the ABAW5/6 code sets up

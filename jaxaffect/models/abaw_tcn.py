@@ -10,11 +10,17 @@ ABAW6 (one 768-d MAE stream, TCN [768, 256, 128], k=5, PReLU; 8 layers, 4 heads,
 d 512; dropout 0) is the default. ABAW5's VA model has six streams (`temporal[modality]`) and
 split valence/arousal heads (`vhead`, `ahead`, one unit each): `va_heads="split"`; dropout 0.3.
 
-Heads and BatchNorm. The official head sees `(B·T, d)` and BatchNorm1d normalises over all B·T
-frames — in the official windows those include padding frames. `frame_mask=None` reproduces that;
-with `frame_mask (B, T)` the batch statistics (and their running-average update, unbiased over the
-n valid frames) use only valid frames — identical to torch when every frame is valid. Evaluation
-uses the running statistics either way.
+Padded windows (`frame_mask (B, T)`, 1 = real frame). The official code never pads: training
+keeps full windows only (`preprocess/split_*.py`) and inference runs the tail window truncated
+(`VA/test.py`). Here a tail window is padded to T (`samplers.window_indices`), and `frame_mask`
+makes that padding invisible to the real frames: the TCN is causal (padding at the end cannot reach
+earlier frames); the encoder gets a key-padding mask (torch `src_key_padding_mask = ~valid`) — a row
+with no real frame (eval batch padding) keeps all keys, so no softmax is over an empty set; the
+heads' BatchNorm batch statistics (and their running-average update, unbiased over the n valid
+frames) use only real frames (evaluation uses the running statistics). So real frames of a padded
+window get the outputs and gradients of the truncated window (tested to float rounding); queries at
+padding positions attend normally and their outputs are meaningless. `frame_mask=None` treats every
+frame as real: the official model on full windows.
 
 Module names (→ torch keys, `jaxaffect.interop.abaw_tcn`): one stream: `temporal/block_<i>`
 (`temporal.network.<i>`), several: `temporal_<stream>/block_<i>` (`temporal.<stream>.network.<i>`);
@@ -69,6 +75,18 @@ def normalize_streams(streams: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
   if not out or len(set(names)) != len(names):
     raise ValueError(f"ABAWTCN.streams: need one or more distinct names, got {names}")
   return tuple(out)
+
+
+def key_padding_mask(frame_mask: jax.Array | None) -> jax.Array | None:
+  """`frame_mask (B, T)` (1 = real frame) → attention mask `(B, 1, 1, T)`, True = key may be
+  attended (torch `src_key_padding_mask = ~valid`): every query sees only the real frames of its
+  window. A row with no real frame (a padding row of the last eval batch) keeps all its keys, so
+  its softmax is never over an empty set (its outputs are ignored by losses and metrics)."""
+  if frame_mask is None:
+    return None
+  valid = frame_mask > 0
+  keep = valid | ~jnp.any(valid, axis=-1, keepdims=True)
+  return keep[:, None, None, :]
 
 
 class MaskedBatchNorm(nn.Module):
@@ -151,7 +169,8 @@ class ABAWTCN(nn.Module):
     dropout: TCN, transformer (attention weights, after attention, FF) — ABAW5 0.3, ABAW6 0.0.
 
   Call: `features` mapping stream name → `(B, T, D_s)` (or `(B, T, 1, D_s)`, squeezed as the
-  official `forward`); other keys are ignored. Returns `{output: (B, T, n)}`. Random stream:
+  official `forward`); other keys are ignored. `frame_mask (B, T)` (1 = real frame; None = all)
+  masks padding out of attention keys and BatchNorm statistics (module docstring). Returns `{output: (B, T, n)}`. Random stream:
   `dropout` when `train` and `dropout > 0`. BatchNorm statistics live in `batch_stats`.
   """
   streams: Any = ABAW6_STREAMS
@@ -222,15 +241,15 @@ class ABAWTCN(nn.Module):
       tcn_name = "temporal" if len(self.streams) == 1 else f"temporal_{name}"
       xs.append(TemporalConvNet(chans, self.kernel_size, self.dropout, self.tcn_activation,
                                 name=tcn_name, **kw)(x.astype(self.dtype), deterministic=det))
+    if frame_mask is not None and frame_mask.shape != bt:
+      raise ValueError(f"ABAWTCN: frame_mask shape {frame_mask.shape} != (B, T) = {bt}")
     h = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
     h = PointwiseConv(self.d_model, name="proj", **kw)(h)
     h = TransformerEncoder(
         self.num_layers, self.num_heads, self.dim_feedforward, norm_first=False,
         activation="relu", qkv_layout="separate", qkv_bias=True, dropout=self.dropout,
         attn_dropout=self.dropout, ln_eps=1e-5, final_norm=False, name="encoder",
-        **kw)(h, deterministic=det)
-    if frame_mask is not None and frame_mask.shape != bt:
-      raise ValueError(f"ABAWTCN: frame_mask shape {frame_mask.shape} != (B, T) = {bt}")
+        **kw)(h, mask=key_padding_mask(frame_mask), deterministic=det)
     hidden = self.head_hidden or self.d_model // 2
     dims = self.output_dims()
     result = {}

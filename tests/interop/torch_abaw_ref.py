@@ -10,6 +10,9 @@ Written from torch.nn primitives and the published equations, not from the offic
     both names and `named_parameters()` lists each once.
   * The encoder is `torch.nn.TransformerEncoder` (post-norm, ReLU, sequence-first), after a
     Conv1d 1×1; heads `nn.Sequential(Linear, BatchNorm1d, Linear)` on `(B·T, d)`.
+  * Padded windows (`valid (B, T)` given): the encoder gets `src_key_padding_mask = ~valid` (a row
+    with no valid frame masks nothing: torch would give NaN there), and in train mode the heads
+    run on the valid frames only (`h[valid]`, so BatchNorm statistics are theirs).
 """
 from __future__ import annotations
 
@@ -87,8 +90,9 @@ class Encoder(nn.Module):
     layer = nn.TransformerEncoderLayer(d, heads, ff, dropout)   # post-norm, relu, seq-first
     self.transformer_encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
-  def forward(self, x):
-    return self.transformer_encoder(self.conv1(x).permute(2, 0, 1))
+  def forward(self, x, key_padding_mask=None):
+    return self.transformer_encoder(self.conv1(x).permute(2, 0, 1),
+                                    src_key_padding_mask=key_padding_mask)
 
 
 def head(d: int, hidden: int, n: int) -> nn.Sequential:
@@ -113,15 +117,28 @@ class TorchABAW(nn.Module):
     for name, n in heads:
       setattr(self, name, head(d, hidden or d // 2, n))
 
-  def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+  def forward(self, feats: dict[str, torch.Tensor],
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """`(B·T, Σ n)`; with `valid (B, T)` bool in train mode the rows of padding frames are NaN
+    (the heads only see valid frames)."""
     b, t, _ = feats[self.names[0]].shape
     if len(self.names) == 1:
       h = self.temporal(feats[self.names[0]].transpose(1, 2))
     else:
       h = torch.cat([self.temporal[n](feats[n].transpose(1, 2)) for n in self.names], dim=1)
-    h = getattr(self, self.encoder_name)(h)            # (T, B, d)
+    kpm = None
+    if valid is not None:
+      kpm = ~valid & valid.any(dim=1, keepdim=True)     # True = padding key, ignored
+    h = getattr(self, self.encoder_name)(h, kpm)       # (T, B, d)
     h = h.transpose(0, 1).reshape(b * t, -1)
-    return torch.cat([getattr(self, n)(h) for n in self.head_names], dim=1)
+    heads = lambda z: torch.cat([getattr(self, n)(z) for n in self.head_names], dim=1)
+    if valid is None or not self.training:
+      return heads(h)
+    sel = valid.reshape(-1)
+    y = heads(h[sel])
+    out = torch.full((b * t, y.shape[1]), float("nan"), dtype=y.dtype)
+    out[sel] = y
+    return out
 
 
 def va_ccc_loss_torch(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,

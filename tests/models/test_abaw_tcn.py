@@ -59,37 +59,67 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def _pad_like_window_indices(feats, lengths):
+  """Frames at or after each row's length replaced by its last real frame (as
+  `samplers.window_indices` pads a tail window); a row of length 0 (a padding row of the last eval
+  batch) keeps its random content. Returns (features, valid (B, T) bool)."""
+  t = next(iter(feats.values())).shape[1]
+  valid = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+  out = {}
+  for n, x in feats.items():
+    x = x.copy()
+    for i, length in enumerate(lengths):
+      if 0 < length < t:
+        x[i, length:] = x[i, length - 1]
+    out[n] = x
+  return out, valid
+
+
+TORCH_CASES = [(c, False) for c in sorted(CASES)] + [("abaw6_expr", True), ("abaw5_va_split", True)]
+
+
+@pytest.mark.parametrize("case,padded", TORCH_CASES)
 @pytest.mark.parametrize("train", [False, True])
-def test_model_matches_torch_reference(case, train):
+def test_model_matches_torch_reference(case, padded, train):
+  """padded: rows of lengths (7, 13, 0, 10) in T = 13 with `frame_mask = valid` vs torch with
+  `src_key_padding_mask = ~valid` (and, in train mode, heads/BatchNorm on the valid frames)."""
   kw, dims = CASES[case]
   module = abaw_tcn.ABAWTCN(**kw)
-  b, t = 3, 13
+  t = 13
+  lengths = (7, 13, 0, 10) if padded else (t, t, t)
+  b = len(lengths)
   feats = {n: _randn(b, t, d, seed=i) for i, (n, d) in enumerate(sorted(dims.items()))}
+  feats, valid = _pad_like_window_indices(feats, lengths)
+  fm = jnp.asarray(valid, jnp.float32) if padded else None
   variables = _variables(module, feats, seed=5)
   sd = interop.to_torch_state_dict("abaw_tcn", variables)
   ref = _torch_model(module, dims, sd)
   ref.train(train)
   n_out = sum(module.output_dims().values())
-  w = _randn(b, t, n_out, seed=9)
+  w = _randn(b, t, n_out, seed=9) * valid[..., None]      # loss on real frames only
 
   def loss(params, feats):
     if train:
       out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, feats,
-                              train=True, mutable=["batch_stats"])
+                              train=True, frame_mask=fm, mutable=["batch_stats"])
     else:
       out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, feats,
-                              train=False), {}
+                              train=False, frame_mask=fm), {}
     y = jnp.concatenate([out[o] for o in module.outputs], axis=-1)
     return jnp.sum(y * w), (y, new)
   (_, (y, new)), (gp, gf) = jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
       variables["params"], feats)
   ft = {n: torch.from_numpy(x).requires_grad_(True) for n, x in feats.items()}
-  yt = ref(ft)
-  (yt * torch.from_numpy(w.reshape(b * t, -1))).sum().backward()
-  assert_close(np.asarray(y).reshape(b * t, -1), yt.detach().numpy(), err="forward")
+  yt = ref(ft, torch.from_numpy(valid) if padded else None)
+  sel = valid.reshape(-1)
+  (yt[sel] * torch.from_numpy(w.reshape(b * t, -1)[sel])).sum().backward()
+  y = np.asarray(y).reshape(b * t, -1)
+  assert np.all(np.isfinite(y))
+  rows = sel if train else np.ones_like(sel)       # torch train heads see valid frames only
+  assert_close(y[rows], yt.detach().numpy()[rows], err="forward")
   for n in feats:
     assert_close(gf[n], ft[n].grad.numpy(), err=f"d {n}")
+    assert np.all(np.asarray(gf[n])[~valid] == 0)   # padding frames cannot reach real outputs
   g_sd = interop.to_torch_state_dict("abaw_tcn", {"params": gp,
                                                   "batch_stats": variables["batch_stats"]})
   # In train mode BatchNorm cancels any per-channel constant before it (fc0.bias, the last
@@ -104,6 +134,85 @@ def test_model_matches_torch_reference(case, train):
     assert keys
     for k in keys:
       assert_close(new_sd[k], tsd[k].numpy(), err=k)
+
+
+@pytest.mark.parametrize("case", ["abaw6_expr", "abaw5_va_split"])
+@pytest.mark.parametrize("train", [False, True])
+def test_padded_window_equals_truncated_window(case, train):
+  """The official inference runs the tail window truncated (`upczww/abaw6` `VA/test.py`) and its
+  training keeps full windows only, so padding must be invisible: real frames of a padded window
+  (frame_mask = valid) give the same outputs, running statistics and gradients (of a loss on real
+  frames) as the truncated window; padding frames get zero gradient; a padding row (no valid
+  frame) stays finite and attends to all its keys. Train mode with dropout 0: BatchNorm batch
+  statistics couple the rows, so all real rows share one length there."""
+  kw, dims = CASES[case]
+  module = abaw_tcn.ABAWTCN(**kw)
+  t = 16
+  lengths = (11, 11, 0) if train else (9, 5, 0)
+  b = len(lengths)
+  feats = {n: _randn(b, t, d, seed=10 + i) for i, (n, d) in enumerate(sorted(dims.items()))}
+  feats, valid = _pad_like_window_indices(feats, lengths)
+  variables = _variables(module, feats, seed=7)
+  n_out = sum(module.output_dims().values())
+  w = _randn(b, t, n_out, seed=11)
+  mut = ["batch_stats"] if train else False
+
+  def run(params, f, fm, wt):
+    out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, f,
+                            train=train, frame_mask=fm, mutable=mut) if train else (
+        module.apply({"params": params, "batch_stats": variables["batch_stats"]}, f,
+                     train=False, frame_mask=fm), {})
+    y = jnp.concatenate([out[o] for o in module.outputs], axis=-1)
+    return jnp.sum(y * wt), (y, new)
+  grad = jit(jax.value_and_grad(run, argnums=(0, 1), has_aux=True))
+  fm = jnp.asarray(valid, jnp.float32)
+  (_, (y, new)), (gp, gf) = grad(variables["params"], feats, fm, w * valid[..., None])
+  leaves = jax.tree_util.tree_leaves((y, new, gp, gf))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+  for n in feats:
+    assert np.all(np.asarray(gf[n])[~valid] == 0)
+  # a loss over every frame, padding row included: still finite everywhere
+  (_, _), g_all = grad(variables["params"], feats, fm, w)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(g_all))
+  y = np.asarray(y)
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x)
+                       for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  if train:            # the real rows truncated to their common length, one batch
+    n = lengths[0]
+    real = [i for i, length in enumerate(lengths) if length]
+    f_tr = {k: x[real, :n] for k, x in feats.items()}
+    (_, (y_tr, new_tr)), (gp_tr, gf_tr) = grad(variables["params"], f_tr, None, w[real, :n])
+    np.testing.assert_allclose(y[real, :n], np.asarray(y_tr), rtol=1e-5, atol=1e-5)
+    for k in feats:
+      np.testing.assert_allclose(np.asarray(gf[k])[real, :n], np.asarray(gf_tr[k]), rtol=1e-4,
+                                 atol=1e-6, err_msg=k)
+    a, r = flat(new), flat(new_tr)
+    assert a.keys() == r.keys() and a
+    for k in a:
+      np.testing.assert_allclose(a[k], r[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    gp_ref = gp_tr
+  else:                # each real row truncated and run alone; parameter gradients add up
+    gp_ref = None
+    for i, n in enumerate(lengths):
+      if not n:
+        continue
+      f_tr = {k: x[i:i + 1, :n] for k, x in feats.items()}
+      (_, (y_tr, _)), (gp_i, gf_tr) = grad(variables["params"], f_tr, None, w[i:i + 1, :n])
+      np.testing.assert_allclose(y[i, :n], np.asarray(y_tr)[0], rtol=1e-5, atol=1e-6)
+      for k in feats:
+        np.testing.assert_allclose(np.asarray(gf[k])[i, :n], np.asarray(gf_tr[k])[0],
+                                   rtol=1e-4, atol=1e-6, err_msg=k)
+      gp_ref = gp_i if gp_ref is None else jax.tree_util.tree_map(jnp.add, gp_ref, gp_i)
+    # the padding row attends to all its keys: as if it were run without a mask
+    pad_row = lengths.index(0)
+    y_row, _ = run(variables["params"], {k: x[pad_row:pad_row + 1] for k, x in feats.items()},
+                   None, w[:1])[1]
+    np.testing.assert_allclose(y[pad_row], np.asarray(y_row)[0], rtol=1e-5, atol=1e-6)
+  a, r = flat(gp), flat(gp_ref)
+  assert a.keys() == r.keys()
+  scale = max(np.abs(x).max() for x in r.values())
+  for k in a:       # relative to the largest gradient: train-mode BN makes some of them ~0
+    np.testing.assert_allclose(a[k], r[k], rtol=1e-4, atol=1e-6 * scale, err_msg=k)
 
 
 def test_frame_mask_batchnorm_uses_only_valid_frames():
@@ -144,11 +253,12 @@ def test_frame_mask_batchnorm_uses_only_valid_frames():
   _, st = full(fm)
   for h in ("head_va", "head_au"):
     hid = np.asarray(st["intermediates"][h]["fc0"]["__call__"][0]).reshape(-1, 16)
+    hid_none = np.asarray(st_none["intermediates"][h]["fc0"]["__call__"][0]).reshape(-1, 16)
     valid = np.asarray(fm).reshape(-1) > 0
     np.testing.assert_allclose(np.asarray(st["batch_stats"][h]["bn"]["mean"]),
                                0.1 * hid[valid].mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(st_none["batch_stats"][h]["bn"]["mean"]),
-                               0.1 * hid.mean(0), rtol=1e-4, atol=1e-6)
+                               0.1 * hid_none.mean(0), rtol=1e-4, atol=1e-6)
     assert np.abs(hid[valid].mean(0) - hid.mean(0)).max() > 1e-3
   with pytest.raises(ValueError, match="frame_mask"):
     module.apply(mv, feats, train=True, frame_mask=jnp.ones((2, 5)), mutable=["batch_stats"])
