@@ -29,6 +29,7 @@ def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path, frame_
 
   # 1. Shards of synthetic videos (48 frames, 64 px) and the frame encoder (conftest fixture).
   shards, fm = frame_encoder["shards"], frame_encoder["metrics"]
+  print("frame_resnet:smoke held-out frames:", {k: v for k, v in fm.items() if np.ndim(v) == 0})
   assert fm["expr/macro_f1"] >= 0.8 and fm["va/p_va"] >= 0.8, fm   # single held-out frames
 
   # 2. Per-frame features of every frame of both splits (a subprocess, as users run it).
@@ -47,6 +48,7 @@ def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path, frame_
   sm = loop.train(scfg, wd)
   got = {"ccc_valence": sm["va/ccc_valence"], "ccc_arousal": sm["va/ccc_arousal"],
          "expr_macro_f1": sm["expr/macro_f1"], "au_f1": sm["au/f1"]}
+  print("abaw_tcn:smoke held-out (trainer):", json.dumps(got))
   for k, thr in THRESHOLDS.items():
     assert got[k] >= thr, (k, got)
 
@@ -54,6 +56,7 @@ def test_abaw_sequence_model_learns_from_frame_encoder_features(tmp_path, frame_
   out = str(tmp_path / "predict")
   assert cli.main(["predict", "--workdir", wd, "--out", out, "--plot", "2"]) == 0
   summary = json.load(open(os.path.join(out, "metrics.json")))
+  print("jaxaffect predict held-out:", json.dumps(summary["metrics"]))
   assert summary["videos"] == 140 and summary["frames"] == 140 * 48
   for k, thr in THRESHOLDS.items():
     assert summary["metrics"][k] >= thr, (k, summary["metrics"])

@@ -35,6 +35,7 @@ def test_est_learns_from_a_pretrained_frame_encoder(tmp_path, frame_encoder):
   wd = str(tmp_path / "est")
   loop.import_weights(c, wd, weights, partial=True)       # trunk from the frame encoder, rest fresh
   m = loop.train(c, wd)
+  print("est:smoke held-out:", {k: v for k, v in m.items() if np.ndim(v) == 0})
   assert m["uar"] >= 0.90 and m["war"] >= 0.90, m
   assert m["ssop_accuracy"] >= 0.18, m                    # chance 0.10 ± 0.025 (140 clips)
   final = loop.evaluate_workdir(wd)                        # re-evaluated from the checkpoint
