@@ -271,22 +271,9 @@ def _versions() -> dict:
   return out
 
 
-def _shard_done(out: str, task: dict, job_hash: str) -> dict | None:
-  """The sidecar of a finished feature shard of this job and these inputs, else None."""
-  path = os.path.join(out, task["name"])
-  side = path + ".json"
-  if not (os.path.exists(path) and os.path.exists(side)):
-    return None
-  try:
-    with open(side) as f:
-      s = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if s.get("job") != job_hash or s.get("inputs") != task["inputs"]:
-    return None
-  if s.get("sha256") != shards_lib._sha256(path):
-    return None
-  return s
+# A finished feature shard is recognised exactly as a face shard is (sidecar: job hash, inputs,
+# sha256 of the file).
+_shard_done = shards_lib._shard_done
 
 
 def _frames(rec: schema.VideoRecord, lo: int, hi: int, size: int, where: str) -> np.ndarray:
