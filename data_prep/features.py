@@ -193,23 +193,7 @@ def extract(shard_dir: str, out: str, embedder: Embedder, *, select: str = "all"
 
 
 def _extract_locked(shard_dir, out, embedder, records, shard_meta, job, job_hash, overwrite, quiet):
-  job_path = os.path.join(out, JOB_FILE)
-  if overwrite:
-    for name in os.listdir(out):
-      if ".tfrecord-" in name or name in (schema.MANIFEST, JOB_FILE):
-        os.remove(os.path.join(out, name))
-  elif os.path.exists(job_path):
-    with open(job_path) as f:
-      old = json.load(f)
-    if old != job:
-      diff = sorted(k for k in set(old.get("recipe", {})) | set(job["recipe"])
-                    if old.get("recipe", {}).get(k) != job["recipe"].get(k))
-      raise shards_lib.PrepFailed(f"data_prep features: {out} holds a job with other settings "
-                                  f"(differs in {diff}); use another --out or --overwrite")
-  for name in os.listdir(out):              # leftovers of a killed run
-    if ".tmp-" in name:
-      os.remove(os.path.join(out, name))
-  shards_lib._atomic_json(job_path, job)
+  shards_lib.pin_job(out, job, overwrite=overwrite, prog="data_prep features", job_file=JOB_FILE)
   log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
   by_file: dict[str, list[dict]] = {}

@@ -400,6 +400,44 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
     return _run_locked(source_name, args, out)
 
 
+def _settings_diff(old: dict, new: dict) -> list[str]:
+  """Which settings of two job files differ: keys of `args` and `recipe`, then other sections."""
+  diff = []
+  for section in ("args", "recipe"):
+    a, b = old.get(section, {}), new.get(section, {})
+    if isinstance(a, dict) and isinstance(b, dict):
+      diff += sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    elif a != b:
+      diff.append(section)
+  diff += sorted(k for k in set(old) | set(new)
+                 if k not in ("args", "recipe") and old.get(k) != new.get(k))
+  return diff
+
+
+def pin_job(out: str, job: dict, *, overwrite: bool, prog: str, job_file: str = JOB_FILE,
+            extra_outputs: tuple[str, ...] = ()) -> None:
+  """Pins a job's settings to its output directory (`job_file`), under the directory lock.
+
+  `overwrite`: delete the shards, the manifest, `extra_outputs` and the job file first. Otherwise a
+  directory pinned to other settings is refused (naming what differs), so one directory never
+  mixes two recipes. Leftover temp files of a killed run are removed."""
+  job_path = os.path.join(out, job_file)
+  if overwrite:
+    for name in os.listdir(out):
+      if ".tfrecord-" in name or name in (schema.MANIFEST, job_file, *extra_outputs):
+        os.remove(os.path.join(out, name))
+  elif os.path.exists(job_path):
+    with open(job_path) as f:
+      old = json.load(f)
+    if old != job:
+      raise PrepFailed(f"{prog}: {out} holds a job with other settings (differs in "
+                       f"{_settings_diff(old, job)}); use another --out or --overwrite")
+  for name in os.listdir(out):               # leftovers of a killed run
+    if ".tmp-" in name:
+      os.remove(os.path.join(out, name))
+  _atomic_json(job_path, job)
+
+
 def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
   from data_prep import sources
   global _ITEMS, _JOB, _STAGE
@@ -412,25 +450,8 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
     raise PrepFailed(f"data_prep: {e}") from e
   job = json.loads(json.dumps(_job_signature(args, source_name, recipe)))
   job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:24]
-  job_path = os.path.join(out, JOB_FILE)
-  if getattr(args, "overwrite", False):
-    for name in os.listdir(out):
-      if ".tfrecord-" in name or name in (schema.MANIFEST, SKIP_LOG, JOB_FILE):
-        os.remove(os.path.join(out, name))
-  elif os.path.exists(job_path):
-    with open(job_path) as f:
-      old = json.load(f)
-    if old != job:
-      diff = sorted(k for k in set(old.get("args", {})) | set(job["args"])
-                    if old.get("args", {}).get(k) != job["args"].get(k))
-      if old.get("recipe") != job["recipe"]:
-        diff.append("recipe")
-      raise PrepFailed(f"data_prep: {out} holds a job with other settings (differs in {diff}); "
-                       f"use another --out or --overwrite")
-  for name in os.listdir(out):               # leftovers of a killed run
-    if ".tmp-" in name:
-      os.remove(os.path.join(out, name))
-  _atomic_json(job_path, job)
+  pin_job(out, job, overwrite=getattr(args, "overwrite", False), prog="data_prep",
+          extra_outputs=(SKIP_LOG,))
 
   log = (lambda *a: None) if getattr(args, "quiet", False) else (
       lambda *a: print(*a, file=sys.stderr, flush=True))
