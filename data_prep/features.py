@@ -346,13 +346,8 @@ def _write_shard(shard_dir: str, out: str, task: dict, embedder: Embedder, strea
         raise RuntimeError(f"{src}: {len(pending)} records left unembedded (internal error)")
       f.flush()
       os.fsync(f.fileno())
-    side = {"name": task["name"], "split": task["split"], "index": task["index"],
-            "count": task["count"], "job": job_hash, "inputs": task["inputs"],
-            "records": records, "skipped": [], "frame_issues": [],
-            "sha256": shards_lib._sha256(tmp), "bytes": os.path.getsize(tmp), "template": None}
-    shards_lib._atomic_json(final + ".json", side)
-    os.replace(tmp, final)
-    return side
+    return shards_lib.commit_shard(tmp, final, task, job_hash, records=records, skipped=[],
+                                   frame_issues=[], template=None)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

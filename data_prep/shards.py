@@ -279,18 +279,25 @@ def _write_shard(task: dict) -> dict:
           _QUEUE.put(("item", rec.num_frames))
       f.flush()
       os.fsync(f.fileno())
-    side = {"name": task["name"], "split": task["split"], "index": task["index"],
-            "count": task["count"], "job": _JOB["job_hash"], "inputs": task["inputs"],
-            "records": records, "skipped": skipped, "frame_issues": issues,
-            "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp),
-            "template": None if template is None else template.to_json()}
-    _atomic_json(final + ".json", side)
-    os.replace(tmp, final)
-    return side
+    return commit_shard(tmp, final, task, _JOB["job_hash"], records=records, skipped=skipped,
+                        frame_issues=issues,
+                        template=None if template is None else template.to_json())
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def commit_shard(tmp: str, final: str, task: dict, job_hash: str, **fields) -> dict:
+  """A fully written and fsync'ed shard `tmp` becomes `final`: its sidecar (task, job hash,
+  inputs, sha256, size, `fields`) is written first, then the shard is renamed into place, so a
+  shard without a matching sidecar is never taken as done."""
+  side = {"name": task["name"], "split": task["split"], "index": task["index"],
+          "count": task["count"], "job": job_hash, "inputs": task["inputs"], **fields,
+          "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp)}
+  _atomic_json(final + ".json", side)
+  os.replace(tmp, final)
+  return side
 
 
 def _worker_init(job, queue):
