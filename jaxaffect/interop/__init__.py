@@ -56,16 +56,14 @@ def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
   checked and dtypes taken from it. `partial`: only the variables the state dict has (see
   `mapping.from_torch`)."""
   mapping = get_mapping(model_name)
-  hook = getattr(mapping, "before_import", None)
-  if hook is not None:
-    state_dict = hook(state_dict)
+  if mapping.before_import is not None:
+    state_dict = mapping.before_import(state_dict)
   return from_torch(mapping.rules, state_dict, like_variables, where=model_name, partial=partial)
 
 
 def _after_export(mapping: ModelMapping, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A mapping's optional `after_export(sd)` hook (e.g. ABAW's duplicate weight-norm names)."""
-  hook = getattr(mapping, "after_export", None)
-  return hook(sd) if hook is not None else sd
+  return mapping.after_export(sd) if mapping.after_export is not None else sd
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -36,9 +36,8 @@ eval-mode outputs flattened as the official `(B·T, n)` head output, outputs con
 """
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -214,15 +213,7 @@ print("max |diff|:", np.abs(out - ref["output"]).max())
 '''
 
 
-@dataclasses.dataclass(frozen=True)
-class HookedModelMapping(ModelMapping):
-  """A `ModelMapping` with state-dict hooks around the rule table: `after_export(sd) -> sd`
-  (add duplicate names) and `before_import(sd) -> sd` (check and fold them)."""
-  after_export: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
-  before_import: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
-
-
-MAPPING = HookedModelMapping(
+MAPPING = ModelMapping(
     name="abaw_tcn", rules=RULES, example_input=_example_input, snippet=_snippet,
     run_eval=_run_eval, after_export=add_aliases, before_import=resolve_aliases,
     description="ABAWTCN ↔ upczww/abaw6 Model (input (B,T,768) features; ABAW5 multi-stream VA "

@@ -301,6 +301,9 @@ class ModelMapping:
     the official PyTorch model and compares it with the verification sample.
   run_eval: `(module, variables, x_flax) -> outputs` in evaluation mode (default
     `module.apply(variables, x, train=False)`).
+  after_export / before_import: optional state-dict hooks around the one-to-one rule table, for
+    layouts a rule cannot express (the ABAW team's state dict holds each weight-normed conv under
+    two names: `after_export` adds the second, `before_import` checks the copies and folds them).
   """
   name: str
   rules: tuple[Rule, ...]
@@ -308,3 +311,5 @@ class ModelMapping:
   snippet: Callable[[str, str, Any], str]
   run_eval: Callable[..., Any] | None = None
   description: str = ""
+  after_export: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+  before_import: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
