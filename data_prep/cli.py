@@ -52,15 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from data_prep import shards
+  """Bad input (`UserError`, e.g. a `PrepError` naming file, line and field) is one line on
+  stderr with status 2; `--debug` shows its traceback. Internal errors keep theirs."""
+  from jaxaffect import errors
+  argv, debug = errors.take_debug_flag(list(sys.argv[1:] if argv is None else argv))
   args = build_parser().parse_args(argv)
-  try:
-    if args.source == "features":
-      from data_prep import features
-      features.run(args)
-    else:
-      shards.run(args.source, args)
-  except shards.PrepFailed as e:
-    print(e.code if isinstance(e.code, str) else e, file=sys.stderr)
-    return 2
-  return 0
+
+  def run() -> int:
+    from data_prep import shards
+    try:
+      if args.source == "features":
+        from data_prep import features
+        features.run(args)
+      else:
+        shards.run(args.source, args)
+    except shards.PrepFailed as e:
+      print(e.code if isinstance(e.code, str) else e, file=sys.stderr)
+      return errors.EXIT_USAGE
+    return 0
+  return errors.run_main("data_prep", run, debug=debug)

@@ -49,6 +49,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxaffect.errors import UserError
+
 # -------------------------------------------------------------------------------------- registry
 
 
@@ -95,12 +97,12 @@ def _import_official(path: str, module_file: str, repo: str, module: str, name: 
   """`name` from `module` of an official checkout at `path` (its top-level `models` package),
   refusing a checkout without `module_file` or another `models` package already imported."""
   if not os.path.isfile(os.path.join(path, *module_file.split("/"))):
-    raise SystemExit(f"bench --reference {path}: {module_file} not found (expected a checkout of "
+    raise UserError(f"bench --reference {path}: {module_file} not found (expected a checkout of "
                      f"{repo})")
   cached = sys.modules.get("models")
   where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
   if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
-    raise SystemExit(f"bench --reference {path}: another top-level `models` package is already "
+    raise UserError(f"bench --reference {path}: another top-level `models` package is already "
                      f"imported ({cached!r}); run the reference in a fresh process")
   import importlib
   sys.path.insert(0, os.path.abspath(path))
@@ -116,11 +118,11 @@ def _former_dfer_reference(path: str, config) -> Reference:
   d, m = config.data, config.model
   t = d.num_segments * d.duration
   if (t, d.image_size) != (16, 112):
-    raise SystemExit(f"bench --reference: the official Former-DFER only runs 16×112² clips "
+    raise UserError(f"bench --reference: the official Former-DFER only runs 16×112² clips "
                      f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"
                      f"{d.image_size}² (use --config former_dfer:dfew)")
   if (m.num_spatial_layers, m.num_temporal_layers, m.width, m.num_classes) != (1, 3, 64, 7):
-    raise SystemExit(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
+    raise UserError(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
                      f"classes; the config has N={m.num_spatial_layers}, "
                      f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
   GenerateModel = _import_official(path, "models/ST_Former.py", "zengqunzhao/Former-DFER",
@@ -158,7 +160,7 @@ def _est_reference(path: str, config) -> Reference:
               m.dim_feedforward, m.num_snippets, m.frames_per_snippet, m.num_classes,
               m.use_aasfe, m.use_ssop)
   if official != (64, 512, 4, 3, 3, 2048, 7, 5, 7, True, True):
-    raise SystemExit(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
+    raise UserError(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
                      f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
                      f"gives {official} (use --config est:dfew)")
   resnet18_EST = _import_official(path, "models/Model.py", "DreamMr/EST", "models.Model",
@@ -212,7 +214,7 @@ def _abaw_sources(config, n: int):
   for s in d.features:
     s = dict(s)
     if int(s.get("dim", 0) or 0) <= 0:
-      raise SystemExit(f"bench abaw_tcn: config.data.features entry {s.get('name')!r} needs `dim`")
+      raise UserError(f"bench abaw_tcn: config.data.features entry {s.get('name')!r} needs `dim`")
     dims[s["name"]] = int(s["dim"])
   num_au = int(d.get("num_au", 12))
   videos = []
@@ -254,7 +256,7 @@ def _abaw_reference(path: str, config) -> Reference:
   from jaxaffect.models import abaw_tcn, registry
   module = registry.build_module(config)
   if len(module.outputs) != 1:
-    raise SystemExit(f"bench --reference: the official models have one output; the config has "
+    raise UserError(f"bench --reference: the official models have one output; the config has "
                      f"{module.outputs}")
   out = module.outputs[0]
   abaw5 = module.va_heads == "split"
@@ -265,7 +267,7 @@ def _abaw_reference(path: str, config) -> Reference:
     official = abaw_map.is_official_config(module)
     repo, task = "upczww/abaw6", {"va": "VA", "expr": "EXPR", "au": "AU"}[out]
   if not official:
-    raise SystemExit("bench --reference: the config is not the official ABAW6 model (one 768-d "
+    raise UserError("bench --reference: the config is not the official ABAW6 model (one 768-d "
                      "stream, TCN [768,256,128] k5 PReLU, d 512, 8x4 heads, FF 512) nor the "
                      "ABAW5 six-stream VA model (use --config abaw_tcn:expr / :va / :au / "
                      ":abaw5_va)")
@@ -356,14 +358,14 @@ def load_config(spec: str, overrides: list[str]):
   config = module.get_config(arg or None)
   for item in overrides:
     if not item.startswith("--config.") or "=" not in item:
-      raise SystemExit(f"bench: unrecognised argument {item!r} (overrides are --config.a.b=value)")
+      raise UserError(f"bench: unrecognised argument {item!r} (overrides are --config.a.b=value)")
     key, value = item[len("--config."):].split("=", 1)
     *parents, last = key.split(".")
     node = config
     for p in parents:
       node = node[p]
     if last not in node:
-      raise SystemExit(f"bench: --config.{key}: no such field in {spec}")
+      raise UserError(f"bench: --config.{key}: no such field in {spec}")
     old = node[last]
     if isinstance(old, bool):
       new = value.lower() in ("1", "true", "yes")

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxaffect.errors import UserError
+
 CLIPS = {  # name: (crop size, sampler)
     "former_dfer 16x112^2": (112, "former_dfer"),
     "est 35x224^2": (224, "est"),
@@ -144,7 +146,7 @@ def run(videos: int = 8, frames: int = 48, clips: int = 8, rounds: int = 5,
   import cv2
   cv2.setNumThreads(1)
   if workdir and os.path.isdir(workdir) and os.listdir(workdir):
-    raise SystemExit(f"jaxaffect bench data: --workdir {workdir} is not empty (a reused directory "
+    raise UserError(f"jaxaffect bench data: --workdir {workdir} is not empty (a reused directory "
                      f"would time resumed, finished prep jobs)")
   tmp = workdir or tempfile.mkdtemp(prefix="jaxaffect_bench_data_")
   result: dict[str, Any] = {"videos": videos, "frames_per_video": frames, "clips_per_round": clips,

@@ -19,6 +19,9 @@ import json
 import os
 import sys
 
+from jaxaffect import errors
+from jaxaffect.errors import UserError
+
 
 def _configs_dir() -> str:
   import configs
@@ -35,7 +38,7 @@ def resolve_config_path(spec: str) -> str:
     if os.path.exists(cand):
       path = cand
     else:
-      raise SystemExit(f"jaxaffect: config file {path!r} not found (nor {cand!r})")
+      raise UserError(f"jaxaffect: config file {path!r} not found (nor {cand!r})")
   return path + (sep + arg if sep else "")
 
 
@@ -70,9 +73,9 @@ def cmd_train(argv: list[str]) -> int:
   try:
     fl(["jaxaffect-train"] + argv)
   except flags.Error as e:
-    raise SystemExit(f"jaxaffect train: {e}")
+    raise UserError(f"jaxaffect train: {e}") from None
   if fl.config is None or not fl.workdir:
-    raise SystemExit("jaxaffect train: --config and --workdir are required")
+    raise UserError("jaxaffect train: --config and --workdir are required")
   from jaxaffect.train import loop
   _setup_logging()
   metrics = loop.train(fl.config, fl.workdir)
@@ -216,15 +219,21 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Bad input (`errors.UserError`: a file, flag or config field) is one line on stderr with
+  status 2; `--debug` (anywhere) shows its traceback. Internal errors keep theirs."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "prep":       # before JAX starts: the prep job forks workers
     from data_prep import cli as prep_cli
     return prep_cli.main(argv[1:])
-  argv = _maybe_init_distributed(argv)
-  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-    print(__doc__)
-    return 0 if not argv or argv[0] in ("-h", "--help") else 2
-  return COMMANDS[argv[0]](argv[1:]) or 0
+  argv, debug = errors.take_debug_flag(argv)
+
+  def run() -> int:
+    rest = _maybe_init_distributed(argv)
+    if not rest or rest[0] in ("-h", "--help") or rest[0] not in COMMANDS:
+      print(__doc__)
+      return 0 if not rest or rest[0] in ("-h", "--help") else errors.EXIT_USAGE
+    return COMMANDS[rest[0]](rest[1:]) or 0
+  return errors.run_main("jaxaffect", run, debug=debug)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 from jaxaffect import bench, flops
 from jaxaffect.models.former_dfer import FormerDFER, former_dfer_macs
 from jaxaffect.train import loop
+from jaxaffect.errors import UserError
 from tests.train.helpers import random_sources, tiny_config
 
 TINY = ["--config", "former_dfer:smoke", "--batch", "8", "--steps", "2", "--peak-size", "128",
@@ -90,7 +91,7 @@ def test_register_new_model_is_dispatched(capsys, monkeypatch):
 
 
 def test_bad_override_is_rejected():
-  with pytest.raises(SystemExit, match="no such field"):
+  with pytest.raises(UserError, match="no such field"):
     bench.load_config("former_dfer:smoke", ["--config.model.no_such_field=1"])
   c = bench.load_config("former_dfer:smoke",
                         ["--config.model.width=8", "--config.data.hflip=false"])

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from jaxaffect.errors import UserError
+
 # Frame status codes (stored per frame in every record as `frame/status`).
 OK = 0            # image decoded (face found or not: see `face_found`, decided by the face stage)
 NO_FACE = 1       # image decoded, no face detected
@@ -30,7 +32,7 @@ UNREADABLE = 3    # the file exists but cannot be decoded (broken JPEG, truncate
 STATUS_NAMES = {OK: "ok", NO_FACE: "no_face", MISSING: "missing", UNREADABLE: "unreadable"}
 
 
-class PrepError(ValueError):
+class PrepError(UserError):
   """Bad input, located: file, line or frame, and field."""
 
   def __init__(self, path: str, reason: str, *, line: int | None = None, frame: int | None = None,

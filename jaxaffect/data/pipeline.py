@@ -194,8 +194,9 @@ def record_to_example(rec: schema.VideoRecord, index: int, label_vocab: str = ""
   """What the clip samplers read: the record, its clip label in `label_vocab`, its position.
 
   A labelled record must name its vocabulary when the config names one (no silent relabelling);
-  a record without clip label (-1) is kept with `labelled=0`, which masks it out of clip losses
-  and metrics."""
+  a record without clip label (-1) is kept with `labelled=0`; the samplers turn it into the
+  batch's `label_mask`, which masks it out of clip losses and metrics (and of nothing else: its
+  per-frame labels still count)."""
   label = rec.label
   if label_vocab and label >= 0:
     if not rec.vocab:
@@ -357,7 +358,7 @@ class VideoClip:
     if self.train and self.hflip and rng is not None and rng.random() < 0.5:
       video = video[:, :, ::-1]            # the same flip for every frame of the clip
     return {"video": np.ascontiguousarray(video), "label": np.int32(max(int(record["label"]), 0)),
-            "mask": np.float32(record.get("labelled", 1.0))}
+            "mask": np.float32(1.0), "label_mask": np.float32(record.get("labelled", 1.0))}
 
 
 def frame_labels(rec: schema.VideoRecord, idx: np.ndarray, *, expr_vocab: str = "",
@@ -469,8 +470,10 @@ class FrameSampler:
         crop=self.crop if aug else None, flip_prob=self.flip_prob if aug else 0.0,
         brightness=self.color_jitter if aug else 0.0, contrast=self.color_jitter if aug else 0.0,
         saturation=self.color_jitter if aug else 0.0)
-    out = {"label": np.int32(max(int(record["label"]), 0)),
-           "mask": np.float32(record.get("labelled", 1.0))}
+    # `mask`: a real example (0 only for eval padding); `label_mask`: it has a clip label. Per-frame
+    # labels count whether or not the video has a clip label (Aff-Wild2 videos have none).
+    out = {"label": np.int32(max(int(record["label"]), 0)), "mask": np.float32(1.0),
+           "label_mask": np.float32(record.get("labelled", 1.0))}
     labels = frame_labels(rec, idx, expr_vocab=self.expr_vocab) if rec is not None else {}
     if self.kind == "frame":
       out["image"] = video[0]

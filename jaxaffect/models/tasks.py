@@ -6,7 +6,9 @@ A task provides:
   - `loss(params, extra, batch, rng) -> (loss, (outputs, new_extra))` for training,
   - `predict(params, extra, batch) -> outputs` for evaluation (deterministic),
   - `train_metrics` / `eval_metrics`: `clu.metrics.Collection` classes built from `outputs | batch`.
-Every batch carries `mask` (1 for real examples, 0 for padding added to fill the last eval batch).
+Every batch carries `mask` (1 for real examples, 0 for padding added to fill the last eval batch);
+clip-level batches also carry `label_mask` (1 when the video has a clip label: Aff-Wild2 videos
+have none, and count only through their per-frame labels). `clip_mask` is the product.
 """
 from __future__ import annotations
 
@@ -31,6 +33,15 @@ def video_to_float(video: jax.Array, dtype=jnp.float32) -> jax.Array:
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   mask = mask.astype(x.dtype)
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def clip_mask(batch: dict[str, Any]) -> jax.Array:
+  """Examples that count for clip-level losses and metrics: real (`mask`) and clip-labelled
+  (`label_mask`, when the batch has it)."""
+  m = batch["mask"].astype(jnp.float32)
+  if "label_mask" in batch:
+    m = m * batch["label_mask"].astype(jnp.float32)
+  return m
 
 
 def classification_loss(logits, labels, mask, num_classes: int, label_smoothing: float = 0.0):
@@ -63,14 +74,14 @@ class ClipClassificationTask:
     logits, new_extra = self.module.apply(
         {"params": params, **extra}, video_to_float(batch["video"]), train=True,
         mutable=list(extra.keys()), rngs={"dropout": rng})
-    loss, ce = classification_loss(logits, batch["label"], batch["mask"], self.num_classes,
+    loss, ce = classification_loss(logits, batch["label"], clip_mask(batch), self.num_classes,
                                    self.label_smoothing)
     return loss, ({"logits": logits, "ce": ce}, dict(new_extra))
 
   def predict(self, params, extra, batch):
     logits = self.module.apply({"params": params, **extra}, video_to_float(batch["video"]),
                                train=False)
-    _, ce = classification_loss(logits, batch["label"], batch["mask"], self.num_classes)
+    _, ce = classification_loss(logits, batch["label"], clip_mask(batch), self.num_classes)
     return {"logits": logits, "ce": ce}
 
   @property
@@ -86,7 +97,7 @@ class ClipClassificationTask:
   def metric_inputs(self, outputs, batch):
     """Keyword arguments for `Collection.single_from_model_output`."""
     return {"loss": outputs["ce"], "logits": outputs["logits"], "labels": batch["label"],
-            "mask": batch["mask"]}
+            "mask": clip_mask(batch)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +150,7 @@ class SnippetOrderTask:
   def _losses(self, out, batch, p):
     from jaxaffect.models import est
     loss, aux = est.est_loss(out["logits"], batch["label"], out.get("perm_logits"), p,
-                             batch["mask"], self.module.num_snippets, ssop_weight=self._lambda)
+                             clip_mask(batch), self.module.num_snippets, ssop_weight=self._lambda)
     res = {"logits": out["logits"], "ce": aux["ce"]}
     if "perm_logits" in out:
       res.update(perm_logits=out["perm_logits"], perm_label=p, perm_ce=aux["perm_ce"])
@@ -162,12 +173,13 @@ class SnippetOrderTask:
     variables = {"params": params, **extra}
     out = self.module.apply(variables, v, self._identity(v.shape[0]), train=False)
     res = {"logits": out["logits"]}
-    _, ce = classification_loss(out["logits"], batch["label"], batch["mask"], self.num_classes)
+    _, ce = classification_loss(out["logits"], batch["label"], clip_mask(batch), self.num_classes)
     res["ce"] = ce
     if getattr(self.module, "use_ssop", True):
       vs, perm, p = self._shuffled(v, jax.random.key(self.eval_seed))
       out_s = self.module.apply(variables, vs, perm, train=False)
-      _, ce_s = classification_loss(out_s["perm_logits"], p, batch["mask"], self._perms.shape[0])
+      _, ce_s = classification_loss(out_s["perm_logits"], p, clip_mask(batch),
+                                    self._perms.shape[0])
       res.update(perm_logits=out_s["perm_logits"], perm_label=p, perm_ce=ce_s)
     return res
 
@@ -186,7 +198,7 @@ class SnippetOrderTask:
 
   def metric_inputs(self, outputs, batch):
     kw = {"loss": outputs["ce"], "logits": outputs["logits"], "labels": batch["label"],
-          "mask": batch["mask"]}
+          "mask": clip_mask(batch)}
     if "perm_logits" in outputs:
       correct = (jnp.argmax(outputs["perm_logits"], -1) == outputs["perm_label"]).astype(jnp.float32)
       kw.update(ssop_correct=correct, ssop_loss=outputs["perm_ce"])

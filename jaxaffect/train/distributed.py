@@ -5,6 +5,8 @@ import os
 
 import jax
 
+from jaxaffect.errors import UserError
+
 _ENV_HINTS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
               "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")
 
@@ -20,7 +22,7 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   if not (explicit or force or os.environ.get("JAXAFFECT_DISTRIBUTED") == "1"):
     return False
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
-    raise SystemExit("multi-host: give all of --coordinator_address, --num_processes, --process_id")
+    raise UserError("multi-host: give all of --coordinator_address, --num_processes, --process_id")
   if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}

@@ -115,7 +115,8 @@ def test_unlabelled_records_are_masked_and_unknown_vocab_refused(tmp_path):
   r.label = -1
   ex = pipeline.record_to_example(schema.decode(schema.encode(r)), 0, "dfew7")
   out = pipeline.VideoClip(2, 1, 24, train=False)(ex)
-  assert out["mask"] == 0 and out["label"] == 0
+  # a real example (mask 1) without clip label (label_mask 0): out of clip losses and metrics
+  assert out["mask"] == 1 and out["label_mask"] == 0 and out["label"] == 0
   r.label, r.vocab = 3, ""
   with pytest.raises(ValueError, match="'video/vocab' is empty"):
     pipeline.record_to_example(schema.decode(schema.encode(r)), 0, "dfew7")

@@ -15,6 +15,7 @@ from configs import former_dfer
 from jaxaffect import cli
 from jaxaffect.data import pipeline
 from jaxaffect.train import optim
+from jaxaffect.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -143,7 +144,7 @@ def test_list_file_errors_name_file_and_line(tmp_path):
 def test_resolve_short_config_names():
   assert cli.resolve_config_path("former_dfer:smoke").endswith(os.path.join("configs",
                                                                             "former_dfer.py:smoke"))
-  with pytest.raises(SystemExit, match="not found"):
+  with pytest.raises(UserError, match="not found"):
     cli.resolve_config_path("nonexistent_model:x")
 
 
