@@ -27,8 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 32               # global batch (all hosts and devices together)
   c.num_epochs = 100              # epochs over the training source
   c.num_steps = -1                # >0 overrides num_epochs (total optimizer steps)
-  c.log_every_steps = 50          # train metrics / progress line period
-  c.eval_every_steps = 0          # 0 = once per epoch
+  c.log_every_steps = 50          # train metrics / progress line period (0 = min(50, eval period))
+  c.eval_every_steps = 0          # 0 = once per epoch (periods: steps >= 0, 0 = default)
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # data-parallel axis size (-1 = all remaining devices)
   c.mesh.fsdp = 1                 # FSDP axis size (parameters sharded over it by `sharding_rules`)

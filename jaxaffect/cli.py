@@ -79,6 +79,12 @@ def cmd_train(argv: list[str]) -> int:
   from jaxaffect.train import loop
   _setup_logging()
   metrics = loop.train(fl.config, fl.workdir)
+  if "preempted" in metrics:        # a signal stopped it: not finished, no final metrics
+    p = metrics["preempted"]
+    print(f"jaxaffect train: preempted by {p['signal']} at step {p['step']}; checkpoint saved in "
+          f"{fl.workdir}/checkpoints; rerun the same command to resume", file=sys.stderr,
+          flush=True)
+    return errors.EXIT_PREEMPTED
   _print_json({k: v for k, v in metrics.items() if not hasattr(v, "shape") or v.ndim == 0})
   return 0
 

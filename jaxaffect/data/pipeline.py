@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from jaxaffect.data import samplers, schema, vocab
+from jaxaffect.errors import UserError
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -159,6 +160,42 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def check_label_maps(self, expr_vocab: str = "") -> None:
+    """At start-up, not when a record is read: every clip label of the selection (manifest
+    `label`) maps into `label_vocab`, and every per-frame expression class present (manifest
+    `expr_hist`) maps into `expr_vocab`. The source vocabularies come from the first record of
+    each shard file (a dataset has one)."""
+    if not self.label_vocab and not expr_vocab:
+      return
+    first: dict[str, dict] = {}
+    for r in self.records:
+      first.setdefault(r["file"], r)
+    for name, r in first.items():
+      where = f"{os.path.join(self.dir, name)} record at byte {r['offset']} ({r['id']})"
+      rec = schema.decode(schema.read_record_at(self._open(name), r["offset"], where), where)
+      mine = [x for x in self.records if x["file"] == name]
+      labels = np.asarray(sorted({int(x["label"]) for x in mine if int(x["label"]) >= 0}), np.int64)
+      if self.label_vocab and len(labels):
+        if not rec.vocab:
+          raise UserError(f"{where}: field 'video/vocab' is empty but data.label_vocab="
+                          f"{self.label_vocab!r}: the label's class order is unknown (prep the "
+                          f"source with its --vocab)")
+        try:
+          vocab.convert(labels, rec.vocab, self.label_vocab)
+        except ValueError as e:
+          raise UserError(f"{self.dir}: data.label_vocab={self.label_vocab!r} cannot hold the "
+                          f"clip labels of select={self.select!r} (field 'video/label', vocabulary "
+                          f"{rec.vocab!r}): {e}") from None
+      present = np.asarray(sorted({c for x in mine for c, n in enumerate(x.get("expr_hist") or [])
+                                   if n}), np.int64)
+      if expr_vocab and rec.expr_vocab and len(present):
+        try:
+          vocab.convert(present, rec.expr_vocab, expr_vocab)
+        except ValueError as e:
+          raise UserError(f"{self.dir}: data.expr_vocab={expr_vocab!r} cannot hold the per-frame "
+                          f"expressions of select={self.select!r} (field 'frame/expr', "
+                          f"vocabulary {rec.expr_vocab!r}): {e}") from None
 
   def _open(self, name: str):
     with self._lock:                        # grain reads from several threads
@@ -520,14 +557,27 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
                   occlusion_prob=cfg.get("synthetic_occlusion", 0.2))
     tr = synthetic.generate_dataset(cfg.num_train, seed=cfg.seed, **common)
     ev = synthetic.generate_dataset(cfg.num_eval, seed=cfg.seed + 1_000_003, **common)
-    return (InMemoryVideos(tr["frames"], tr["label"], "synthetic-train"),
-            InMemoryVideos(ev["frames"], ev["label"], "synthetic-eval"))
+
+    def labels(y):   # the synthetic videos' classes are in `dfew7`, as in their data_prep shards:
+      target = cfg.get("label_vocab", "")        # converted exactly as `ShardRecords` converts them
+      if not target or target == synthetic.VOCAB:
+        return y
+      try:
+        return vocab.convert(np.asarray(y), synthetic.VOCAB, target)
+      except ValueError as e:
+        raise UserError(f"config.data.label_vocab={target!r} with data.source='synthetic' "
+                        f"(classes in {synthetic.VOCAB!r}): {e}") from None
+    return (InMemoryVideos(tr["frames"], labels(tr["label"]), "synthetic-train"),
+            InMemoryVideos(ev["frames"], labels(ev["label"]), "synthetic-eval"))
   if cfg.source == "shards":
     if not cfg.get("shards"):
       raise ValueError("config.data.source='shards' needs data.shards (a data_prep output directory)")
     kw = dict(label_vocab=cfg.get("label_vocab", ""))
-    return (ShardRecords(cfg.shards, cfg.get("train_select", "train"), **kw),
-            ShardRecords(cfg.shards, cfg.get("eval_select", "test"), **kw))
+    out = (ShardRecords(cfg.shards, cfg.get("train_select", "train"), **kw),
+           ShardRecords(cfg.shards, cfg.get("eval_select", "test"), **kw))
+    for src in out:
+      src.check_label_maps(cfg.get("expr_vocab", ""))
+    return out
   if cfg.source == "list_file":
     if not cfg.train_list or not cfg.eval_list:
       raise ValueError("config.data.source='list_file' needs data.train_list and data.eval_list")

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 EXPRESSIONS = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
+VOCAB = "dfew7"                 # the clip labels' class order (= EXPRESSIONS; jaxaffect.data.vocab)
 NUM_EXPRESSIONS = len(EXPRESSIONS)
 NEUTRAL = 2
 ABAW_EXPRESSIONS = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise",

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxaffect.data import pipeline
+from jaxaffect.errors import UserError
 from jaxaffect.models import registry
 from jaxaffect.train import checkpoint as ckpt_lib
 from jaxaffect.train import mesh as mesh_lib
@@ -109,53 +111,92 @@ def evaluate(s: Setup, state) -> dict[str, Any]:
 
 
 class _StopFlag:
-  """SIGTERM (preemption) → save a checkpoint at the next step boundary and exit cleanly."""
+  """SIGTERM (preemption) or a first Ctrl-C → save a checkpoint at the next step boundary and stop;
+  a second Ctrl-C interrupts at once (KeyboardInterrupt). `signum` says which signal stopped it."""
 
   def __init__(self):
     self.stop = False
-    self._old = None
+    self.signum = None
+    self._old = {}
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:       # not the main thread
-      self._old = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handler)
+      except ValueError:       # not the main thread
+        pass
     return self
 
-  def _handler(self, *_):
-    self.stop = True
+  def _handler(self, signum, frame):
+    if self.stop and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.stop, self.signum = True, signum
+    if signum == signal.SIGINT:
+      print("\n[train] Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to abort)",
+            flush=True)
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _period(config, key: str, default: int) -> int:
+  """A `*_every_steps` field: 0 means `default`; a negative value is an error."""
+  node, *rest = key.split(".")
+  v = config[node] if not rest else config[node][rest[0]]
+  if v is None or int(v) < 0:
+    raise UserError(f"config.{key}={v}: expected a number of steps >= 0 (0 = default)")
+  return int(v) or default
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
           stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and returns the last eval metrics.
 
+  Stopped by SIGTERM / Ctrl-C, it saves a checkpoint and returns with `preempted = {step, signal}`
+  in the result (the CLI then exits with `errors.EXIT_PREEMPTED`; rerunning resumes).
+
   `stop_after_steps` ends the run early (as a kill would) after that many steps of this call,
   saving a checkpoint first; used by tests of exact resumption.
   """
+  s = build(config, sources=sources)          # config errors: before anything is written
+  for key in ("eval_every_steps", "checkpoint.every_steps", "log_every_steps"):
+    _period(config, key, 1)
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  s = build(config, sources=sources)
+  try:
+    return _train(s, config, workdir, stop_after_steps)
+  except BaseException:
+    if created and jax.process_index() == 0 and not _has_checkpoint(workdir):
+      shutil.rmtree(workdir, ignore_errors=True)     # nothing of this run worth keeping
+    raise
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  cdir = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(cdir) and any(n.isdigit() for n in os.listdir(cdir))
+
+
+def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict[str, Any]:
+  eval_every = _period(config, "eval_every_steps", s.steps_per_epoch)
+  ckpt_every = _period(config, "checkpoint.every_steps", eval_every)
+  log_every = _period(config, "log_every_steps", min(50, eval_every))
+  init_rng, step_rng = _rngs(config)
+  it = pipeline.train_iterator(s.train_source, config.data, config.batch_size, config.seed)
   cc = config.checkpoint
   mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=cc.keep,
                                best_metric=cc.best_metric or None, best_mode=cc.best_mode,
                                async_save=cc.async_save)
   writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
-  init_rng, step_rng = _rngs(config)
-  it = pipeline.train_iterator(s.train_source, config.data, config.batch_size, config.seed)
-  eval_every = config.eval_every_steps or s.steps_per_epoch
-  ckpt_every = cc.every_steps or eval_every
   last_eval: dict[str, Any] = {}
   t_first = None
+  preempted = None
   try:
     with jax.set_mesh(s.mesh):
       latest = mngr.latest_step()
       if latest is not None:
         saved_cfg, _ = ckpt_lib.read_config(os.path.join(workdir, "checkpoints"), latest)
-        _check_resume_config(saved_cfg.to_dict(), config)   # before shapes clash in the restore
+        _check_resume_config(saved_cfg.to_dict(), config, workdir)  # before shapes clash
         abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
         state, _ = ckpt_lib.restore(mngr, latest, abstract, it)
         log.info("resumed from step %d in %s", latest, workdir)
@@ -181,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
           acc = m if acc is None else acc.merge(m)
           done = step + 1
           steps_run += 1
-          if done % config.log_every_steps == 0 or done == s.total_steps:
+          if done % log_every == 0 or done == s.total_steps:
             vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
             vals["train/lr"] = float(s.schedule(step))
             sps, cps = progress.rates(done)
@@ -215,6 +256,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
             ckpt_lib.save(mngr, done, state, config, it)
           if killed:
             log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
+            if flag.stop:
+              preempted = {"step": done, "signal": signal.Signals(flag.signum).name}
             break
   finally:                          # also on errors: no half-finished async save, no thread leak
     mngr.wait_until_finished()
@@ -222,16 +265,54 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
     writer.close()
   if t_first is not None:
     last_eval["first_step_seconds"] = t_first
+  if preempted is not None:        # stopped by a signal: the run is not finished
+    last_eval["preempted"] = preempted
   return last_eval
 
 
-def _check_resume_config(saved: dict, config: ml_collections.ConfigDict):
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  if isinstance(d, (list, tuple)):
+    return {prefix: [_flat(v) if isinstance(v, dict) else v for v in d]}
+  return {prefix: d}
+
+
+def _norm(v: Any) -> Any:
+  """Values equal for a resume: a path with or without a trailing '/', a tuple and its list."""
+  if isinstance(v, str) and len(v) > 1 and v.endswith(("/", os.sep)):
+    return v.rstrip("/" + os.sep) or v
+  if isinstance(v, (list, tuple)):
+    return [_norm(x) for x in v]
+  if isinstance(v, dict):
+    return {k: _norm(x) for k, x in v.items()}
+  return v
+
+
+def config_differences(saved: dict, new: dict, keys) -> list[str]:
+  """`config.a.b: old -> new` for every leaf under `keys` that differs (paths normalised)."""
+  diffs = []
+  for key in keys:
+    a, b = _flat(saved.get(key), key), _flat(new.get(key), key)
+    for k in sorted(set(a) | set(b)):
+      va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+      if json.dumps(_norm(va), sort_keys=True) != json.dumps(_norm(vb), sort_keys=True):
+        diffs.append(f"config.{k}: {va!r} -> {vb!r}")
+  return diffs
+
+
+def _check_resume_config(saved: dict, config: ml_collections.ConfigDict, workdir: str = ""):
   """A resumed run must train the same model on the same data; schedule length may change."""
   new = json.loads(config.to_json_best_effort())
-  for key in ("model_name", "model", "task", "data", "batch_size", "seed"):
-    if json.dumps(saved.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
-      raise ValueError(f"workdir holds a checkpoint of a different run: config.{key} was "
-                       f"{saved.get(key)!r}, now {new.get(key)!r} (use a new --workdir)")
+  diffs = config_differences(saved, new, ("model_name", "model", "task", "data", "batch_size",
+                                          "seed"))
+  if diffs:
+    shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
+    raise UserError(f"--workdir {workdir} holds a checkpoint of a different run ({shown}); use a "
+                    f"new --workdir, or the saved settings")
 
 
 def checkpoint_dir(workdir: str) -> str:

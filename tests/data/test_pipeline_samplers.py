@@ -120,3 +120,48 @@ def test_unlabelled_records_are_masked_and_unknown_vocab_refused(tmp_path):
   r.label, r.vocab = 3, ""
   with pytest.raises(ValueError, match="'video/vocab' is empty"):
     pipeline.record_to_example(schema.decode(schema.encode(r)), 0, "dfew7")
+
+
+def test_synthetic_in_memory_source_converts_labels_like_shards():
+  """Issue 10, bug 5: `est:smoke` without `shards=` (in-memory synthetic videos) converts the
+  generator's dfew7 classes to `label_vocab=dfew7_alpha`, as the shard reader does: each label
+  names, in `config.data.class_names`, the expression the video shows."""
+  from configs import est as est_cfg
+  from jaxaffect.data import synthetic
+  c = est_cfg.get_config("smoke")
+  assert c.data.source == "synthetic" and c.data.label_vocab == "dfew7_alpha"
+  c.unlock()
+  c.data.num_train, c.data.num_eval, c.data.video_frames, c.data.image_size = 14, 7, 4, 16
+  tr, ev = pipeline.build_sources(c.data)
+  common = dict(num_frames=4, size=16, pose_amount=c.data.synthetic_pose,
+                occlusion_prob=c.data.synthetic_occlusion)
+  gen = synthetic.generate_dataset(14, seed=c.data.seed, **common)["label"]
+  shown = [synthetic.EXPRESSIONS[int(g)] for g in gen]
+  assert len(set(shown)) > 3
+  assert [c.data.class_names[int(tr[i]["label"])] for i in range(14)] == shown
+  assert [vocab.names("dfew7_alpha")[int(tr[i]["label"])] for i in range(14)] == shown
+  c.data.label_vocab = "abaw7"                  # an impossible map would be refused, not guessed
+  assert pipeline.build_sources(c.data)[0][0]["label"] >= 0
+  c.data.label_vocab = "basic6_alpha"           # no Neutral in the target: refused at start-up
+  with pytest.raises(ValueError, match="label_vocab='basic6_alpha'"):
+    pipeline.build_sources(c.data)
+
+
+def test_impossible_vocabulary_map_is_refused_at_start_up(shard_dir):
+  """Issue 10: a label map that cannot hold the data is found when the sources are built (from
+  the manifest), not when the first offending record is read mid-run."""
+  import ml_collections
+  m = schema.read_manifest(shard_dir)
+  labels = {r["label"] for r in m["records"]}
+  assert 2 in labels or any(r["expr_hist"][2] for r in m["records"])   # Neutral (dfew7) present
+  base = dict(source="shards", shards=shard_dir, train_select="train", eval_select="train")
+  if 2 in labels:
+    cfg = ml_collections.ConfigDict(dict(base, label_vocab="basic6_alpha"))
+    with pytest.raises(ValueError, match=r"label_vocab='basic6_alpha'.*\['Neutral'\]"):
+      pipeline.build_sources(cfg)
+  cfg = ml_collections.ConfigDict(dict(base, expr_vocab="basic6_alpha"))
+  with pytest.raises(ValueError, match=r"expr_vocab='basic6_alpha'.*'frame/expr'"):
+    pipeline.build_sources(cfg)
+  for ok in (dict(base, label_vocab="dfew7_alpha", expr_vocab="abaw8"), dict(base)):
+    tr, _ = pipeline.build_sources(ml_collections.ConfigDict(ok))
+    assert len(tr) == 4
