@@ -37,9 +37,7 @@ interleaved with the train steps (`bench abaw_tcn` reports windows/s for both).
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import importlib.util
 import json
 import os
 import statistics
@@ -349,34 +347,10 @@ def cpu_threads() -> int:
 
 
 def load_config(spec: str, overrides: list[str]):
-  """`former_dfer:dfew` / a path[:arg] → the config, with `--config.a.b=value` overrides applied."""
-  from jaxaffect import cli
-  path, _, arg = cli.resolve_config_path(spec).partition(":")
-  mod_spec = importlib.util.spec_from_file_location(f"_bench_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for item in overrides:
-    if not item.startswith("--config.") or "=" not in item:
-      raise UserError(f"bench: unrecognised argument {item!r} (overrides are --config.a.b=value)")
-    key, value = item[len("--config."):].split("=", 1)
-    *parents, last = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    if last not in node:
-      raise UserError(f"bench: --config.{key}: no such field in {spec}")
-    old = node[last]
-    if isinstance(old, bool):
-      new = value.lower() in ("1", "true", "yes")
-    elif isinstance(old, (int, float)):
-      new = type(old)(value)
-    elif isinstance(old, str):
-      new = value
-    else:
-      new = ast.literal_eval(value)
-    node[last] = new
-  return config
+  """`former_dfer:dfew` / a path[:arg] → the config, with `--config.a.b=value` overrides applied
+  (`config_loader.load`, the one loader of every command)."""
+  from jaxaffect import config_loader
+  return config_loader.load(spec, overrides)
 
 
 def random_sources(config, n: int):

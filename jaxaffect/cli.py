@@ -17,29 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from jaxaffect import errors
 from jaxaffect.errors import UserError
 
 
-def _configs_dir() -> str:
-  import configs
-  return os.path.dirname(os.path.abspath(configs.__file__))
-
-
 def resolve_config_path(spec: str) -> str:
   """`configs/former_dfer.py:dfew`, an absolute path, or the short `former_dfer:dfew`."""
-  path, sep, arg = spec.partition(":")
-  if not os.path.exists(path):
-    cand = os.path.join(_configs_dir(), os.path.basename(path))
-    if not cand.endswith(".py"):
-      cand += ".py"
-    if os.path.exists(cand):
-      path = cand
-    else:
-      raise UserError(f"jaxaffect: config file {path!r} not found (nor {cand!r})")
-  return path + (sep + arg if sep else "")
+  from jaxaffect import config_loader
+  return config_loader.resolve_config_path(spec)
 
 
 def _maybe_init_distributed(argv: list[str]) -> list[str]:
@@ -58,31 +46,20 @@ def _maybe_init_distributed(argv: list[str]) -> list[str]:
 
 
 def cmd_train(argv: list[str]) -> int:
-  from absl import app, flags
-  from ml_collections import config_flags
-  fl = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config file[:arg]", flag_values=fl,
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory (checkpoints, TensorBoard)", flag_values=fl)
-  argv = list(argv)
-  for i, a in enumerate(argv):
-    if a == "--config" and i + 1 < len(argv):
-      argv[i + 1] = resolve_config_path(argv[i + 1])
-    elif a.startswith("--config="):
-      argv[i] = "--config=" + resolve_config_path(a.split("=", 1)[1])
-  try:
-    fl(["jaxaffect-train"] + argv)
-  except flags.Error as e:
-    raise UserError(f"jaxaffect train: {e}") from None
-  if fl.config is None or not fl.workdir:
-    raise UserError("jaxaffect train: --config and --workdir are required")
+  from jaxaffect import config_loader
+  pairs, rest = config_loader.split_overrides(list(argv))
+  p = argparse.ArgumentParser(prog="jaxaffect train")
+  p.add_argument("--config", required=True, help="config file[:arg], e.g. former_dfer:dfew,fold=2")
+  p.add_argument("--workdir", required=True, help="run directory (checkpoints, TensorBoard)")
+  a = p.parse_args(rest)
+  config = config_loader.load(a.config, pairs)
   from jaxaffect.train import loop
   _setup_logging()
-  metrics = loop.train(fl.config, fl.workdir)
+  metrics = loop.train(config, a.workdir)
   if "preempted" in metrics:        # a signal stopped it: not finished, no final metrics
-    p = metrics["preempted"]
-    print(f"jaxaffect train: preempted by {p['signal']} at step {p['step']}; checkpoint saved in "
-          f"{fl.workdir}/checkpoints; rerun the same command to resume", file=sys.stderr,
+    pre = metrics["preempted"]
+    print(f"jaxaffect train: preempted by {pre['signal']} at step {pre['step']}; checkpoint saved "
+          f"in {a.workdir}/checkpoints; rerun the same command to resume", file=sys.stderr,
           flush=True)
     return errors.EXIT_PREEMPTED
   _print_json({k: v for k, v in metrics.items() if not hasattr(v, "shape") or v.ndim == 0})
@@ -149,12 +126,14 @@ def cmd_predict(argv: list[str]) -> int:
 def cmd_export(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="jaxaffect export")
   p.add_argument("--checkpoint", required=True, help="a workdir or its checkpoints/ directory")
-  p.add_argument("--out", required=True, help="output file (.safetensors or .pth)")
-  p.add_argument("--format", choices=("safetensors", "pth"), default=None)
+  p.add_argument("--out", required=True,
+                 help="output file: .safetensors, or .pth / .pt / .pth.tar (torch.save)")
+  p.add_argument("--format", choices=("safetensors", "pth"), default=None,
+                 help="default: from --out's extension (a contradicting extension is refused)")
   p.add_argument("--step", type=int, default=None)
   a = p.parse_args(argv)
-  fmt = a.format or ("pth" if a.out.endswith((".pth", ".pt")) else "safetensors")
   from jaxaffect import interop
+  fmt = interop.resolve_format(a.out, a.format)       # before restoring anything
   from jaxaffect.train import loop
   config, s, variables, step = loop.restore_state(a.checkpoint, a.step)
   info = interop.export(config.model_name, s.task.module, variables, a.out, fmt=fmt)
@@ -172,16 +151,17 @@ def cmd_import(argv: list[str]) -> int:
   p.add_argument("--partial", action="store_true",
                  help="the weights cover part of the model (e.g. EST's FER+ ResNet-18 backbone; "
                       "keys without a rule, like fc.*, are ignored); the rest is initialised")
-  a, overrides = p.parse_known_args(argv)
-  from absl import flags
-  from ml_collections import config_flags
-  fl = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fl, lock_config=True)
-  fl(["import", f"--config={resolve_config_path(a.config)}", *overrides])
+  from jaxaffect import config_loader
+  pairs, rest = config_loader.split_overrides(list(argv))
+  a = p.parse_args(rest)
+  overrides = [f"--config.{k}={v}" for k, v in pairs]
+  config = config_loader.load(a.config, pairs)
   from jaxaffect.train import loop
-  step = loop.import_weights(fl.config, a.workdir, a.weights, partial=a.partial)
+  step = loop.import_weights(config, a.workdir, a.weights, partial=a.partial)
+  again = " ".join(shlex.quote(x) for x in ["--config", a.config, "--workdir", a.workdir,
+                                             *overrides])
   print(f"imported {a.weights} into {a.workdir}/checkpoints/{step}; "
-        f"continue with: jaxaffect train --config {a.config} --workdir {a.workdir}")
+        f"continue with: jaxaffect train {again}")
   return 0
 
 

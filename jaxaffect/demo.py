@@ -17,17 +17,11 @@ import numpy as np
 
 
 def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> dict:
-  from absl import flags
-  from ml_collections import config_flags
-
-  from jaxaffect import interop, plots
+  from jaxaffect import config_loader, interop, plots
   from jaxaffect.data import pipeline
   from jaxaffect.train import loop
 
-  fl = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fl, lock_config=True)
-  fl(["demo", f"--config={config_spec}", *(overrides or [])])
-  config = fl.config
+  config = config_loader.load(config_spec, list(overrides or []))
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   prep_info = None

@@ -91,7 +91,7 @@ def test_register_new_model_is_dispatched(capsys, monkeypatch):
 
 
 def test_bad_override_is_rejected():
-  with pytest.raises(UserError, match="no such field"):
+  with pytest.raises(UserError, match="config.model has no field .no_such_field."):
     bench.load_config("former_dfer:smoke", ["--config.model.no_such_field=1"])
   c = bench.load_config("former_dfer:smoke",
                         ["--config.model.width=8", "--config.data.hflip=false"])

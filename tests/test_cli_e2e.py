@@ -88,3 +88,52 @@ def test_export_and_import_round_trip(workdir, tmp_path):
   assert sd.keys() == sd2.keys()
   for k in sd:
     np.testing.assert_array_equal(sd[k], sd2[k], err_msg=k)
+
+
+def _run_rc(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "jaxaffect.cli", *args], capture_output=True,
+                        text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def test_import_hint_is_a_command_that_runs(workdir, tmp_path):
+  """Issue 10: the "continue with" hint of `import` carries the overrides it was given (without
+  them the hinted `train` was refused as a different run)."""
+  import shlex
+  out = str(tmp_path / "w.pth.tar")
+  _run("export", "--checkpoint", workdir, "--out", out)
+  wd2 = str(tmp_path / "imported")
+  text = _run("import", "--weights", out, *TINY, "--workdir", wd2)
+  hint = text.split("continue with: ", 1)[1].strip().splitlines()[0]
+  assert hint.startswith("jaxaffect train ") and "--config.model.width=8" in hint
+  _run(*shlex.split(hint)[1:])
+  rows = [json.loads(l) for l in open(os.path.join(wd2, "tensorboard", "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", *TINY, "--config.model.widht=8", "--workdir", "{tmp}/a"],
+     "config.model has no field 'widht' (did you mean config.model.width?)"),
+    (["train", "--config", "former_dfer:smok", "--workdir", "{tmp}/b"], "unknown variant 'smok'"),
+    (["train", "--config", "nonexistent:x", "--workdir", "{tmp}/c"], "config file"),
+    (["train", *TINY, "--config.batch_size=eight", "--workdir", "{tmp}/d"],
+     "--config.batch_size=eight: expected int"),
+    (["export", "--checkpoint", "{wd}", "--out", "{tmp}/m.safetensors", "--format", "pth"],
+     "the extension says safetensors, --format says pth"),
+    (["import", "--weights", "{tmp}/absent.pth", *TINY, "--workdir", "{tmp}/e"], "no such file"),
+    (["import", "--weights", "{junk}", *TINY, "--workdir", "{tmp}/f"],
+     "neither a safetensors file nor a PyTorch checkpoint"),
+])
+def test_user_errors_are_one_line_with_status_2(workdir, tmp_path, args, needle):
+  junk = tmp_path / "junk.pth"
+  junk.write_bytes(b"not weights")
+  args = [a.format(tmp=tmp_path, wd=workdir, junk=junk) for a in args]
+  r = _run_rc(*args)
+  assert r.returncode == 2, r.stderr[-3000:]
+  err = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(err) == 1 and err[0].startswith("jaxaffect: ") and needle in err[0], r.stderr[-3000:]
+  assert "Traceback" not in r.stderr
+  assert sorted(os.listdir(tmp_path)) == ["junk.pth"]      # nothing written, no empty workdir
+  r = _run_rc("--debug", *args)                             # --debug: the traceback
+  assert r.returncode == 1 and "Traceback" in r.stderr and "UserError" in r.stderr

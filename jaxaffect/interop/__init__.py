@@ -19,13 +19,14 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxaffect.errors import UserError
 from jaxaffect.interop import abaw_tcn as _abaw_tcn
 from jaxaffect.interop import frame_resnet as _frame_resnet
 from jaxaffect.interop import former_dfer as _former_dfer
 from jaxaffect.interop import est as _est
 from jaxaffect.interop import resnet as _resnet
-from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, from_torch,
-                                       strip_prefix, to_torch)
+from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, format_of_path,
+                                       from_torch, sniff_format, strip_prefix, to_torch)
 
 MODELS: dict[str, ModelMapping] = {
     m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING, _abaw_tcn.MAPPING,
@@ -67,21 +68,40 @@ def _after_export(mapping: ModelMapping, sd: dict[str, np.ndarray]) -> dict[str,
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Read `.safetensors` (numpy, no torch needed) or `.pth`/`.pth.tar`/`.pt` (torch,
-  `weights_only=True`); unwraps `{"state_dict": …}` / `{"model": …}` checkpoints."""
+  """Read a safetensors file (numpy, no torch needed) or a PyTorch checkpoint (torch,
+  `weights_only=True`), recognised by its content whatever its name (`.pth.tar`, `.bin`, ...);
+  unwraps `{"state_dict": …}` / `{"model": …}` checkpoints."""
   path = str(path)
-  if path.endswith(".safetensors"):
+  if not os.path.isfile(path):
+    raise UserError(f"--weights {path}: no such file")
+  if sniff_format(path) == "safetensors":
     from safetensors.numpy import load_file
     return dict(load_file(path))
   try:
     import torch
   except ImportError as e:   # pragma: no cover - torch is a dev extra
     raise ImportError(f"reading {path} needs torch (pip install torch)") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  with open(path, "rb") as f:      # a file object: torch would dispatch on a .safetensors name
+    obj = torch.load(f, map_location="cpu", weights_only=True)
   for k in ("state_dict", "model"):
     if isinstance(obj, dict) and k in obj and isinstance(obj[k], dict):
       obj = obj[k]
+  if not isinstance(obj, Mapping):
+    raise UserError(f"{path}: a PyTorch file holding {type(obj).__name__}, not a state dict")
   return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+def resolve_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+  """The export format: `fmt`, else the extension's (`.safetensors` / `.pth`, `.pt`, `.pth.tar`,
+  `.tar`, `.bin`, `.ckpt`), else safetensors. An extension that contradicts `fmt` is an error
+  (a `.pth.tar` holding safetensors bytes cannot be read by `torch.load`)."""
+  by_name = format_of_path(str(path))
+  if fmt is not None and fmt not in FORMATS:
+    raise UserError(f"fmt={fmt!r} (--format): expected one of {FORMATS}")
+  if fmt is not None and by_name is not None and by_name != fmt:
+    raise UserError(f"--out {path}: the extension says {by_name}, --format says {fmt}; name the "
+                    f"file {'.safetensors' if fmt == 'safetensors' else '.pth'} or drop --format")
+  return fmt or by_name or "safetensors"
 
 
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike,
@@ -99,6 +119,13 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
     raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
 
 
+def _umask_mode() -> int:
+  """The mode a plain `open(..., "w")` would give a new file (0666 minus the umask)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
 def verify_path(out_path: str | os.PathLike) -> Path:
   """`model.safetensors` → `model.verify.npz`."""
   p = Path(out_path)
@@ -111,7 +138,7 @@ def _apply_eval(module, variables, x):
 
 
 def export(model_name: str, module, variables: Mapping[str, Any], out_path: str | os.PathLike,
-           fmt: str = "safetensors", seed: int = 0, batch: int = 2,
+           fmt: str | None = None, seed: int = 0, batch: int = 2,
            input_shape: tuple[int, int] | None = None) -> dict[str, Any]:
   """Write the weights in the official PyTorch layout plus a verification sample.
 
@@ -122,8 +149,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   Python code that loads the export into the official PyTorch model and compares outputs.
   `input_shape=(H, W)` overrides the image size inferred from the variables.
   """
-  if fmt not in FORMATS:
-    raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
+  fmt = resolve_format(out_path, fmt)
   mapping = get_mapping(model_name)
   variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
   sd = _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
@@ -146,6 +172,8 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
       inputs = ({f"input_{k}": np.asarray(v) for k, v in x_torch.items()}
                 if isinstance(x_torch, Mapping) else {"input": x_torch})
       np.savez(f, **inputs, output=y, model_name=np.array(model_name))
+    for p in (tmp_w, tmp_v):         # safetensors writes 0600: give the usual mode of new files
+      os.chmod(p, _umask_mode())
     os.replace(tmp_w, out_path)
     os.replace(tmp_v, vpath)
   finally:
@@ -158,6 +186,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
           "snippet": mapping.snippet(str(out_path), str(vpath), module)}
 
 
-__all__ = ["FORMATS", "MODELS", "ModelMapping", "Rule", "export", "from_torch_state_dict",
-           "get_mapping", "load_state_dict_file", "save_state_dict", "strip_prefix",
+__all__ = ["FORMATS", "MODELS", "ModelMapping", "Rule", "export", "format_of_path",
+           "from_torch_state_dict", "get_mapping", "load_state_dict_file", "resolve_format",
+           "sniff_format", "save_state_dict", "strip_prefix",
            "to_torch_state_dict", "verify_path"]

@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from jaxaffect.interop.mapping import (ModelMapping, Rule, batchnorm, conv1d, linear, param,
-                                       torch_encoder_layer)
+                                       torch_encoder_layer, torch_load_expr)
 
 HEADS = "head|head_va|head_expr|head_au|vhead|ahead"
 STREAM = "[A-Za-z0-9_]+"
@@ -186,7 +186,7 @@ _TASK_DIR = {"va": "VA", "expr": "EXPR", "au": "AU"}
 
 
 def _snippet(weights: str, verify: str, module) -> str:
-  load = (f'torch.load("{weights}")' if weights.endswith(".pth") else f'load_file("{weights}")')
+  load = torch_load_expr(weights)
   task = _TASK_DIR.get(module.outputs[0], "EXPR")
   note = "" if is_official_config(module) else (
       "# NOTE: this export is not the official ABAW6 configuration (one 768-d stream, TCN\n"

@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from jaxaffect.interop.mapping import (ModelMapping, Rule, batchnorm, layernorm, linear, param,
-                                       torch_decoder_layer, torch_encoder_layer, torch_mha)
+                                       torch_decoder_layer, torch_encoder_layer, torch_load_expr,
+                                       torch_mha)
 from jaxaffect.interop.resnet import resnet_rules
 from jaxaffect.models.est import PERMUTATIONS_10
 
@@ -92,8 +93,7 @@ def is_official_config(module) -> bool:
 
 
 def _snippet(weights: str, verify: str, module) -> str:
-  load = (f'torch.load("{weights}")' if weights.endswith(".pth")
-          else f'load_file("{weights}")')
+  load = torch_load_expr(weights)
   note = "" if is_official_config(module) else (
       "# NOTE: this export is not the official configuration (resnet18_EST(clips=7,\n"
       "# img_num_per_clip=5, d_model=512, nhead=4, encoder_nums=3, decoder_nums=3,\n"

@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-from jaxaffect.interop.mapping import ModelMapping, Rule, _j, layernorm, linear, param
+from jaxaffect.interop.mapping import (ModelMapping, Rule, _j, layernorm, linear, param,
+                                       torch_load_expr)
 from jaxaffect.interop.resnet import resnet_rules
 
 
@@ -71,8 +72,7 @@ def is_official_config(module) -> bool:
 
 
 def _snippet(weights: str, verify: str, module) -> str:
-  load = (f'torch.load("{weights}")' if weights.endswith(".pth")
-          else f'load_file("{weights}")')
+  load = torch_load_expr(weights)
   note = "" if is_official_config(module) else (
       "# NOTE: GenerateModel() only builds the official configuration (N=1, M=3, 7 classes,\n"
       "# width 64, 16 frames of 112x112); this export differs, so edit the torch model to match.\n")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxaffect.interop.mapping import ModelMapping, linear
+from jaxaffect.interop.mapping import ModelMapping, linear, torch_load_expr
 from jaxaffect.interop.resnet import resnet_rules
 
 RULES = (
@@ -37,7 +37,7 @@ def _run_eval(module, variables, x):
 
 
 def _snippet(weights: str, verify: str, module) -> str:
-  load = (f'torch.load("{weights}")' if weights.endswith(".pth") else f'load_file("{weights}")')
+  load = torch_load_expr(weights)
   dims = {"va": 2, "expr": module.num_expr, "au": module.num_au}
   feat = module.width * 8
   heads = "\n".join(f'    self.{o}_head = torch.nn.Linear({feat}, {dims[o]})' for o in module.outputs)

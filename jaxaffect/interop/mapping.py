@@ -313,3 +313,47 @@ class ModelMapping:
   description: str = ""
   after_export: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
   before_import: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# File formats: chosen by extension on export (a contradiction is an error), read by content.
+
+TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".bin", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+def format_of_path(path: str) -> str | None:
+  """'pth' / 'safetensors' from the file name's extension, None when it says neither."""
+  name = str(path).lower()
+  if name.endswith(SAFETENSORS_SUFFIXES):
+    return "safetensors"
+  if name.endswith(TORCH_SUFFIXES):
+    return "pth"
+  return None
+
+
+def sniff_format(path: str) -> str:
+  """'safetensors' or 'pth' from the file's first bytes (not its name): a torch zip archive
+  (`PK\\x03\\x04`) or a legacy torch pickle (`\\x80` protocol byte); safetensors = an 8-byte
+  little-endian header length followed by a JSON object. Anything else is a `UserError`."""
+  from jaxaffect.errors import UserError
+  try:
+    with open(path, "rb") as f:
+      head = f.read(16)
+      size = f.seek(0, 2)
+  except OSError as e:
+    raise UserError(f"{path}: cannot read weights ({e.strerror or e})") from None
+  if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    return "pth"
+  if len(head) >= 9:
+    n = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 8 + n <= size:
+      return "safetensors"
+  raise UserError(f"{path}: neither a safetensors file nor a PyTorch checkpoint (first bytes "
+                  f"{head[:10]!r})")
+
+
+def torch_load_expr(weights: str) -> str:
+  """The Python expression that reads an exported file in a snippet (by its format)."""
+  return (f'torch.load("{weights}")' if format_of_path(weights) == "pth"
+          else f'load_file("{weights}")')

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxaffect.interop.mapping import ModelMapping, Rule, _j, batchnorm, conv2d, linear
+from jaxaffect.interop.mapping import (ModelMapping, Rule, _j, batchnorm, conv2d, linear,
+                                       torch_load_expr)
 
 
 def resnet_rules(jp: str = "", tp: str = "", fc: bool = True) -> list[Rule]:
@@ -28,8 +29,7 @@ def _example_input(module, variables, batch, rng, input_shape=None):
 
 
 def _snippet(weights: str, verify: str, module) -> str:
-  load = (f'load_file("{weights}")' if not weights.endswith(".pth")
-          else f'torch.load("{weights}")')
+  load = torch_load_expr(weights)
   nc = module.num_classes or 0
   arch = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}.get(tuple(module.stage_sizes), "?")
   return f'''import numpy as np, torch, timm

@@ -387,13 +387,16 @@ def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path
   initialisation); the rest keeps the model's own initialisation."""
   from jaxaffect import interop
   cdir = os.path.join(workdir, "checkpoints")
-  mngr = ckpt_lib.make_manager(cdir, keep=config.checkpoint.keep, async_save=False)
-  if mngr.latest_step() is not None:
-    raise FileExistsError(f"{cdir} already holds checkpoints; import into a new --workdir")
+  if _has_checkpoint(workdir):
+    raise UserError(f"{cdir} already holds checkpoints; import into a new --workdir")
   s = build(config, sources=spec_sources(config))
   like = {"params": s.abstract_state["params"], **s.abstract_state["extra"]}
-  sd = interop.load_state_dict_file(weights_path)
-  variables = interop.from_torch_state_dict(config.model_name, sd, like, partial=partial)
+  sd = interop.load_state_dict_file(weights_path)       # bad weights: before anything is written
+  try:
+    variables = interop.from_torch_state_dict(config.model_name, sd, like, partial=partial)
+  except (KeyError, ValueError) as e:       # the file is not this model's state dict
+    raise UserError(f"--weights {weights_path}: {e.args[0] if e.args else e}") from None
+  mngr = ckpt_lib.make_manager(cdir, keep=config.checkpoint.keep, async_save=False)
   init_rng, _ = _rngs(config)
   with jax.set_mesh(s.mesh):
     state = s.init_fn(init_rng)
