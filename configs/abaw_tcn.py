@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.read_threads = 4
   c.data.prefetch_batches = 4
   c.data.label_vocab = ""         # clip labels are not used
+  c.data.label_tasks = c.model.get_ref("outputs")  # annotation files read (of the tasks trained)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"

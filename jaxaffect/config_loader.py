@@ -86,9 +86,13 @@ def _parse_value(key: str, old: Any, value: str) -> Any:
     except (ValueError, SyntaxError):
       raise UserError(f"--config.{key}={value}: expected a JSON value (the field holds "
                       f"{type(old).__name__} {old!r})") from None
-  if isinstance(old, tuple) and isinstance(new, list):
-    new = tuple(tuple(x) if isinstance(x, list) else x for x in new)
+  if isinstance(old, tuple) and isinstance(new, list):      # tuple fields stay tuples, deeply
+    new = _tuples(new)
   return new
+
+
+def _tuples(x: Any) -> Any:
+  return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def apply_overrides(config: ml_collections.ConfigDict, pairs, where: str = "config"):

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxaffect import metrics as jm
 from jaxaffect.data import vocab
+from jaxaffect.errors import UserError
 
 
 def _expr_names(config) -> tuple[str, ...]:
@@ -87,10 +88,10 @@ def read_frame_list(path: str) -> dict[str, list[int]]:
     vid, _, name = loc.rpartition("/")
     stem = name.rsplit(".", 1)[0]
     if not vid or not stem.isdigit():
-      raise ValueError(f"{path}:{n}: image_location {loc!r}: expected <video>/<frame number>.jpg")
+      raise UserError(f"{path}:{n}: image_location {loc!r}: expected <video>/<frame number>.jpg")
     out.setdefault(vid, []).append(int(stem))
   if not out:
-    raise ValueError(f"{path}: no frame listed (a header line, then <video>/<frame>.jpg lines)")
+    raise UserError(f"{path}: no frame listed (a header line, then <video>/<frame>.jpg lines)")
   return out
 
 
@@ -132,7 +133,7 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
   config, setup, variables, step = loop.restore_state(workdir, step)
   task = setup.task
   if config.data.get("source", "") != "features" or getattr(task, "input", "") != "features":
-    raise ValueError(f"jaxaffect predict: {workdir} holds a {config.model_name!r} run on "
+    raise UserError(f"jaxaffect predict: {workdir} holds a {config.model_name!r} run on "
                      f"data.source={config.data.get('source')!r}; predict runs sequence models "
                      f"over feature streams (data.source='features', task.input='features')")
   if labels is not None or stream_paths:
@@ -144,12 +145,15 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
       names = [x["name"] for x in specs]
       unknown = sorted(set(stream_paths) - set(names))
       if unknown:
-        raise ValueError(f"jaxaffect predict: stream(s) {unknown} are not in the run's "
+        raise UserError(f"jaxaffect predict: stream(s) {unknown} are not in the run's "
                          f"data.features {names}")
       for x in specs:
         x["path"] = stream_paths.get(x["name"], x["path"])
       config.data.features = specs
   select = select or config.data.eval_select
+  features.check_window(int(window or config.data.window), int(stride or config.data.stride),
+                        "--window" if window else "config.data.window",
+                        "--stride" if stride else "config.data.stride")
   window = int(window or config.data.window)
   stride = int(stride or config.data.stride)
   bs = int(batch_size or config.batch_size)
@@ -221,12 +225,12 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
       acc["au_t"].append(np.where(lab["au_mask"] > 0, lab["au"], -1).astype(np.int64))
     per_video.append(info)
   if not per_video:
-    raise ValueError(f"jaxaffect predict: no video for select={select!r}")
+    raise UserError(f"jaxaffect predict: no video for select={select!r}")
   if listed is not None:
     have = {v["video"] for v in per_video}
     missing = [v for v in listed if v not in have]
     if missing:
-      raise ValueError(f"jaxaffect predict: {frames_from} lists {len(missing)} video(s) that "
+      raise UserError(f"jaxaffect predict: {frames_from} lists {len(missing)} video(s) that "
                        f"select={select!r} does not have, e.g. {missing[:5]}")
   order = list(listed) if listed is not None else [v["video"] for v in per_video]
 

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxaffect.data import schema, vocab as vocab_lib
+from jaxaffect.errors import UserError
 
 TASKS = ("va", "expr", "au")
 TASK_FOLDERS = {
@@ -51,7 +52,7 @@ SENTINELS = {"va": (VA_MISSING, np.float32), "expr": (-1, np.int32), "au": (-1, 
 TRACKS = ("left", "right")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
   """Bad Aff-Wild2 input, located: `path`, `line` (1-based), `field` (column name), `item` (the
   video it concerns). The message reads `<path>:<line> field '<field>': <reason>`, as
   `data_prep.sources.base.PrepError`."""

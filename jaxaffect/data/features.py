@@ -59,6 +59,7 @@ import grain
 import numpy as np
 
 from jaxaffect.data import affwild2, samplers, schema, vocab as vocab_lib
+from jaxaffect.errors import UserError
 
 KINDS = ("shards", "npy", "array")
 LABEL_KEYS = ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")
@@ -217,8 +218,13 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
   files = affwild2.annotation_files(folders, None if select == "all" else (select,))
   if not files:
     raise ValueError(f"data.labels={root}: no annotation file for select={select!r}")
+  tasks = tuple(cfg.get("label_tasks", ()) or ())   # () = every task's files
   out = []
   for (split, vid), paths in sorted(files.items()):
+    # Only the files of the tasks the run uses are read (a bad EXPR file does not stop a VA run).
+    paths = {task: p for task, p in paths.items() if not tasks or task in tasks}
+    if not paths:
+      continue
     parsed = {task: affwild2.parse_label_file(p, task, item=vid) for task, p in paths.items()}
     t = affwild2.num_frames(parsed)
     labels = _empty_labels(t, num_au)
@@ -335,15 +341,17 @@ def _npy_load(path: str, key: str, stream: str) -> np.ndarray:
         names = list(z.files)
         if key:
           if key not in names:
-            raise ValueError(f"stream {stream!r}: {path} has no array {key!r} (has {names})")
+            raise UserError(f"stream {stream!r}: {path} has no array {key!r} (has {names})")
           return np.asarray(z[key])
         if len(names) != 1:
-          raise ValueError(f"stream {stream!r}: {path} holds arrays {names}; set the stream's "
-                           f"'key'")
+          raise UserError(f"stream {stream!r}: {path} holds arrays {names}; set the stream's "
+                          f"'key'")
         return np.asarray(z[names[0]])
     return np.load(path, allow_pickle=False)
-  except (OSError, EOFError) as e:
-    raise ValueError(f"stream {stream!r}: cannot read {path}: {e}") from e
+  except UserError:
+    raise
+  except (OSError, EOFError, ValueError) as e:     # truncated / not an array file
+    raise UserError(f"stream {stream!r}: cannot read {path}: {e}") from None
 
 
 def _array_file(spec: StreamSpec, video_id: str) -> str | None:
@@ -628,11 +636,23 @@ def make_clip(cfg, train: bool) -> FeatureClip:
   return FeatureClip(train, float(cfg.get("feature_dropout", 0.0) or 0.0) if train else 0.0)
 
 
+def check_window(window: int, stride: int, window_name: str, stride_name: str) -> None:
+  """Windows must cover every frame: 1 <= stride <= window (errors name the user's setting)."""
+  if window < 1:
+    raise UserError(f"{window_name}={window}: expected a window of >= 1 frames")
+  if not 1 <= stride <= window:
+    raise UserError(f"{stride_name}={stride} with {window_name}={window}: expected 1 <= stride <= "
+                    f"window (a larger stride leaves frames between windows unpredicted)")
+
+
 def build_sources(cfg) -> tuple[FeatureWindows, FeatureWindows]:
   """(train, eval) window sources of `config.data`: `train_select` windows `window`/`stride`
   (300/200), `eval_select` windows `window`/`eval_stride` (default: `window`, non-overlapping)."""
-  reader = FeatureReader(cfg)
   w = int(cfg.get("window", 300))
+  check_window(w, int(cfg.get("stride", 200)), "config.data.window", "config.data.stride")
+  check_window(w, int(cfg.get("eval_stride", 0) or w), "config.data.window",
+               "config.data.eval_stride")
+  reader = FeatureReader(cfg)
   tr_sel, ev_sel = cfg.get("train_select", "train"), cfg.get("eval_select", "val")
   tr = list(reader.videos(tr_sel))
   ev = list(reader.videos(ev_sel))

@@ -69,7 +69,11 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
 
   Frames are the `*.jpg`/`*.png` files of the directory, sorted by their trailing integer (DFEW's
   `1.jpg … 105.jpg` would sort wrongly as strings). `root` replaces the absolute prefix of the
-  paths in the list (the official `annotation/script.py` rewrites it by hand).
+  paths in the list (the official `annotation/script.py` rewrites it by hand): a listed
+  `/their/disk/AFEW_Face/train/Happiness/011603980` is looked up as the longest tail of it that
+  exists under `root` (`root/train/Happiness/011603980` for root = your `AFEW_Face`, or
+  `root/011603980` for a flat folder), so nested split folders are kept. A listed video found
+  under no tail is an error naming the list line.
   """
 
   def __init__(self, list_path: str, *, root: str | None = None, image_size: int = 112,
@@ -92,10 +96,21 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
         if not 0 <= label < num_classes:
           raise ValueError(f"{list_path}:{lineno}: field 'label'={label} outside [0, {num_classes})")
         if root:
-          path = os.path.join(root, os.path.basename(path.rstrip("/")))
+          path = self.under_root(root, path, f"{list_path}:{lineno}")
         self.items.append((path, label))
     if not self.items:
       raise ValueError(f"{list_path}: no videos listed")
+
+  @staticmethod
+  def under_root(root: str, listed: str, where: str) -> str:
+    """The longest tail of the listed path that is a directory under `root`."""
+    parts = [p for p in listed.replace("\\", "/").split("/") if p]
+    for k in range(len(parts)):
+      cand = os.path.join(root, *parts[k:])
+      if os.path.isdir(cand):
+        return cand
+    raise UserError(f"{where}: field 'frame dir' {listed!r}: no tail of it is a folder under "
+                    f"data.root={root!r} (tried {os.path.join(root, *parts[-2:])!r}, ...)")
 
   def __len__(self) -> int:
     return len(self.items)

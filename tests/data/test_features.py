@@ -378,3 +378,60 @@ def test_pipeline_dispatch_and_feature_dropout(abaw):
   spec2 = pipeline.batch_spec(s, cfg, 8)
   assert {k: (v.shape, v.dtype) for k, v in spec2.items()} == \
       {k: (v.shape, v.dtype) for k, v in spec.items()}
+
+
+# ------------------------------------------------------------------------- issue 10: user errors
+def test_truncated_npy_names_the_file_and_stream(abaw):
+  """A truncated feature `.npy` said only "EOF: reading array header ..."."""
+  from jaxaffect.errors import UserError
+  p = os.path.join(abaw["mae"], "vidC", "00002.npy")
+  data = open(p, "rb").read()
+  for cut in (40, len(data) - 8):                # inside the header; inside the data
+    with open(p, "wb") as f:
+      f.write(data[:cut])
+    with pytest.raises(UserError, match=r"stream 'mae': cannot read .*vidC/00002.npy: "):
+      list(F.iter_videos(_cfg(abaw), "val"))
+
+
+def test_only_the_trained_tasks_annotation_files_are_read(abaw):
+  """`abaw_tcn:va` stopped on a bad EXPR file it does not use: validate only what a run uses."""
+  bad = os.path.join(abaw["ann"], "EXPR_Classification_Challenge", "Validation_Set", "vidC.txt")
+  _write_txt(bad, EXPR8, ["0", "nine"])
+  with pytest.raises(ValueError, match=r"vidC.txt:3 field 'expression'"):
+    list(F.iter_videos(_cfg(abaw), "val"))                  # every task: the bad file is read
+  (v,) = F.iter_videos(_cfg(abaw, label_tasks=("va",)), "val")
+  assert v.labels["va_mask"].sum() == abaw["truth"]["vidC"]["t"] - 1 and \
+      v.labels["expr_mask"].sum() == 0
+  with pytest.raises(ValueError, match=r"vidC.txt:3 field 'expression'"):
+    list(F.iter_videos(_cfg(abaw, label_tasks=("va", "expr")), "val"))
+  from configs import abaw_tcn
+  assert tuple(abaw_tcn.get_config("va").data.label_tasks) == ("va",)
+  assert tuple(abaw_tcn.get_config("smoke").data.label_tasks) == ("va", "expr", "au")
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(window=4, stride=5), r"config.data.stride=5 with config.data.window=4: expected 1 <= "),
+    (dict(window=4, stride=0), r"config.data.stride=0 with config.data.window=4"),
+    (dict(window=4, stride=2, eval_stride=6), r"config.data.eval_stride=6"),
+    (dict(window=0, stride=1), r"config.data.window=0"),
+])
+def test_window_stride_errors_name_the_config_field(abaw, kw, needle):
+  """stride > window used to say "use tail='drop'", an option no user can set."""
+  from jaxaffect.errors import UserError
+  with pytest.raises(UserError, match=needle):
+    F.build_sources(_cfg(abaw, **kw))
+
+
+def test_features_list_is_overridden_whole_from_the_command_line(abaw):
+  """`config.data.features` (a list) took no command-line value, and a new key in `[0]` raised
+  KeyError: a JSON value replaces the whole list."""
+  import json
+  from jaxaffect import config_loader
+  streams = [dict(name="mae", kind="npy", path=abaw["mae"], dim=6)]
+  c = config_loader.load(f"abaw_tcn:va,labels={abaw['ann']}",
+                         [f"--config.data.features={json.dumps(streams)}",
+                          "--config.model.streams=[[\"mae\", [6, 4]]]",
+                          "--config.data.window=4", "--config.data.stride=2"])
+  assert c.data.features == streams and c.model.streams == (("mae", (6, 4)),)
+  tr, ev = F.build_sources(c.data)
+  assert len(tr) > 0 and len(ev) > 0 and tr[0]["feat/mae"].shape == (4, 6)

@@ -208,3 +208,33 @@ def test_cosine_epoch_schedule_matches_torch_cosine_annealing_with_linear_warmup
     want = opt.param_groups[0]["lr"] * min(1.0, (e + 1) / 10)
     for k in range(spe):
       assert float(sched(np.int32(e * spe + k))) == pytest.approx(want, rel=1e-5, abs=1e-10), e   # 1e-6 of the peak lr
+
+
+def test_list_file_root_keeps_nested_split_folders(tmp_path):
+  """Issue 10, bug 6: AFEW lists name `.../AFEW_Face/{train,validation}/<Emotion>/<clip>`;
+  `data.root` replaced all but the basename, so `train/Happiness/` was lost and every clip was
+  missing. The root now replaces the prefix: the longest tail of the listed path found under it."""
+  from PIL import Image
+  faces = tmp_path / "AFEW_Face"
+  listed = []
+  for split, emo, clip, label in (("train", "Happiness", "011603980", 3),
+                                  ("validation", "Surprise", "000142", 5)):
+    d = faces / split / emo / clip
+    d.mkdir(parents=True)
+    for f in (1, 2):
+      Image.fromarray(np.full((8, 8, 3), 10 * f, np.uint8)).save(d / f"{f}.png")
+    listed.append(f"/home/user/datasets/AFEW_Face/{split}/{emo}/{clip} 2 {label}")
+  # A same-named clip folder elsewhere must not be taken instead of the nested one.
+  (faces / "011603980").mkdir()
+  lst = tmp_path / "AFEW_all.txt"
+  lst.write_text("\n".join(listed) + "\n")
+  src = pipeline.ListFileVideos(str(lst), root=str(faces), image_size=8)
+  assert [p for p, _ in src.items] == [str(faces / "train" / "Happiness" / "011603980"),
+                                       str(faces / "validation" / "Surprise" / "000142")]
+  assert len(src.frame_paths(1)) == 2 and int(src[1]["label"]) == 5
+  # DFEW-style flat folders still resolve (root = the folder of the clips).
+  flat = _write_list_fixture(str(tmp_path / "dfew"))
+  assert len(pipeline.ListFileVideos(flat, root=str(tmp_path / "dfew" / "DFEW_Face"))) == 3
+  lst.write_text("/home/user/datasets/AFEW_Face/train/Anger/999 2 0\n")
+  with pytest.raises(ValueError, match=r"AFEW_all.txt:1: field 'frame dir'.*data.root="):
+    pipeline.ListFileVideos(str(lst), root=str(faces))
