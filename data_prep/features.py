@@ -24,7 +24,8 @@ fsync'ed, its sidecar (records, offsets, sha256, job hash, input shard sha256) r
 then the shard; a rerun skips shards whose sidecar matches (job and input) and whose bytes hash to
 the sidecar's sha256, so a killed job rerun completes the missing shards only. `feature_job.json`
 pins the job (source shards + their manifest sha256, checkpoint path and step, model, stream,
-select, embedding dim, image size); a rerun with other settings is refused (`--overwrite`).
+select, embedding dim, image size), written with the first shard (a run that fails before leaves
+`--out` as it was); a rerun with other settings is refused (`--overwrite`).
 `manifest.json` has the face shards' layout (readable by `jaxaffect.data.pipeline.ShardRecords`)
 plus a `features` section (the recipe and package versions).
 """
@@ -186,14 +187,14 @@ def extract(shard_dir: str, out: str, embedder: Embedder, *, select: str = "all"
             "feature_version": FEATURE_VERSION, "schema_version": schema.SCHEMA_VERSION}
   job = json.loads(json.dumps({"source": SOURCE_NAME, "recipe": recipe}, sort_keys=True))
   job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:24]
-  os.makedirs(out, exist_ok=True)
-  with shards_lib._locked(out):
+  with shards_lib.output_dir(out):
     return _extract_locked(shard_dir, out, embedder, records, shard_meta, job, job_hash, overwrite,
                            quiet)
 
 
 def _extract_locked(shard_dir, out, embedder, records, shard_meta, job, job_hash, overwrite, quiet):
-  shards_lib.pin_job(out, job, overwrite=overwrite, prog="data_prep features", job_file=JOB_FILE)
+  pin = shards_lib.pin_job(out, job, overwrite=overwrite, prog="data_prep features",
+                           job_file=JOB_FILE)
   log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
   by_file: dict[str, list[dict]] = {}
@@ -208,32 +209,35 @@ def _extract_locked(shard_dir, out, embedder, records, shard_meta, job, job_hash
                   "count": meta["count"], "records": recs,
                   "inputs": {"sha256": sh["sha256"], "records": [[r["id"], r["offset"]]
                                                                   for r in recs]}})
-  done = {t["name"]: _shard_done(out, t, job_hash) for t in tasks}
+  done = {t["name"]: None if overwrite else _shard_done(out, t, job_hash) for t in tasks}
   names = {t["name"] for t in tasks}
-  for name in os.listdir(out):              # shards of another selection would mislead globs
-    if ".tfrecord-" in name and name.removesuffix(".json") not in names:
-      os.remove(os.path.join(out, name))
   todo = [t for t in tasks if done[t["name"]] is None]
   n_frames = sum(r["num_frames"] for t in todo for r in t["records"])
   log(f"[data_prep features] {len(records)} records in {len(tasks)} shards "
       f"({len(tasks) - len(todo)} already done), {n_frames} frames to embed, stream "
       f"{job['recipe']['stream']!r} dim {embedder.dim}")
   t0 = time.time()
+  for t in todo:                            # every input checked before --out is touched
+    path = os.path.join(shard_dir, t["name"])
+    if not os.path.exists(path) or os.path.getsize(path) != shard_meta[t["name"]]["bytes"]:
+      raise shards_lib.PrepFailed(f"data_prep features: {path}: missing or changed since "
+                                  f"{shard_dir}/manifest.json was written")
+  # Shards of another selection would mislead globs: deleted, with the old manifest, when the job
+  # writes; the job file is pinned with the first shard (a run that fails before leaves --out as
+  # it was).
+  if todo or pin.stale(names):
+    pin.prepare(names)
   if todo:
     from tqdm import tqdm
     bar = tqdm(total=n_frames, unit="frame", desc="features", file=sys.stderr, disable=quiet,
                dynamic_ncols=True)
     try:
       for t in todo:
-        for sh in (shard_meta[t["name"]],):
-          path = os.path.join(shard_dir, t["name"])
-          if not os.path.exists(path) or os.path.getsize(path) != sh["bytes"]:
-            raise shards_lib.PrepFailed(f"data_prep features: {path}: missing or changed since "
-                                        f"{shard_dir}/manifest.json was written")
         done[t["name"]] = _write_shard(shard_dir, out, t, embedder, job["recipe"]["stream"],
-                                       job_hash, bar.update)
+                                       job_hash, bar.update, pin)
     finally:
       bar.close()
+  pin.write()
   manifest = shards_lib._manifest(SOURCE_NAME, job, tasks, done, [], "")
   manifest["features"] = dict(job["recipe"], versions=_versions())
   shards_lib._atomic_json(os.path.join(out, schema.MANIFEST), manifest)
@@ -285,7 +289,8 @@ def feature_record(rec: schema.VideoRecord, stream: str, emb: np.ndarray) -> sch
 
 
 def _write_shard(shard_dir: str, out: str, task: dict, embedder: Embedder, stream: str,
-                 job_hash: str, progress: Callable[[int], Any]) -> dict:
+                 job_hash: str, progress: Callable[[int], Any],
+                 pin: "shards_lib.Pin | None" = None) -> dict:
   """One feature shard (temp + fsync + rename, sidecar first) from one input shard."""
   src = os.path.join(shard_dir, task["name"])
   final = os.path.join(out, task["name"])
@@ -346,8 +351,8 @@ def _write_shard(shard_dir: str, out: str, task: dict, embedder: Embedder, strea
         raise RuntimeError(f"{src}: {len(pending)} records left unembedded (internal error)")
       f.flush()
       os.fsync(f.fileno())
-    return shards_lib.commit_shard(tmp, final, task, job_hash, records=records, skipped=[],
-                                   frame_issues=[], template=None)
+    return shards_lib.commit_shard(tmp, final, task, job_hash, pin=pin, records=records,
+                                   skipped=[], frame_issues=[], template=None)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -10,11 +10,16 @@
   JPEG, a new video) redoes the shards they fall in. The content of a shard depends only on its
   items and the recipe (never on workers or timing), so the result equals an uninterrupted run.
 * `prep_job.json` pins the source, its arguments and the recipe; a rerun with different ones is
-  refused (`--overwrite` deletes the directory's shards and starts over). One job at a time per
-  output directory (`.lock`, flock).
+  refused (`--overwrite` deletes the directory's shards and starts over). It is written with the
+  job's first shard (`Pin`): a run that fails before writing anything (a wrong `--src`, a forgotten
+  flag, a `--strict` stop) leaves `--out` as it was and pins nothing. One job at a time per output
+  directory (`.lock`, flock); a directory the failed run created is removed again.
 * Inputs that cannot be used are logged with file, line/frame and field (`skipped.jsonl`, and in the
   manifest); `--strict` stops at the first one (an unreadable frame included; frames the dataset
-  simply does not have, like Aff-Wild2 gaps, are counted, not errors), leaving no partial shard.
+  simply does not have, like Aff-Wild2 gaps, are counted, not errors) and commits nothing: shards
+  are staged as temp files and committed (with the deletions the job implies) only when every one
+  succeeded, so a strict failure leaves `--out` byte for byte as it was, for any `--workers` (a
+  killed strict run therefore redoes all its shards).
 * `--segment-frames N` writes long videos as consecutive records of at most N frames (e.g. 1000 for
   Aff-Wild2, ~5000 frames per video): readers then read one segment, not the whole video.
 * `manifest.json` (written last, atomically, deterministic) aggregates the sidecars: counts, label
@@ -27,6 +32,7 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -279,19 +285,25 @@ def _write_shard(task: dict) -> dict:
           _QUEUE.put(("item", rec.num_frames))
       f.flush()
       os.fsync(f.fileno())
-    return commit_shard(tmp, final, task, _JOB["job_hash"], records=records, skipped=skipped,
-                        frame_issues=issues,
-                        template=None if template is None else template.to_json())
+    fields = dict(records=records, skipped=skipped, frame_issues=issues,
+                  template=None if template is None else template.to_json())
+    if _JOB["strict"]:              # staged: committed by the main process once all succeeded
+      return {"staged": tmp, "final": final, "name": task["name"], "fields": fields}
+    return commit_shard(tmp, final, task, _JOB["job_hash"], pin=_JOB["pin"], **fields)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
 
 
-def commit_shard(tmp: str, final: str, task: dict, job_hash: str, **fields) -> dict:
-  """A fully written and fsync'ed shard `tmp` becomes `final`: its sidecar (task, job hash,
-  inputs, sha256, size, `fields`) is written first, then the shard is renamed into place, so a
-  shard without a matching sidecar is never taken as done."""
+def commit_shard(tmp: str, final: str, task: dict, job_hash: str, *, pin: "Pin | None" = None,
+                 **fields) -> dict:
+  """A fully written and fsync'ed shard `tmp` becomes `final`: the job is pinned (`pin.write()`,
+  with the first shard), its sidecar (task, job hash, inputs, sha256, size, `fields`) is written,
+  then the shard is renamed into place, so a shard without a matching sidecar is never taken as
+  done."""
+  if pin is not None:
+    pin.write()
   side = {"name": task["name"], "split": task["split"], "index": task["index"],
           "count": task["count"], "job": job_hash, "inputs": task["inputs"], **fields,
           "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp)}
@@ -396,14 +408,35 @@ def _locked(out: str):
     f.close()
 
 
+@contextlib.contextmanager
+def output_dir(out: str):
+  """`out` created if needed and locked for one job; if this run created it and fails leaving
+  nothing but the lock file, the directory is removed again (a failed run leaves no trace)."""
+  created = not os.path.isdir(out)
+  os.makedirs(out, exist_ok=True)
+  try:
+    with _locked(out):
+      yield
+  except BaseException:
+    if created:
+      with contextlib.suppress(OSError):
+        if os.listdir(out) == [LOCK_FILE]:
+          os.remove(os.path.join(out, LOCK_FILE))
+        os.rmdir(out)
+    raise
+
+
 def run(source_name: str, args: argparse.Namespace) -> dict:
   """Runs (or resumes) a preprocessing job; returns the manifest."""
   from data_prep import sources
   if source_name not in sources.SOURCES:
     raise PrepFailed(f"data_prep: unknown source {source_name!r}; known: {sorted(sources.SOURCES)}")
+  for name, lo in (("shards", 0), ("workers", 1), ("segment_frames", 0), ("size", 1)):
+    value = getattr(args, name, None)         # (the CLI's parser already refuses these)
+    if value is not None and value < lo:
+      raise PrepFailed(f"data_prep: --{name.replace('_', '-')} must be >= {lo}, got {value}")
   out = os.path.abspath(args.out)
-  os.makedirs(out, exist_ok=True)
-  with _locked(out):
+  with output_dir(out):
     return _run_locked(source_name, args, out)
 
 
@@ -421,28 +454,60 @@ def _settings_diff(old: dict, new: dict) -> list[str]:
   return diff
 
 
-def pin_job(out: str, job: dict, *, overwrite: bool, prog: str, job_file: str = JOB_FILE,
-            extra_outputs: tuple[str, ...] = ()) -> None:
-  """Pins a job's settings to its output directory (`job_file`), under the directory lock.
+@dataclasses.dataclass
+class Pin:
+  """A job's settings and what it replaces in its output directory, applied only when the job
+  writes: `prepare()` just before its first shard (or, under --strict, once all are staged),
+  `write()` (the job file) with the first committed shard. Until then `--out` is untouched."""
+  out: str
+  job: dict
+  job_file: str
+  overwrite: bool
+  extra_outputs: tuple[str, ...]
+  leftovers: tuple[str, ...]        # temp files of a killed run (present when the job started)
+  written: bool = False
 
-  `overwrite`: delete the shards, the manifest, `extra_outputs` and the job file first. Otherwise a
-  directory pinned to other settings is refused (naming what differs), so one directory never
-  mixes two recipes. Leftover temp files of a killed run are removed."""
+  def stale(self, keep: set[str]) -> list[str]:
+    """Shard files and sidecars the job will delete: all of them with overwrite, else those of
+    another layout (not in `keep`)."""
+    return sorted(n for n in os.listdir(self.out) if ".tfrecord-" in n and ".tmp-" not in n
+                  and (self.overwrite or n.removesuffix(".json") not in keep))
+
+  def prepare(self, keep: set[str]) -> None:
+    """Deletes what the job replaces: stale shards (`stale(keep)`), the manifest and
+    `extra_outputs` (they describe the old content; rewritten at the end), the job file with
+    overwrite, and the leftovers."""
+    names = set(self.stale(keep)) | set(self.leftovers) | {schema.MANIFEST, *self.extra_outputs}
+    if self.overwrite:
+      names.add(self.job_file)
+    for name in sorted(names):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(self.out, name))
+
+  def write(self) -> None:
+    """Pins the settings (once per process; the same bytes if several workers do)."""
+    if not self.written:
+      _atomic_json(os.path.join(self.out, self.job_file), self.job)
+      self.written = True
+
+
+def pin_job(out: str, job: dict, *, overwrite: bool, prog: str, job_file: str = JOB_FILE,
+            extra_outputs: tuple[str, ...] = ()) -> Pin:
+  """Checks a job's settings against its output directory (`job_file`), under the directory lock,
+  and returns the `Pin` that writes them with the job's first shard.
+
+  Without `overwrite`, a directory pinned to other settings is refused (naming what differs), so
+  one directory never mixes two recipes. Nothing is written or deleted here: a job that fails
+  before its first shard (bad input, a --strict stop) leaves the directory as it was."""
   job_path = os.path.join(out, job_file)
-  if overwrite:
-    for name in os.listdir(out):
-      if ".tfrecord-" in name or name in (schema.MANIFEST, job_file, *extra_outputs):
-        os.remove(os.path.join(out, name))
-  elif os.path.exists(job_path):
+  if not overwrite and os.path.exists(job_path):
     with open(job_path) as f:
       old = json.load(f)
     if old != job:
       raise PrepFailed(f"{prog}: {out} holds a job with other settings (differs in "
                        f"{_settings_diff(old, job)}); use another --out or --overwrite")
-  for name in os.listdir(out):               # leftovers of a killed run
-    if ".tmp-" in name:
-      os.remove(os.path.join(out, name))
-  _atomic_json(job_path, job)
+  leftovers = tuple(sorted(n for n in os.listdir(out) if ".tmp-" in n))
+  return Pin(out, job, job_file, overwrite, tuple(extra_outputs), leftovers)
 
 
 def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
@@ -457,8 +522,8 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
     raise PrepFailed(f"data_prep: {e}") from e
   job = json.loads(json.dumps(_job_signature(args, source_name, recipe)))
   job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:24]
-  pin_job(out, job, overwrite=getattr(args, "overwrite", False), prog="data_prep",
-          extra_outputs=(SKIP_LOG,))
+  pin = pin_job(out, job, overwrite=getattr(args, "overwrite", False), prog="data_prep",
+                extra_outputs=(SKIP_LOG,))
 
   log = (lambda *a: None) if getattr(args, "quiet", False) else (
       lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -496,19 +561,23 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
       tasks.append({"name": schema.shard_name(dataset, split, j, n), "split": split, "index": j,
                     "count": n, "items": mine, "template": split == template_split,
                     "inputs": [[items[i].key, fingerprint(items[i])] for i in mine]})
-  done = {t["name"]: _shard_done(out, t, job_hash) for t in tasks}
+  done = {t["name"]: None if pin.overwrite else _shard_done(out, t, job_hash) for t in tasks}
   names = {t["name"] for t in tasks}
-  for name in os.listdir(out):      # shards of an earlier layout (other counts) would mislead globs
-    if ".tfrecord-" in name and name.removesuffix(".json") not in names:
-      os.remove(os.path.join(out, name))
   todo = [t for t in tasks if done[t["name"]] is None]
+  strict = bool(args.strict)
+  # Shards of an earlier layout (other counts) would mislead globs: deleted, with the old manifest,
+  # when the job writes (under --strict: once every shard is staged).
+  if (todo or pin.stale(names)) and not strict:
+    pin.prepare(names)
   n_todo_items = sum(len(t["items"]) for t in todo)
   log(f"[data_prep] {source_name}: {len(items)} items in {len(by_split)} split(s), {len(tasks)} "
       f"shards ({len(tasks) - len(todo)} already done), {len(skipped)} skipped while listing")
 
   _ITEMS, _STAGE = items, None
-  _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": bool(args.strict),
-          "job_hash": job_hash, "segment_frames": int(getattr(args, "segment_frames", 0) or 0)}
+  _JOB = {"out": out, "recipe": recipe, "recipe_args": recipe_args, "strict": strict,
+          "job_hash": job_hash, "segment_frames": int(getattr(args, "segment_frames", 0) or 0),
+          "pin": pin}
+  staged: dict[str, dict] = {}      # --strict: shards written to temp files, not yet committed
   workers = max(1, min(int(args.workers or 1), len(todo) or 1))
   frames_done = [0]
   if todo:
@@ -526,12 +595,19 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
       else:
         bar.write(f"[data_prep] skip: {val}")
 
+    def finished(res: dict) -> None:
+      if "staged" in res:
+        staged[res["name"]] = res
+      else:
+        done[res["name"]] = res
+
+    futs: list = []
     try:
       if workers == 1:
         q = _LocalQueue(on_msg)
         _worker_init(_JOB, q)
         for t in todo:
-          done[t["name"]] = _write_shard(t)
+          finished(_write_shard(t))
       else:
         ctx = mp.get_context("fork")
         q = ctx.Queue()
@@ -554,8 +630,7 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
             futs = [ex.submit(_write_shard, t) for t in todo]
             try:
               for fu in concurrent.futures.as_completed(futs):
-                side = fu.result()
-                done[side["name"]] = side
+                finished(fu.result())
             except BaseException:
               for fu in futs:
                 fu.cancel()
@@ -566,10 +641,26 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
         finally:
           stop.set()
           th.join(timeout=5)
-    except base.PrepError as e:
-      raise PrepFailed(f"data_prep: {e} (--strict)") from e
+    except BaseException as e:
+      if strict:                    # nothing is committed: staged shards go, also those of
+        for fu in futs:             # workers that finished after the failure
+          if fu.done() and not fu.cancelled() and fu.exception() is None:
+            finished(fu.result())
+        for res in staged.values():
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(res["staged"])
+      if isinstance(e, base.PrepError):
+        raise PrepFailed(f"data_prep: {e} (--strict)") from e
+      raise
     finally:
       bar.close()
+  if strict and (staged or pin.stale(names)):
+    pin.prepare(names)              # every shard succeeded: now the job replaces the old content
+    for t in todo:
+      res = staged[t["name"]]
+      done[t["name"]] = commit_shard(res["staged"], res["final"], t, job_hash, pin=pin,
+                                     **res["fields"])
+  pin.write()
   manifest = _manifest(source_name, job, tasks, done, skipped, template_split)
   with open(os.path.join(out, SKIP_LOG + f".tmp-{os.getpid()}"), "w") as f:
     for s in manifest["skipped"] + manifest["frame_issues"]:

