@@ -356,19 +356,24 @@ def _path_stat(path: str) -> list:
 
 
 def fingerprint(item: base.VideoItem) -> str:
-  """What the item was made from: its source path's files and its labels (for light items whose
-  labels come from `resolve()`, the label files are in `meta["label_files"]` if the source says so;
-  synthetic items are fully determined by the pinned job arguments)."""
+  """What the item was made from: its source path's files, its labels and every other field the
+  record stores (fps, which sets the times: e.g. Aff-Wild2's `--fps-csv`; meta); for light items
+  whose labels come from `resolve()`, the label files are in `meta["label_files"]` if the source
+  says so; synthetic items are fully determined by the pinned job arguments."""
   h = hashlib.sha256()
   h.update(json.dumps([item.key, item.source_path, _path_stat(item.source_path) if item.source_path
                        else [], item.clip_label, item.vocab, list(item.folds), item.track,
                        item.expr_vocab, list(item.au_names), item.num_frames],
+                      default=str).encode())
+  h.update(json.dumps([repr(float(item.fps)), item.landmark_scheme, item.meta], sort_keys=True,
                       default=str).encode())
   for f in (item.va, item.expr, item.au, item.boxes, item.landmarks, item.soft_label):
     _arr_hash(h, f)
   for k in sorted(item.series):
     _arr_hash(h, item.series[k].times)
     _arr_hash(h, item.series[k].values)
+    h.update(json.dumps([k, list(item.series[k].names), repr(float(item.series[k].rate_hz))])
+             .encode())
   for lf in sorted(item.meta.get("label_files", []) or []):
     h.update(json.dumps([lf, _path_stat(lf)]).encode())
   return h.hexdigest()[:24]

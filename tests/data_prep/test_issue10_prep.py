@@ -211,6 +211,31 @@ def test_failed_features_run_does_not_lock_the_output(tmp_path):
 # 4. --fps-csv belongs to the item fingerprint
 
 
+def test_fps_csv_edit_redoes_exactly_the_shards_concerned(tmp_path, capsys):
+  from tests.data_prep.test_sources import _affwild_root
+  root, _, _ = _affwild_root(tmp_path)
+  fps_csv = fx.write_text(str(tmp_path / "fps.csv"), "video,fps\nvidA,25\n1-30-1280x720,30\n")
+  out = tmp_path / "o"
+  argv = ["affwild2", "--src", root, "--out", out, "--size", "16", "--quiet", "--fps-csv", fps_csv]
+  rc, err = _cli(argv, capsys)
+  assert rc == 0, err
+  a = _records(out)["vidA"][0]
+  assert a.fps == 25 and a.t_sec[1] == pytest.approx(1 / 25)
+  files = sorted(n for n in os.listdir(out) if n.startswith("affwild2-") and ".json" not in n)
+  assert len(files) == 2
+  before = {n: (os.stat(out / n).st_mtime_ns, shards._sha256(str(out / n))) for n in files}
+  fx.write_text(fps_csv, "video,fps\nvidA,50\n1-30-1280x720,30\n")
+  rc, err = _cli(argv, capsys)
+  assert rc == 0, err
+  a = _records(out)["vidA"][0]
+  assert a.fps == 50 and a.t_sec[1] == pytest.approx(1 / 50)
+  after = {n: (os.stat(out / n).st_mtime_ns, shards._sha256(str(out / n))) for n in files}
+  train = [n for n in files if "-train." in n][0]
+  val = [n for n in files if "-val." in n][0]
+  assert after[val] == before[val]                     # not concerned: untouched
+  assert after[train][1] != before[train][1]           # redone with the new fps
+
+
 # ------------------------------------------------------------------------------------------------
 # 6. AFEW list files with nested splits, default --list-prefix
 
