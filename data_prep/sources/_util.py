@@ -170,10 +170,12 @@ def read_list_file(path: str, *, src: str, list_root: str | None, list_prefix: s
                    num_classes: int) -> list[ListEntry | Skip]:
   """Parse a Former-DFER list: lines `<frame dir> <num_frames> <label>`, space-separated.
 
-  Paths: with `list_root`, the prefix `list_prefix` (default: the longest common directory of the
-  entries' parent directories, e.g. `/home/user/datasets/DFEW_Face`) is replaced by `list_root`, as
-  Former-DFER's `annotation/script.py` rewrites `/home/user/datasets/...`. Without it, absolute
-  paths are used as written and relative ones are joined to `src`.
+  Paths: with `list_root`, the prefix `list_prefix` is replaced by `list_root`, as Former-DFER's
+  `annotation/script.py` rewrites `/home/user/datasets/...`. The default prefix is the longest
+  directory above the entries under which they are found in `list_root` (`default_prefix`): the
+  entries' common parent for flat lists (`.../DFEW_Face/00001`), the folder above the split for
+  nested ones (`.../AFEW_Face/train/Happiness/011603980` with `--list-root .../AFEW_Face`).
+  Without `list_root`, absolute paths are used as written and relative ones are joined to `src`.
 
   A line without exactly three fields (the path may contain spaces: split from the right) or with a
   non-integer frame count raises (the file is not a list file); a label outside 0..num_classes-1
@@ -198,7 +200,7 @@ def read_list_file(path: str, *, src: str, list_root: str | None, list_prefix: s
       raw.append((lineno, fdir, n, label))
   if list_root is not None and raw:
     if list_prefix is None:
-      list_prefix = os.path.commonpath([os.path.dirname(r[1].rstrip("/")) for r in raw])
+      list_prefix = default_prefix(path, [(r[0], r[1]) for r in raw], list_root)
     prefix = list_prefix.rstrip("/")
   out: list[ListEntry | Skip] = []
   for lineno, fdir, n, label in raw:
@@ -218,6 +220,33 @@ def read_list_file(path: str, *, src: str, list_root: str | None, list_prefix: s
       continue
     out.append(ListEntry(path, lineno, fdir, n, lab))
   return out
+
+
+def default_prefix(path: str, entries: list[tuple[int, str]], list_root: str) -> str:
+  """The prefix of a list file's frame dirs that `list_root` replaces, when not given.
+
+  Candidates: the common parent directory of the entries, then each directory above it. The
+  longest one under which the most entries exist in `list_root` wins, so a list of
+  `<root>/train/<Emotion>/<clip>` lines works with `--list-root` = the folder holding `train/`
+  (the split folder is kept) as well as with the split folder itself; if no entry exists under
+  any candidate, the common parent (the clips are then skipped, naming the folder looked for)."""
+  dirs = [d.rstrip("/") for _, d in entries]
+  try:
+    common = os.path.commonpath([os.path.dirname(d) for d in dirs])
+  except ValueError:            # absolute and relative paths mixed
+    raise PrepError(path, "the frame dirs mix absolute and relative paths: pass --list-prefix",
+                    line=entries[0][0], field="frame_dir") from None
+  candidates = [common]
+  while os.path.dirname(candidates[-1]) not in ("", candidates[-1]):
+    candidates.append(os.path.dirname(candidates[-1]))
+  best, best_count = common, 0
+  for prefix in candidates:
+    count = sum(os.path.isdir(os.path.join(list_root, d[len(prefix):].lstrip("/"))) for d in dirs)
+    if count > best_count:
+      best, best_count = prefix, count
+    if count == len(dirs):
+      break
+  return best
 
 
 def list_entry_frames(entry: ListEntry, *, item: str) -> list[tuple[int, str]] | PrepError:

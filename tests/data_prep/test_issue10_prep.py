@@ -240,6 +240,43 @@ def test_fps_csv_edit_redoes_exactly_the_shards_concerned(tmp_path, capsys):
 # 6. AFEW list files with nested splits, default --list-prefix
 
 
+def test_afew_nested_split_lists_with_the_default_prefix(tmp_path):
+  from data_prep.sources import afew
+  from tests.data_prep.test_sources import by_id, run, skips
+  faces = tmp_path / "AFEW_Face"
+  for split, emo, clip, n in (("train", "Happiness", "011603980", 3), ("train", "Anger",
+                                                                       "004510640", 4),
+                              ("validation", "Surprise", "000142", 2)):
+    for i in range(1, n + 1):
+      fx.write_jpeg(str(faces / split / emo / clip / f"{i}.jpg"), fx.image(0, i))
+  old = "/home/user/datasets/AFEW_Face"
+  tr = fx.write_text(str(tmp_path / "AFEW_train.txt"),
+                     f"{old}/train/Happiness/011603980 3 0\n{old}/train/Anger/004510640 4 3\n")
+  va = fx.write_text(str(tmp_path / "AFEW_validation.txt"),
+                     f"{old}/validation/Surprise/000142 2 4\n")
+  out = run(afew, tmp_path, ["--list-file", tr, "--list-file", va, "--list-root", str(faces)])
+  assert skips(out) == []
+  items = by_id(out)
+  assert {k: (v.split, v.clip_label, v.num_frames, v.source_path) for k, v in items.items()} == {
+      "011603980": ("train", 0, 3, str(faces / "train" / "Happiness" / "011603980")),
+      "004510640": ("train", 3, 4, str(faces / "train" / "Anger" / "004510640")),
+      "000142": ("val", 4, 2, str(faces / "validation" / "Surprise" / "000142"))}
+  # the split folder itself as --list-root keeps working (the longest prefix that resolves)
+  out = run(afew, tmp_path, ["--list-file", tr, "--list-root", str(faces / "train")])
+  assert skips(out) == [] and sorted(by_id(out)) == ["004510640", "011603980"]
+  # flat lists (no split folder) keep working
+  flat = tmp_path / "flat"
+  for i in range(1, 4):
+    fx.write_jpeg(str(flat / "Happiness" / "011603980" / f"{i}.jpg"), fx.image(0, i))
+  fl = fx.write_text(str(tmp_path / "flat_train.txt"), f"{old}/Happiness/011603980 3 0\n")
+  out = run(afew, tmp_path, ["--list-file", fl, "--list-root", str(flat)])
+  assert skips(out) == [] and sorted(by_id(out)) == ["011603980"]
+  # nothing resolves: the clips are skipped naming the folder looked for (as before)
+  out = run(afew, tmp_path, ["--list-file", tr, "--list-root", str(tmp_path / "nowhere")])
+  errs = skips(out)
+  assert len(errs) == 2 and all("frame folder not found" in e.reason for e in errs)
+
+
 # ------------------------------------------------------------------------------------------------
 # 7. Numeric flags
 
