@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxaffect.errors import UserError
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """`variant,key=value,...` → ConfigDict (big_vision's `parse_arg`); the first bare word is the variant."""
@@ -11,12 +13,12 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if "=" in tok:
       k, v = tok.split("=", 1)
       if k not in out:
-        raise ValueError(f"config argument {k!r} unknown; known: {sorted(out)}")
+        raise UserError(f"config argument {k!r} unknown; known: {sorted(out)}")
       out[k] = type(out[k])(v) if not isinstance(out[k], bool) else v.lower() in ("1", "true")
     elif i == 0 and "variant" in out:
       out["variant"] = tok
     else:
-      raise ValueError(f"config argument {tok!r}: expected key=value")
+      raise UserError(f"config argument {tok!r}: expected key=value")
   return ml_collections.ConfigDict(out)
 
 

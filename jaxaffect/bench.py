@@ -96,12 +96,12 @@ def _import_official(path: str, module_file: str, repo: str, module: str, name: 
   refusing a checkout without `module_file` or another `models` package already imported."""
   if not os.path.isfile(os.path.join(path, *module_file.split("/"))):
     raise UserError(f"bench --reference {path}: {module_file} not found (expected a checkout of "
-                     f"{repo})")
+                    f"{repo})")
   cached = sys.modules.get("models")
   where = [os.path.abspath(p) for p in getattr(cached, "__path__", [])]
   if cached is not None and not any(w.startswith(os.path.abspath(path)) for w in where):
     raise UserError(f"bench --reference {path}: another top-level `models` package is already "
-                     f"imported ({cached!r}); run the reference in a fresh process")
+                    f"imported ({cached!r}); run the reference in a fresh process")
   import importlib
   sys.path.insert(0, os.path.abspath(path))
   try:
@@ -117,12 +117,12 @@ def _former_dfer_reference(path: str, config) -> Reference:
   t = d.num_segments * d.duration
   if (t, d.image_size) != (16, 112):
     raise UserError(f"bench --reference: the official Former-DFER only runs 16×112² clips "
-                     f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"
-                     f"{d.image_size}² (use --config former_dfer:dfew)")
+                    f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"
+                    f"{d.image_size}² (use --config former_dfer:dfew)")
   if (m.num_spatial_layers, m.num_temporal_layers, m.width, m.num_classes) != (1, 3, 64, 7):
     raise UserError(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
-                     f"classes; the config has N={m.num_spatial_layers}, "
-                     f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
+                    f"classes; the config has N={m.num_spatial_layers}, "
+                    f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
   GenerateModel = _import_official(path, "models/ST_Former.py", "zengqunzhao/Former-DFER",
                                    "models.ST_Former", "GenerateModel")
 
@@ -159,8 +159,8 @@ def _est_reference(path: str, config) -> Reference:
               m.use_aasfe, m.use_ssop)
   if official != (64, 512, 4, 3, 3, 2048, 7, 5, 7, True, True):
     raise UserError(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
-                     f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
-                     f"gives {official} (use --config est:dfew)")
+                    f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
+                    f"gives {official} (use --config est:dfew)")
   resnet18_EST = _import_official(path, "models/Model.py", "DreamMr/EST", "models.Model",
                                   "resnet18_EST")
   torch.Tensor.cuda = lambda self, *a, **k: self          # CPU: the official PE calls .cuda()
@@ -255,7 +255,7 @@ def _abaw_reference(path: str, config) -> Reference:
   module = registry.build_module(config)
   if len(module.outputs) != 1:
     raise UserError(f"bench --reference: the official models have one output; the config has "
-                     f"{module.outputs}")
+                    f"{module.outputs}")
   out = module.outputs[0]
   abaw5 = module.va_heads == "split"
   if abaw5:
@@ -266,9 +266,9 @@ def _abaw_reference(path: str, config) -> Reference:
     repo, task = "upczww/abaw6", {"va": "VA", "expr": "EXPR", "au": "AU"}[out]
   if not official:
     raise UserError("bench --reference: the config is not the official ABAW6 model (one 768-d "
-                     "stream, TCN [768,256,128] k5 PReLU, d 512, 8x4 heads, FF 512) nor the "
-                     "ABAW5 six-stream VA model (use --config abaw_tcn:expr / :va / :au / "
-                     ":abaw5_va)")
+                    "stream, TCN [768,256,128] k5 PReLU, d 512, 8x4 heads, FF 512) nor the "
+                    "ABAW5 six-stream VA model (use --config abaw_tcn:expr / :va / :au / "
+                    ":abaw5_va)")
   if "munch" not in sys.modules:
     try:
       import munch  # noqa: F401

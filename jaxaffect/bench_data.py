@@ -147,7 +147,7 @@ def run(videos: int = 8, frames: int = 48, clips: int = 8, rounds: int = 5,
   cv2.setNumThreads(1)
   if workdir and os.path.isdir(workdir) and os.listdir(workdir):
     raise UserError(f"jaxaffect bench data: --workdir {workdir} is not empty (a reused directory "
-                     f"would time resumed, finished prep jobs)")
+                    f"would time resumed, finished prep jobs)")
   tmp = workdir or tempfile.mkdtemp(prefix="jaxaffect_bench_data_")
   result: dict[str, Any] = {"videos": videos, "frames_per_video": frames, "clips_per_round": clips,
                             "rounds": rounds, "threads": 1, "readers": {}, "prep": {}}

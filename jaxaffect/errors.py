@@ -23,6 +23,11 @@ class UserError(ValueError):
   """Bad input, with a message that names the file, record/line and field."""
 
 
+class MissingFile(UserError, FileNotFoundError):
+  """A file or directory the user named (or that a named directory should hold) does not exist;
+  also a `FileNotFoundError`, so callers that catch that keep working."""
+
+
 def take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
   """Removes a leading-or-anywhere `--debug` from argv; also honours JAXAFFECT_DEBUG=1."""
   debug = os.environ.get("JAXAFFECT_DEBUG", "") not in ("", "0")
@@ -40,7 +45,7 @@ def run_main(prog: str, fn: Callable[[], int], *, debug: bool = False) -> int:
     if debug:
       raise
     msg = str(e)
-    if not msg.startswith(prog + ":") and not msg.startswith(prog.split()[0] + ":"):
+    if not msg.startswith((prog + ":", prog + " ")):     # "jaxaffect predict: ..." is prefixed
       msg = f"{prog}: {msg}"
     print(msg, file=sys.stderr, flush=True)
     return EXIT_USAGE

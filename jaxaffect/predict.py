@@ -134,8 +134,8 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
   task = setup.task
   if config.data.get("source", "") != "features" or getattr(task, "input", "") != "features":
     raise UserError(f"jaxaffect predict: {workdir} holds a {config.model_name!r} run on "
-                     f"data.source={config.data.get('source')!r}; predict runs sequence models "
-                     f"over feature streams (data.source='features', task.input='features')")
+                    f"data.source={config.data.get('source')!r}; predict runs sequence models "
+                    f"over feature streams (data.source='features', task.input='features')")
   if labels is not None or stream_paths:
     config.unlock()
     if labels is not None:
@@ -146,7 +146,7 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
       unknown = sorted(set(stream_paths) - set(names))
       if unknown:
         raise UserError(f"jaxaffect predict: stream(s) {unknown} are not in the run's "
-                         f"data.features {names}")
+                        f"data.features {names}")
       for x in specs:
         x["path"] = stream_paths.get(x["name"], x["path"])
       config.data.features = specs
@@ -167,7 +167,7 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
     header["expr"] = "image_location," + ",".join(expr_names)
   if "au" in outputs:
     if task.num_au != len(vocab.AU12):
-      raise ValueError(f"AU submission needs the 12 ABAW units; the model has {task.num_au}")
+      raise UserError(f"AU submission needs the 12 ABAW units; the model has {task.num_au}")
     header["au"] = "image_location," + ",".join(vocab.AU12)
   listed = read_frame_list(frames_from) if frames_from else None
   lines: dict[str, dict[str, list[str]]] = {o: {} for o in outputs}    # output -> video -> lines
@@ -231,7 +231,7 @@ def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | No
     missing = [v for v in listed if v not in have]
     if missing:
       raise UserError(f"jaxaffect predict: {frames_from} lists {len(missing)} video(s) that "
-                       f"select={select!r} does not have, e.g. {missing[:5]}")
+                      f"select={select!r} does not have, e.g. {missing[:5]}")
   order = list(listed) if listed is not None else [v["video"] for v in per_video]
 
   files = {}

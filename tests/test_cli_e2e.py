@@ -137,3 +137,10 @@ def test_user_errors_are_one_line_with_status_2(workdir, tmp_path, args, needle)
   assert sorted(os.listdir(tmp_path)) == ["junk.pth"]      # nothing written, no empty workdir
   r = _run_rc("--debug", *args)                             # --debug: the traceback
   assert r.returncode == 1 and "Traceback" in r.stderr and "UserError" in r.stderr
+
+
+def test_read_only_commands_print_no_orbax_notices(workdir):
+  """`eval` printed absl warnings "Given directory is read only" for every restore."""
+  r = _run_rc("eval", "--workdir", workdir, "--json")
+  assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4
+  assert "read only" not in r.stderr and "read_only" not in r.stderr, r.stderr[-2000:]

@@ -140,7 +140,7 @@ def parse_label_file(path: str, task: str, *, item: str | None = None) -> Labels
   """One annotation file of `task` ("va", "expr", "au"); `AnnotationError(path, line=, field=,
   item=)` on any deviation from the format (module docstring)."""
   if task not in TASKS:
-    raise ValueError(f"{path}: unknown Aff-Wild2 task {task!r}, expected one of {TASKS}")
+    raise UserError(f"{path}: unknown Aff-Wild2 task {task!r}, expected one of {TASKS}")
   lines = _lines(path)
   if not lines:
     raise AnnotationError(path, "empty annotation file (expected a header line)", line=1, item=item)
@@ -211,7 +211,7 @@ def padded(labels: dict[str, Labels], task: str, n: int) -> np.ndarray | None:
     return None
   v = labels[task].values
   if len(v) > n:
-    raise ValueError(f"padded: {task} has {len(v)} label lines, more than the {n} frames")
+    raise UserError(f"padded: {task} has {len(v)} label lines, more than the {n} frames")
   sentinel, dtype = SENTINELS[task]
   out = np.full((n,) + v.shape[1:], sentinel, dtype)
   out[:len(v)] = v

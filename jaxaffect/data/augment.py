@@ -37,14 +37,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from jaxaffect.errors import UserError
+
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
 
 def _check_video(video: np.ndarray, where: str) -> np.ndarray:
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-    raise ValueError(f"{where}: expected a uint8 (T, H, W, 3) RGB video, got "
-                     f"{video.dtype}{video.shape}.")
+    raise UserError(f"{where}: expected a uint8 (T, H, W, 3) RGB video, got "
+                    f"{video.dtype}{video.shape}.")
   return video
 
 
@@ -67,8 +69,8 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
   the frame's own aspect lies outside `ratio`, centred.
   """
   if scale[0] > scale[1] or ratio[0] > ratio[1]:
-    raise ValueError(f"random_resized_crop_params: scale and ratio must be (min, max), got "
-                     f"scale={scale}, ratio={ratio}.")
+    raise UserError(f"random_resized_crop_params: scale and ratio must be (min, max), got "
+                    f"scale={scale}, ratio={ratio}.")
   area = height * width
   log_r = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -103,11 +105,11 @@ def resized_crop(video: np.ndarray, box: Box, size: int | Sequence[int], *,
   top, left, h, w = (int(b) for b in box)
   T, H, W, _ = video.shape
   if h < 1 or w < 1 or top < 0 or left < 0 or top + h > H or left + w > W:
-    raise ValueError(f"resized_crop: box (top={top}, left={left}, h={h}, w={w}) is not inside "
-                     f"the {H}x{W} frames.")
+    raise UserError(f"resized_crop: box (top={top}, left={left}, h={h}, w={w}) is not inside "
+                    f"the {H}x{W} frames.")
   oh, ow = _size_hw(size)
   if backend not in ("auto", "pil"):
-    raise ValueError(f"resized_crop: backend must be 'auto' or 'pil', got {backend!r}.")
+    raise UserError(f"resized_crop: backend must be 'auto' or 'pil', got {backend!r}.")
   crop = video[:, top:top + h, left:left + w]
   if (h, w) == (oh, ow):
     return np.ascontiguousarray(crop)
@@ -145,10 +147,10 @@ def random_zoom_params(height: int, width: int, rng: np.random.Generator,
   `jitter` × the free margin on each side (`jitter=0`: centred; 1: anywhere in the frame).
   """
   if not 1.0 <= zoom[0] <= zoom[1]:
-    raise ValueError(f"random_zoom_params: zoom must be (min, max) with 1 <= min <= max, "
-                     f"got {zoom}.")
+    raise UserError(f"random_zoom_params: zoom must be (min, max) with 1 <= min <= max, "
+                    f"got {zoom}.")
   if not 0.0 <= jitter <= 1.0:
-    raise ValueError(f"random_zoom_params: jitter must be in [0, 1], got {jitter}.")
+    raise UserError(f"random_zoom_params: jitter must be in [0, 1], got {jitter}.")
   z = float(rng.uniform(zoom[0], zoom[1]))
   h = max(1, min(height, int(round(height / z))))
   w = max(1, min(width, int(round(width / z))))
@@ -198,10 +200,10 @@ def flip_landmarks(landmarks: np.ndarray, width: int, *, scheme: str = "ibug68")
   mirror permutation so that point 36 is again the image-left eye corner, and so on.
   """
   if scheme != "ibug68":
-    raise ValueError(f"flip_landmarks: only scheme 'ibug68' is known, got {scheme!r}.")
+    raise UserError(f"flip_landmarks: only scheme 'ibug68' is known, got {scheme!r}.")
   lm = np.asarray(landmarks, np.float32)
   if lm.ndim < 2 or lm.shape[-2:] != (68, 2):
-    raise ValueError(f"flip_landmarks: expected (..., 68, 2) landmarks, got {lm.shape}.")
+    raise UserError(f"flip_landmarks: expected (..., 68, 2) landmarks, got {lm.shape}.")
   out = lm[..., IBUG68_MIRROR, :].copy()
   out[..., 0] = (width - 1) - out[..., 0]
   return out
@@ -235,7 +237,7 @@ def adjust_brightness(video: np.ndarray, factor: float) -> np.ndarray:
   """`torchvision.transforms.functional.adjust_brightness` on uint8 frames (bit-identical)."""
   video = _check_video(video, "adjust_brightness")
   if factor < 0:
-    raise ValueError(f"adjust_brightness: factor must be >= 0, got {factor}.")
+    raise UserError(f"adjust_brightness: factor must be >= 0, got {factor}.")
   lut = _blend_lut(factor, 0.0)
   return cv2.LUT(video.reshape(-1, video.shape[2], 3), lut).reshape(video.shape)
 
@@ -244,7 +246,7 @@ def adjust_contrast(video: np.ndarray, factor: float) -> np.ndarray:
   """`adjust_contrast` on uint8 frames (bit-identical): blend with each frame's mean grey level."""
   video = _check_video(video, "adjust_contrast")
   if factor < 0:
-    raise ValueError(f"adjust_contrast: factor must be >= 0, got {factor}.")
+    raise UserError(f"adjust_contrast: factor must be >= 0, got {factor}.")
   grey = _grey(video)
   means = grey.reshape(len(video), -1).sum(1, dtype=np.int64) / float(grey[0].size)
   luts = _blend_lut(factor, means.astype(np.float32)[:, None])
@@ -258,7 +260,7 @@ def adjust_saturation(video: np.ndarray, factor: float) -> np.ndarray:
   """`adjust_saturation` on uint8 frames (bit-identical): blend with the pixel's grey level."""
   video = _check_video(video, "adjust_saturation")
   if factor < 0:
-    raise ValueError(f"adjust_saturation: factor must be >= 0, got {factor}.")
+    raise UserError(f"adjust_saturation: factor must be >= 0, got {factor}.")
   grey = _grey(video).astype(np.float32)
   grey *= np.float32(1.0 - factor)
   v = video.astype(np.float32)
@@ -276,7 +278,7 @@ def adjust_hue(video: np.ndarray, factor: float) -> np.ndarray:
   """
   video = _check_video(video, "adjust_hue")
   if not -0.5 <= factor <= 0.5:
-    raise ValueError(f"adjust_hue: factor must be in [-0.5, 0.5], got {factor}.")
+    raise UserError(f"adjust_hue: factor must be in [-0.5, 0.5], got {factor}.")
   T, H, W, _ = video.shape
   out = np.empty_like(video)
   shift = np.float32(360.0 * factor)
@@ -311,14 +313,14 @@ def _jitter_range(value, name: str, center: float, bound: tuple[float, float],
   or an explicit (min, max); None when the op is a no-op."""
   if isinstance(value, (int, float, np.integer, np.floating)):
     if value < 0:
-      raise ValueError(f"color_jitter_params: {name}={value} must be non-negative.")
+      raise UserError(f"color_jitter_params: {name}={value} must be non-negative.")
     lo, hi = center - float(value), center + float(value)
     if clip_first_on_zero:
       lo = max(lo, 0.0)
   else:
     lo, hi = (float(v) for v in value)
   if not bound[0] <= lo <= hi <= bound[1]:
-    raise ValueError(f"color_jitter_params: {name} range ({lo}, {hi}) must lie in {bound}.")
+    raise UserError(f"color_jitter_params: {name} range ({lo}, {hi}) must lie in {bound}.")
   if lo == hi == center:
     return None
   return lo, hi
@@ -378,7 +380,7 @@ def augment_clip(video: np.ndarray, rng: np.random.Generator, *, size: int | Seq
   elif crop is None:
     box = (0, 0, H, W)
   else:
-    raise ValueError(f"augment_clip: crop must be 'resized_crop', 'zoom' or None, got {crop!r}.")
+    raise UserError(f"augment_clip: crop must be 'resized_crop', 'zoom' or None, got {crop!r}.")
   video = resized_crop(video, box, size, backend=backend)
   flip = bool(rng.random() < flip_prob)
   if flip:

@@ -59,7 +59,7 @@ import grain
 import numpy as np
 
 from jaxaffect.data import affwild2, samplers, schema, vocab as vocab_lib
-from jaxaffect.errors import UserError
+from jaxaffect.errors import MissingFile, UserError
 
 KINDS = ("shards", "npy", "array")
 LABEL_KEYS = ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")
@@ -101,7 +101,7 @@ def fill_nearest(feat: np.ndarray, valid: np.ndarray) -> np.ndarray:
   feat = np.asarray(feat)
   valid = np.asarray(valid, bool)
   if valid.shape != feat.shape[:1]:
-    raise ValueError(f"fill_nearest: valid has shape {valid.shape}, features {feat.shape}")
+    raise UserError(f"fill_nearest: valid has shape {valid.shape}, features {feat.shape}")
   out = feat.copy()
   good = np.flatnonzero(valid)
   if good.size == 0 or good.size == len(valid):
@@ -145,26 +145,26 @@ def stream_specs(cfg) -> list[StreamSpec]:
     unknown = set(d) - {f.name for f in dataclasses.fields(StreamSpec)}
     where = f"config.data.features[{i}]"
     if unknown:
-      raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+      raise UserError(f"{where}: unknown keys {sorted(unknown)}")
     for k in ("name", "kind", "path"):
       if not d.get(k):
-        raise ValueError(f"{where}: field '{k}' missing")
+        raise UserError(f"{where}: field '{k}' missing")
     if d["kind"] not in KINDS:
-      raise ValueError(f"{where} ({d['name']}): kind={d['kind']!r}, expected one of {KINDS}")
+      raise UserError(f"{where} ({d['name']}): kind={d['kind']!r}, expected one of {KINDS}")
     if d["name"] in names:
-      raise ValueError(f"{where}: stream name {d['name']!r} used twice")
+      raise UserError(f"{where}: stream name {d['name']!r} used twice")
     if d.get("rate_hz") is not None:
       d["rate_hz"] = float(d["rate_hz"])
       if d["kind"] != "array" or d["rate_hz"] <= 0:
-        raise ValueError(f"{where} ({d['name']}): rate_hz={d['rate_hz']} needs kind='array' and "
-                         f"a rate > 0")
+        raise UserError(f"{where} ({d['name']}): rate_hz={d['rate_hz']} needs kind='array' and "
+                        f"a rate > 0")
     if not os.path.exists(d["path"]):
-      raise FileNotFoundError(f"{where} ({d['name']}): path {d['path']} does not exist")
+      raise MissingFile(f"{where} ({d['name']}): path {d['path']} does not exist")
     names.add(d["name"])
     specs.append(StreamSpec(**d))
   if not specs:
-    raise ValueError("config.data.source='features' needs data.features (a list of streams "
-                     "{name, kind: shards|npy|array, path, rate_hz?})")
+    raise UserError("config.data.source='features' needs data.features (a list of streams "
+                    "{name, kind: shards|npy|array, path, rate_hz?})")
   return specs
 
 
@@ -207,17 +207,17 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
   unknown: NaN)."""
   folders = affwild2.annotation_folders(root, option="data.labels")
   if not folders:
-    raise ValueError(f"data.labels={root}: neither a shard directory (manifest.json) nor an "
-                     f"Aff-Wild2 annotation folder (VA_Set, EXPR_*, AU_* ...)")
+    raise UserError(f"data.labels={root}: neither a shard directory (manifest.json) nor an "
+                    f"Aff-Wild2 annotation folder (VA_Set, EXPR_*, AU_* ...)")
   if select not in ("train", "val", "all"):
-    raise ValueError(f"data.labels={root} (Aff-Wild2 annotations): select={select!r}, expected "
-                     f"'train', 'val' or 'all'")
+    raise UserError(f"data.labels={root} (Aff-Wild2 annotations): select={select!r}, expected "
+                    f"'train', 'val' or 'all'")
   expr_vocab = cfg.get("expr_vocab", "") or ""
   num_au = int(cfg.get("num_au", DEFAULT_NUM_AU))
   fps = _Fps(cfg)
   files = affwild2.annotation_files(folders, None if select == "all" else (select,))
   if not files:
-    raise ValueError(f"data.labels={root}: no annotation file for select={select!r}")
+    raise UserError(f"data.labels={root}: no annotation file for select={select!r}")
   tasks = tuple(cfg.get("label_tasks", ()) or ())   # () = every task's files
   out = []
   for (split, vid), paths in sorted(files.items()):
@@ -240,14 +240,14 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
         try:
           e = vocab_lib.convert(e, ev, expr_vocab)
         except ValueError as err:
-          raise ValueError(f"{paths['expr']}: field 'expression': {err}") from err
+          raise UserError(f"{paths['expr']}: field 'expression': {err}") from err
       labels["expr"], labels["expr_mask"] = np.maximum(e, 0).astype(np.int32), \
           (e >= 0).astype(np.float32)
     if "au" in parsed:
       au = affwild2.padded(parsed, "au", t)
       if au.shape[1] != num_au:
-        raise ValueError(f"{paths['au']}: {au.shape[1]} action units "
-                         f"({','.join(parsed['au'].names)}), config data.num_au={num_au}")
+        raise UserError(f"{paths['au']}: {au.shape[1]} action units "
+                        f"({','.join(parsed['au'].names)}), config data.num_au={num_au}")
       labels["au"], labels["au_mask"] = np.maximum(au, 0).astype(np.float32), \
           (au >= 0).astype(np.float32)
     f = fps(vid)
@@ -266,8 +266,8 @@ class _ShardDir:
     self.path = path
     self.manifest = schema.read_manifest(path)
     if self.manifest.get("schema_version") != schema.SCHEMA_VERSION:
-      raise ValueError(f"{path}/manifest.json: schema_version {self.manifest.get('schema_version')}"
-                       f", this reader reads {schema.SCHEMA_VERSION}")
+      raise UserError(f"{path}/manifest.json: schema_version {self.manifest.get('schema_version')}"
+                      f", this reader reads {schema.SCHEMA_VERSION}")
     self._select = pipeline.select_records
     self.by_key: dict[tuple[str, str], list[dict]] = {}
     for r in self.manifest["records"]:
@@ -291,8 +291,8 @@ class _ShardDir:
       return video_id, split
     ks = self.by_id.get(video_id, [])
     if len(ks) > 1:
-      raise ValueError(f"stream {stream!r} ({self.path}): video {video_id!r} is in several splits "
-                       f"{sorted(k[1] for k in ks)} and none is {split!r}")
+      raise UserError(f"stream {stream!r} ({self.path}): video {video_id!r} is in several splits "
+                      f"{sorted(k[1] for k in ks)} and none is {split!r}")
     return ks[0] if ks else None
 
   def read(self, key: tuple[str, str]) -> list[schema.VideoRecord]:
@@ -318,8 +318,8 @@ def shard_timeline(sd: _ShardDir, key: tuple[str, str], cfg) -> _Timeline:
     got = pipeline.frame_labels(rec, np.arange(t), expr_vocab=cfg.get("expr_vocab", "") or "")
     got.pop("face", None)
     if "au" in got and got["au"].shape[1] != num_au:
-      raise ValueError(f"{sd.path}: record {rec.video_id}: field 'frame/au' has "
-                       f"{got['au'].shape[1]} units, config data.num_au={num_au}")
+      raise UserError(f"{sd.path}: record {rec.video_id}: field 'frame/au' has "
+                      f"{got['au'].shape[1]} units, config data.num_au={num_au}")
     lab.update(got)
     if "va" in got:                    # -5 sentinels -> 0 under a zero mask (as the txt reader)
       lab["va"] = (got["va"] * (got["va_mask"][:, None] > 0)).astype(np.float32)
@@ -374,8 +374,8 @@ def _frame_files(spec: StreamSpec, video_id: str) -> dict[int, str] | None:
       try:
         out[int(stem)] = os.path.join(d, name)
       except ValueError:
-        raise ValueError(f"stream {spec.name!r}: {os.path.join(d, name)}: not a frame file "
-                         f"'<frame:05d>.npy'") from None
+        raise UserError(f"stream {spec.name!r}: {os.path.join(d, name)}: not a frame file "
+                        f"'<frame:05d>.npy'") from None
   return out
 
 
@@ -391,14 +391,14 @@ def read_stream(spec: StreamSpec, tl: _Timeline, shard_dirs: dict[str, _ShardDir
       sd = shard_dirs[spec.name]
       key = sd.find(vid, tl.split, spec.name)
       if key is None:
-        raise ValueError(f"stream {spec.name!r} ({spec.path}): no record of video {vid!r}")
+        raise UserError(f"stream {spec.name!r} ({spec.path}): no record of video {vid!r}")
       recs = sd.read(key)
     feat_name = spec.stream or spec.name
     rows, idx, face = [], [], []
     for rec in recs:
       if feat_name not in rec.features:
-        raise ValueError(f"stream {spec.name!r} ({spec.path}): record {rec.video_id} has no "
-                         f"feature {feat_name!r} (has {sorted(rec.features)})")
+        raise UserError(f"stream {spec.name!r} ({spec.path}): record {rec.video_id} has no "
+                        f"feature {feat_name!r} (has {sorted(rec.features)})")
       rows.append(rec.features[feat_name])
       idx.append(rec.frame_index)
       face.append(rec.face_found.astype(bool))
@@ -406,8 +406,8 @@ def read_stream(spec: StreamSpec, tl: _Timeline, shard_dirs: dict[str, _ShardDir
     pos = {int(k): i for i, k in enumerate(idx)}
     missing = [int(k) for k in tl.frame_index if int(k) not in pos]
     if missing:
-      raise ValueError(f"stream {spec.name!r} ({spec.path}): video {vid!r} has no row for frames "
-                       f"{missing[:5]} ({len(missing)} of {t}); feature shards cover every frame")
+      raise UserError(f"stream {spec.name!r} ({spec.path}): video {vid!r} has no row for frames "
+                      f"{missing[:5]} ({len(missing)} of {t}); feature shards cover every frame")
     take = np.asarray([pos[int(k)] for k in tl.frame_index], np.int64)
     return rows[take].astype(np.float32), np.ones((t,), bool), face[take]
   frames = _frame_files(spec, vid) if spec.kind == "npy" else None
@@ -422,34 +422,34 @@ def read_stream(spec: StreamSpec, tl: _Timeline, shard_dirs: dict[str, _ShardDir
         dim = v.size
         feat = np.zeros((t, dim), np.float32)
       elif v.size != dim:
-        raise ValueError(f"stream {spec.name!r}: {p} has {v.size} values, earlier frames {dim}")
+        raise UserError(f"stream {spec.name!r}: {p} has {v.size} values, earlier frames {dim}")
       feat[i], avail[i] = v, True
     if feat is None:
       if spec.dim <= 0:
-        raise ValueError(f"stream {spec.name!r}: {os.path.join(spec.path, vid)} has no frame file "
-                         f"for any of the video's {t} frames (set the stream's 'dim' to read it "
-                         f"as zeros)")
+        raise UserError(f"stream {spec.name!r}: {os.path.join(spec.path, vid)} has no frame file "
+                        f"for any of the video's {t} frames (set the stream's 'dim' to read it "
+                        f"as zeros)")
       feat = np.zeros((t, spec.dim), np.float32)
     return feat, avail, None
   path = _array_file(spec, vid)
   if path is None:
     looked = f"{os.path.join(spec.path, vid)}{'/ or ' if spec.kind == 'npy' else ''}.npy|.npz"
-    raise ValueError(f"stream {spec.name!r}: no features for video {vid!r} (looked for {looked})")
+    raise UserError(f"stream {spec.name!r}: no features for video {vid!r} (looked for {looked})")
   arr = _npy_load(path, spec.key, spec.name)
   if arr.ndim == 3 and arr.shape[1] == 1:               # (T, 1, D) as the ABAW6 features
     arr = arr[:, 0]
   if arr.ndim != 2:
-    raise ValueError(f"stream {spec.name!r}: {path} has shape {arr.shape}, expected (T, D)")
+    raise UserError(f"stream {spec.name!r}: {path} has shape {arr.shape}, expected (T, D)")
   arr = arr.astype(np.float32)
   if spec.rate_hz is None:
     if len(arr) != t:
-      raise ValueError(f"stream {spec.name!r}: {path} has {len(arr)} rows, video {vid!r} has {t} "
-                       f"frames (give the stream a rate_hz to interpolate)")
+      raise UserError(f"stream {spec.name!r}: {path} has {len(arr)} rows, video {vid!r} has {t} "
+                      f"frames (give the stream a rate_hz to interpolate)")
     return arr, np.ones((t,), bool), None
   if not np.all(np.isfinite(tl.t_sec)):
-    raise ValueError(f"stream {spec.name!r} (rate_hz={spec.rate_hz}): video {vid!r} has unknown "
-                     f"frame times (t_sec NaN; set data.fps or data.fps_csv, or prep with a known "
-                     f"frame rate)")
+    raise UserError(f"stream {spec.name!r} (rate_hz={spec.rate_hz}): video {vid!r} has unknown "
+                    f"frame times (t_sec NaN; set data.fps or data.fps_csv, or prep with a known "
+                    f"frame rate)")
   times = np.arange(len(arr), dtype=np.float64) / spec.rate_hz
   ft = np.clip(tl.t_sec.astype(np.float64), times[0], times[-1])    # ends held, as np.interp
   vals, _ = samplers.resample_series(times, arr, ft, method="linear")
@@ -464,8 +464,8 @@ def join(tl: _Timeline, specs: Sequence[StreamSpec], shard_dirs: dict[str, _Shar
   for spec in specs:
     feat, avail, sface = read_stream(spec, tl, shard_dirs)
     if spec.dim > 0 and feat.shape[1] != spec.dim:
-      raise ValueError(f"stream {spec.name!r}: video {tl.video_id!r} has {feat.shape[1]}-wide "
-                       f"features, the config says dim={spec.dim}")
+      raise UserError(f"stream {spec.name!r}: video {tl.video_id!r} has {feat.shape[1]}-wide "
+                      f"features, the config says dim={spec.dim}")
     raw[spec.name] = (feat, avail)
     if sface is not None:
       face &= sface
@@ -497,7 +497,7 @@ class FeatureReader:
       same = [sd for sd in self.shard_dirs.values() if sd.path == os.path.abspath(labels)]
       self.label_shards = same[0] if same else _ShardDir(os.path.abspath(labels))
     elif labels and not os.path.isdir(labels):
-      raise FileNotFoundError(f"data.labels={labels}: no such directory")
+      raise MissingFile(f"data.labels={labels}: no such directory")
 
   def timelines(self, select: str) -> Iterator[_Timeline]:
     if self.label_shards is not None:
@@ -512,12 +512,12 @@ class FeatureReader:
     """No labels: the videos and frames of the first stream (per-frame folders: frames 1..last
     file; arrays: one frame per row, numbered from 1)."""
     if select != "all":
-      raise ValueError(f"data.labels is empty (unlabelled streams): select={select!r}, only "
-                       f"'all' is possible")
+      raise UserError(f"data.labels is empty (unlabelled streams): select={select!r}, only "
+                      f"'all' is possible")
     spec = self.specs[0]
     if spec.rate_hz is not None:
-      raise ValueError(f"data.labels is empty and the first stream {spec.name!r} has a rate: "
-                       f"the frames are unknown (put a per-frame stream first or give labels)")
+      raise UserError(f"data.labels is empty and the first stream {spec.name!r} has a rate: "
+                      f"the frames are unknown (put a per-frame stream first or give labels)")
     fps = _Fps(self.cfg)
     num_au = int(self.cfg.get("num_au", DEFAULT_NUM_AU))
     for entry in sorted(os.listdir(spec.path)):
@@ -551,7 +551,7 @@ def iter_videos(cfg, select: str) -> Iterator[VideoFeatures]:
 def load_videos(cfg, select: str) -> list[VideoFeatures]:
   videos = list(iter_videos(cfg, select))
   if not videos:
-    raise ValueError(f"data.source='features': no video for select={select!r}")
+    raise UserError(f"data.source='features': no video for select={select!r}")
   return videos
 
 
@@ -588,7 +588,7 @@ class FeatureWindows(grain.sources.RandomAccessDataSource):
   def __init__(self, videos: Sequence[VideoFeatures], window: int = 300, stride: int = 200,
                name: str = "features"):
     if not videos:
-      raise ValueError(f"{name}: no videos")
+      raise UserError(f"{name}: no videos")
     self.videos, self.window, self.stride, self.name = list(videos), int(window), int(stride), name
     self.items: list[tuple[int, int, int]] = []
     dims = None
@@ -597,8 +597,8 @@ class FeatureWindows(grain.sources.RandomAccessDataSource):
       if dims is None:
         dims = d
       elif d != dims:
-        raise ValueError(f"{name}: video {vf.video_id!r} has stream widths {d}, the first video "
-                         f"{self.videos[0].video_id!r} {dims}")
+        raise UserError(f"{name}: video {vf.video_id!r} has stream widths {d}, the first video "
+                        f"{self.videos[0].video_id!r} {dims}")
       for s, e in samplers.sliding_windows(vf.num_frames, self.window, self.stride, tail="pad"):
         self.items.append((vi, s, e))
 
@@ -658,7 +658,7 @@ def build_sources(cfg) -> tuple[FeatureWindows, FeatureWindows]:
   ev = list(reader.videos(ev_sel))
   for sel, vids in ((tr_sel, tr), (ev_sel, ev)):
     if not vids:
-      raise ValueError(f"data.source='features': no video for select={sel!r}")
+      raise UserError(f"data.source='features': no video for select={sel!r}")
   return (FeatureWindows(tr, w, int(cfg.get("stride", 200)), f"features-{tr_sel}"),
           FeatureWindows(ev, w, int(cfg.get("eval_stride", 0) or w), f"features-{ev_sel}"))
 
@@ -672,8 +672,8 @@ def spec_source(cfg, num_frames: int | None = None) -> FeatureWindows:
   for i, s in enumerate(cfg.get("features", None) or []):
     d = _as_dict(s)
     if int(d.get("dim", 0) or 0) <= 0:
-      raise ValueError(f"config.data.features[{i}] ({d.get('name')}): field 'dim' is needed to "
-                       f"build shapes without reading data")
+      raise UserError(f"config.data.features[{i}] ({d.get('name')}): field 'dim' is needed to "
+                      f"build shapes without reading data")
     streams[d["name"]] = np.zeros((t, int(d["dim"])), np.float32)
   vf = VideoFeatures("spec", streams, np.ones((t,), bool), np.arange(t), np.zeros(t, np.float32),
                      _empty_labels(t, int(cfg.get("num_au", DEFAULT_NUM_AU))))

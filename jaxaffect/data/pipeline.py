@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from jaxaffect.data import samplers, schema, vocab
-from jaxaffect.errors import UserError
+from jaxaffect.errors import MissingFile, UserError
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -41,9 +41,9 @@ class InMemoryVideos(grain.sources.RandomAccessDataSource):
 
   def __init__(self, frames: np.ndarray, labels: np.ndarray, name: str = "memory"):
     if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-      raise ValueError(f"{name}: frames must be uint8 (N,T,H,W,3), got {frames.dtype}{frames.shape}")
+      raise UserError(f"{name}: frames must be uint8 (N,T,H,W,3), got {frames.dtype}{frames.shape}")
     if len(frames) != len(labels):
-      raise ValueError(f"{name}: {len(frames)} videos but {len(labels)} labels")
+      raise UserError(f"{name}: {len(frames)} videos but {len(labels)} labels")
     self.frames, self.labels, self.name = frames, np.asarray(labels, np.int32), name
 
   def __len__(self) -> int:
@@ -86,20 +86,20 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
           continue
         parts = line.split()
         if len(parts) != 3:
-          raise ValueError(f"{list_path}:{lineno}: expected '<frame dir> <num_frames> <label>', "
-                           f"got {len(parts)} fields: {line.strip()!r}")
+          raise UserError(f"{list_path}:{lineno}: expected '<frame dir> <num_frames> <label>', "
+                          f"got {len(parts)} fields: {line.strip()!r}")
         path, _, label = parts
         try:
           label = int(label)
         except ValueError:
-          raise ValueError(f"{list_path}:{lineno}: field 'label' is not an integer: {label!r}")
+          raise UserError(f"{list_path}:{lineno}: field 'label' is not an integer: {label!r}")
         if not 0 <= label < num_classes:
-          raise ValueError(f"{list_path}:{lineno}: field 'label'={label} outside [0, {num_classes})")
+          raise UserError(f"{list_path}:{lineno}: field 'label'={label} outside [0, {num_classes})")
         if root:
           path = self.under_root(root, path, f"{list_path}:{lineno}")
         self.items.append((path, label))
     if not self.items:
-      raise ValueError(f"{list_path}: no videos listed")
+      raise UserError(f"{list_path}: no videos listed")
 
   @staticmethod
   def under_root(root: str, listed: str, where: str) -> str:
@@ -119,7 +119,7 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
     d = self.items[i][0]
     files = [p for p in glob.glob(os.path.join(d, "*")) if p.lower().endswith((".jpg", ".jpeg", ".png"))]
     if not files:
-      raise FileNotFoundError(f"{self.list_path}: video {i} ({d}): no frames (*.jpg/*.png) found")
+      raise MissingFile(f"{self.list_path}: video {i} ({d}): no frames (*.jpg/*.png) found")
     return sorted(files, key=_frame_sort_key)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def select_records(manifest: dict, select: str) -> list[dict]:
   if not recs:
     splits = sorted(manifest["splits"])
     folds = sorted({f for r in manifest["records"] for f in r["folds"]})
-    raise ValueError(f"no record matches select={select!r}: splits {splits}, folds {folds}")
+    raise UserError(f"no record matches select={select!r}: splits {splits}, folds {folds}")
   return recs
 
 
@@ -157,18 +157,18 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
     self.dir, self.select, self.label_vocab = shard_dir, select, label_vocab
     self.manifest = schema.read_manifest(shard_dir)
     if self.manifest.get("schema_version") != schema.SCHEMA_VERSION:
-      raise ValueError(f"{shard_dir}/manifest.json: schema_version "
-                       f"{self.manifest.get('schema_version')}, this reader reads {schema.SCHEMA_VERSION}")
+      raise UserError(f"{shard_dir}/manifest.json: schema_version "
+                      f"{self.manifest.get('schema_version')}, this reader reads {schema.SCHEMA_VERSION}")
     self.records = select_records(self.manifest, select)
     if check_files:
       sizes = {sh["file"]: sh["bytes"] for sp in self.manifest["splits"].values() for sh in sp["shards"]}
       for f in sorted({r["file"] for r in self.records}):
         path = os.path.join(shard_dir, f)
         if not os.path.exists(path):
-          raise FileNotFoundError(f"{path}: shard listed in manifest.json is missing")
+          raise MissingFile(f"{path}: shard listed in manifest.json is missing")
         if os.path.getsize(path) != sizes[f]:
-          raise ValueError(f"{path}: {os.path.getsize(path)} bytes, manifest.json says {sizes[f]} "
-                           f"(shard changed after the manifest was written)")
+          raise UserError(f"{path}: {os.path.getsize(path)} bytes, manifest.json says {sizes[f]} "
+                          f"(shard changed after the manifest was written)")
     self._files: dict[str, Any] = {}
     self._pid = os.getpid()
     self._lock = threading.Lock()
@@ -252,14 +252,14 @@ def record_to_example(rec: schema.VideoRecord, index: int, label_vocab: str = ""
   label = rec.label
   if label_vocab and label >= 0:
     if not rec.vocab:
-      raise ValueError(f"{where}: field 'video/vocab' is empty but data.label_vocab="
-                       f"{label_vocab!r}: the label's class order is unknown (prep the source "
-                       f"with its --vocab)")
+      raise UserError(f"{where}: field 'video/vocab' is empty but data.label_vocab="
+                      f"{label_vocab!r}: the label's class order is unknown (prep the source "
+                      f"with its --vocab)")
     if rec.vocab != label_vocab:
       try:
         label = int(vocab.convert(np.asarray([label]), rec.vocab, label_vocab)[0])
       except ValueError as e:
-        raise ValueError(f"{where}: field 'video/label': {e}") from e
+        raise UserError(f"{where}: field 'video/label': {e}") from e
   return {"record": rec, "label": np.int32(label), "index": np.int32(index),
           "labelled": np.float32(label >= 0)}
 
@@ -329,7 +329,7 @@ def _load_frames(paths: list[str], size: int) -> np.ndarray:
           im = im.resize((size, size), Image.BILINEAR)
         out[j] = np.asarray(im)
     except OSError as e:
-      raise ValueError(f"{p}: cannot decode frame: {e}") from e
+      raise UserError(f"{p}: cannot decode frame: {e}") from e
   return out
 
 
@@ -399,8 +399,8 @@ class VideoClip:
     elif "frames" in record:
       video = record["frames"][idx]
       if not crop and video.shape[1:3] != (self.image_size, self.image_size):
-        raise ValueError(f"video {int(record['index'])}: frames are {video.shape[1:3]}, "
-                         f"config data.image_size={self.image_size}")
+        raise UserError(f"video {int(record['index'])}: frames are {video.shape[1:3]}, "
+                        f"config data.image_size={self.image_size}")
     else:
       paths = record["frame_paths"]
       video = _load_frames([paths[i] for i in idx], self.image_size)
@@ -432,10 +432,10 @@ def frame_labels(rec: schema.VideoRecord, idx: np.ndarray, *, expr_vocab: str = 
     s = rec.series["va"]
     cols = list(s["columns"])
     if cols[:2] != ["valence", "arousal"]:
-      raise ValueError(f"{where}: series 'va' columns {cols}, expected valence, arousal first")
+      raise UserError(f"{where}: series 'va' columns {cols}, expected valence, arousal first")
     if not np.all(np.isfinite(rec.t_sec)):
-      raise ValueError(f"{where}: series labels need frame times (field 'frame/t_sec' has NaN: "
-                       f"the source did not know the frame rate)")
+      raise UserError(f"{where}: series labels need frame times (field 'frame/t_sec' has NaN: "
+                      f"the source did not know the frame rate)")
     vals, mask = samplers.resample_series(s["times"], s["values"][:, :2], rec.t_sec,
                                           method=series_method, max_gap=series_max_gap)
     out["va"], out["va_mask"] = vals[idx].astype(np.float32), mask[idx].astype(np.float32)
@@ -445,7 +445,7 @@ def frame_labels(rec: schema.VideoRecord, idx: np.ndarray, *, expr_vocab: str = 
       try:
         expr = vocab.convert(expr, rec.expr_vocab, expr_vocab)
       except ValueError as e:
-        raise ValueError(f"{where}: field 'frame/expr': {e}") from e
+        raise UserError(f"{where}: field 'frame/expr': {e}") from e
     out["expr"] = expr[idx].astype(np.int32)
     out["expr_mask"] = (expr[idx] >= 0).astype(np.float32)
   if rec.au is not None:
@@ -496,8 +496,8 @@ class FrameSampler:
       idx = samplers.frame_index(n, rng if self.train else None, train=self.train,
                                  valid_mask=face if face.any() else None)
       return idx, np.ones(1, bool)
-    raise ValueError(f"data.sampler={self.kind!r}: expected former_dfer, est, window, sequence "
-                     f"or frame")
+    raise UserError(f"data.sampler={self.kind!r}: expected former_dfer, est, window, sequence "
+                    f"or frame")
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
     from jaxaffect.data import augment
@@ -515,7 +515,7 @@ class FrameSampler:
       idx, valid = np.zeros(1, np.int64), np.ones(1, bool)
       video = record["frames"][idx]
     else:
-      raise ValueError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
+      raise UserError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
     aug = self.train and rng is not None
     video, _ = augment.augment_clip(
         video, rng if aug else np.random.default_rng(0), size=self.image_size,
@@ -586,7 +586,7 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
             InMemoryVideos(ev["frames"], labels(ev["label"]), "synthetic-eval"))
   if cfg.source == "shards":
     if not cfg.get("shards"):
-      raise ValueError("config.data.source='shards' needs data.shards (a data_prep output directory)")
+      raise UserError("config.data.source='shards' needs data.shards (a data_prep output directory)")
     kw = dict(label_vocab=cfg.get("label_vocab", ""))
     out = (ShardRecords(cfg.shards, cfg.get("train_select", "train"), **kw),
            ShardRecords(cfg.shards, cfg.get("eval_select", "test"), **kw))
@@ -595,16 +595,16 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
     return out
   if cfg.source == "list_file":
     if not cfg.train_list or not cfg.eval_list:
-      raise ValueError("config.data.source='list_file' needs data.train_list and data.eval_list")
+      raise UserError("config.data.source='list_file' needs data.train_list and data.eval_list")
     kw = dict(root=cfg.root or None, image_size=cfg.image_size, num_classes=cfg.num_classes)
     return ListFileVideos(cfg.train_list, **kw), ListFileVideos(cfg.eval_list, **kw)
-  raise ValueError(f"config.data.source={cfg.source!r}: expected 'shards', 'synthetic' or 'list_file'")
+  raise UserError(f"config.data.source={cfg.source!r}: expected 'shards', 'synthetic' or 'list_file'")
 
 
 def local_batch_size(global_batch: int) -> int:
   pc = jax.process_count()
   if global_batch % pc:
-    raise ValueError(f"batch_size={global_batch} is not divisible by {pc} processes")
+    raise UserError(f"batch_size={global_batch} is not divisible by {pc} processes")
   return global_batch // pc
 
 
@@ -613,7 +613,7 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
   clip = make_clip(cfg, train=True)
   if cfg.get("reader", "index") == "stream":
     if not isinstance(source, ShardRecords):
-      raise ValueError("data.reader='stream' reads data_prep shards (data.source='shards')")
+      raise UserError("data.reader='stream' reads data_prep shards (data.source='shards')")
     return stream_iterator(source, cfg, clip, global_batch, seed)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Random transforms are seeded by the position in the global order, before the per-host split,
@@ -636,8 +636,8 @@ def stream_iterator(source: ShardRecords, cfg: ml_collections.ConfigDict, clip, 
   files = shard_files(source.dir, source.select)
   pi, pc = jax.process_index(), jax.process_count()
   if len(files) < pc:
-    raise ValueError(f"{source.dir}: {len(files)} shard files for {source.select!r} but {pc} "
-                     f"processes; write more shards (data_prep --shards) or use data.reader='index'")
+    raise UserError(f"{source.dir}: {len(files)} shard files for {source.select!r} but {pc} "
+                    f"processes; write more shards (data_prep --shards) or use data.reader='index'")
   kind, value = parse_select(source.select)
   label_vocab = source.label_vocab
 

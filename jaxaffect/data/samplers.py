@@ -31,6 +31,8 @@ import random as _pyrandom  # the EST official loader draws from Python's `rando
 
 import numpy as np
 
+from jaxaffect.errors import UserError
+
 RandomSource = np.random.Generator | np.random.RandomState
 
 
@@ -70,22 +72,22 @@ def former_dfer_offsets(
   """
   n = int(num_frames)
   if n < 1:
-    raise ValueError(f"former_dfer_offsets: num_frames must be >= 1, got {num_frames}.")
+    raise UserError(f"former_dfer_offsets: num_frames must be >= 1, got {num_frames}.")
   if num_segments < 1 or duration < 1:
-    raise ValueError(
+    raise UserError(
         f"former_dfer_offsets: num_segments and duration must be >= 1, got "
         f"num_segments={num_segments}, duration={duration}.")
   if train:
     if rng is None:
-      raise ValueError("former_dfer_offsets: train=True needs an rng (np.random.Generator or "
-                       "np.random.RandomState) so that sampling is reproducible.")
+      raise UserError("former_dfer_offsets: train=True needs an rng (np.random.Generator or "
+                      "np.random.RandomState) so that sampling is reproducible.")
     avg = (n - duration + 1) // num_segments
     if avg > 0:
       return np.arange(num_segments, dtype=np.int64) * avg + _randint(rng, avg, num_segments)
     if n > num_segments:
       high = n - duration + 1
       if high <= 0:
-        raise ValueError(
+        raise UserError(
             f"former_dfer_offsets: a {n}-frame video cannot hold duration={duration} consecutive "
             f"frames (the official loader's randint({high}) fails here too).")
       return np.sort(_randint(rng, high, num_segments))
@@ -100,8 +102,8 @@ def expand_offsets(offsets: np.ndarray, num_frames: int, duration: int) -> np.nd
   """`duration` consecutive indices per offset, clipped at the last frame, flattened `(U*V,)`."""
   offsets = np.asarray(offsets, np.int64)
   if offsets.size and (offsets.min() < 0 or offsets.max() > num_frames - 1):
-    raise ValueError(f"expand_offsets: offsets must lie in [0, {num_frames - 1}] for a "
-                     f"{num_frames}-frame video, got {offsets.tolist()}.")
+    raise UserError(f"expand_offsets: offsets must lie in [0, {num_frames - 1}] for a "
+                    f"{num_frames}-frame video, got {offsets.tolist()}.")
   idx = offsets[:, None] + np.arange(duration, dtype=np.int64)[None, :]
   return np.minimum(idx, num_frames - 1).reshape(-1)
 
@@ -156,11 +158,11 @@ def est_timeline(num_frames: int, unify_to: int | None = 105) -> np.ndarray:
   """
   n = int(num_frames)
   if n < 1:
-    raise ValueError(f"est_timeline: num_frames must be >= 1, got {num_frames}.")
+    raise UserError(f"est_timeline: num_frames must be >= 1, got {num_frames}.")
   if unify_to is None:
     return np.arange(n, dtype=np.int64)
   if unify_to < 1:
-    raise ValueError(f"est_timeline: unify_to must be >= 1 or None, got {unify_to}.")
+    raise UserError(f"est_timeline: unify_to must be >= 1 or None, got {unify_to}.")
   j = np.arange(unify_to, dtype=np.int64)
   return (2 * j + 1) * n // (2 * unify_to)
 
@@ -215,18 +217,18 @@ def est_indices(
   """
   stride = snippet_len - overlap
   if min(num_snippets, snippet_len, frames_per_snippet, span, stride) < 1 or overlap < 0:
-    raise ValueError(
+    raise UserError(
         f"est_indices: need num_snippets, snippet_len, frames_per_snippet, span >= 1 and "
         f"0 <= overlap < snippet_len, got num_snippets={num_snippets}, snippet_len={snippet_len}, "
         f"overlap={overlap}, frames_per_snippet={frames_per_snippet}, span={span}.")
   if frames_per_snippet > snippet_len:
-    raise ValueError(f"est_indices: cannot draw {frames_per_snippet} distinct positions from a "
-                     f"{snippet_len}-frame snippet (the official sampling loop never ends).")
+    raise UserError(f"est_indices: cannot draw {frames_per_snippet} distinct positions from a "
+                    f"{snippet_len}-frame snippet (the official sampling loop never ends).")
   timeline = est_timeline(num_frames, unify_to)
   if train:
     if rng is None:
-      raise ValueError("est_indices: train=True needs an rng (numpy Generator/RandomState or "
-                       "random.Random).")
+      raise UserError("est_indices: train=True needs an rng (numpy Generator/RandomState or "
+                      "random.Random).")
     start = _randint_inclusive(rng, 0, max_start)
     locs = np.empty((num_snippets, frames_per_snippet), np.int64)
     for i in range(num_snippets):
@@ -237,10 +239,10 @@ def est_indices(
   else:
     start = int(test_start)
     if start < 0:
-      raise ValueError(f"est_indices: test_start must be >= 0, got {test_start}.")
+      raise UserError(f"est_indices: test_start must be >= 0, got {test_start}.")
     test_locs = list(range(0, snippet_len, snippet_len // frames_per_snippet))
     if len(test_locs) != frames_per_snippet:
-      raise ValueError(
+      raise UserError(
           f"est_indices: the official test positions range(0, {snippet_len}, "
           f"{snippet_len}//{frames_per_snippet}) give {len(test_locs)} frames, not "
           f"frames_per_snippet={frames_per_snippet}.")
@@ -250,7 +252,7 @@ def est_indices(
   bad = np.argwhere(pos >= sub_len)
   if bad.size:
     i, k = (int(v) for v in bad[0])
-    raise ValueError(
+    raise UserError(
         f"est_indices: snippet {i} position {int(locs[i, k])} needs timeline frame "
         f"{start + int(pos[i, k])}, but the {len(timeline)}-frame timeline "
         f"(num_frames={num_frames}, unify_to={unify_to}) from start {start} holds only "
@@ -292,15 +294,15 @@ def sliding_windows(num_frames: int, window: int = 300, stride: int = 200, *,
   """
   n, w, s = int(num_frames), int(window), int(stride)
   if n < 1 or w < 1 or s < 1:
-    raise ValueError(f"sliding_windows: need num_frames, window, stride >= 1, got "
-                     f"num_frames={num_frames}, window={window}, stride={stride}.")
+    raise UserError(f"sliding_windows: need num_frames, window, stride >= 1, got "
+                    f"num_frames={num_frames}, window={window}, stride={stride}.")
   if tail == "drop":
     return [(s * i, s * i + w) for i in range(n // s) if s * i + w <= n]
   if tail not in WINDOW_TAILS:
-    raise ValueError(f"sliding_windows: tail must be one of {WINDOW_TAILS}, got {tail!r}.")
+    raise UserError(f"sliding_windows: tail must be one of {WINDOW_TAILS}, got {tail!r}.")
   if s > w:
-    raise ValueError(f"sliding_windows: stride={s} > window={w} leaves frames uncovered; "
-                     f"tail={tail!r} must cover every frame (use tail='drop').")
+    raise UserError(f"sliding_windows: stride={s} > window={w} leaves frames uncovered; "
+                    f"tail={tail!r} must cover every frame (use tail='drop').")
   if tail == "pad":
     last = -(-max(n - w, 0) // s)  # first i with i*s + w >= n
     return [(s * i, min(s * i + w, n)) for i in range(last + 1)]
@@ -321,8 +323,8 @@ def window_indices(windows: list[tuple[int, int]], window: int) -> tuple[np.ndar
     return np.zeros((0, window), np.int64), np.zeros((0, window), bool)
   se = np.asarray(windows, np.int64).reshape(-1, 2)
   if np.any(se[:, 1] <= se[:, 0]) or np.any(se[:, 1] - se[:, 0] > window) or se.min() < 0:
-    raise ValueError(f"window_indices: every window needs 0 <= start < stop <= start + {window}, "
-                     f"got {se.tolist()}.")
+    raise UserError(f"window_indices: every window needs 0 <= start < stop <= start + {window}, "
+                    f"got {se.tolist()}.")
   pos = se[:, :1] + np.arange(window, dtype=np.int64)[None]
   valid = pos < se[:, 1:]
   return np.minimum(pos, se[:, 1:] - 1), valid
@@ -339,14 +341,14 @@ def window_labels(values: np.ndarray, windows: list[tuple[int, int]], window: in
   values = np.asarray(values)
   idx, valid = window_indices(windows, window)
   if idx.size and idx.max() >= len(values):
-    raise ValueError(f"window_labels: windows reach frame {int(idx.max())} but values has "
-                     f"{len(values)} frames.")
+    raise UserError(f"window_labels: windows reach frame {int(idx.max())} but values has "
+                    f"{len(values)} frames.")
   out = values[idx]
   out[~valid] = pad_value
   if mask is not None:
     mask = np.asarray(mask, bool)
     if mask.shape != (len(values),):
-      raise ValueError(f"window_labels: mask must have shape ({len(values)},), got {mask.shape}.")
+      raise UserError(f"window_labels: mask must have shape ({len(values)},), got {mask.shape}.")
     valid = valid & mask[idx]
   return out, valid
 
@@ -360,24 +362,24 @@ def merge_window_predictions(num_frames: int, windows: list[tuple[int, int]],
   """
   n = int(num_frames)
   if len(preds) != len(windows):
-    raise ValueError(f"merge_window_predictions: {len(windows)} windows but {len(preds)} "
-                     f"predictions.")
+    raise UserError(f"merge_window_predictions: {len(windows)} windows but {len(preds)} "
+                    f"predictions.")
   if not windows:
-    raise ValueError("merge_window_predictions: no windows.")
+    raise UserError("merge_window_predictions: no windows.")
   first = np.asarray(preds[0])
   total = np.zeros((n,) + first.shape[1:], np.float64)
   count = np.zeros((n,), np.int64)
   for k, ((start, stop), p) in enumerate(zip(windows, preds)):
     p = np.asarray(p)
     if not 0 <= start < stop <= n or len(p) < stop - start:
-      raise ValueError(f"merge_window_predictions: window {k} = ({start}, {stop}) with "
-                       f"{len(p)} predictions does not fit a {n}-frame video.")
+      raise UserError(f"merge_window_predictions: window {k} = ({start}, {stop}) with "
+                      f"{len(p)} predictions does not fit a {n}-frame video.")
     total[start:stop] += p[:stop - start]
     count[start:stop] += 1
   if np.any(count == 0):
     missing = np.flatnonzero(count == 0)
-    raise ValueError(f"merge_window_predictions: {len(missing)} frames are covered by no window "
-                     f"(first {missing[:5].tolist()}).")
+    raise UserError(f"merge_window_predictions: {len(missing)} frames are covered by no window "
+                    f"(first {missing[:5].tolist()}).")
   return (total / count.reshape((n,) + (1,) * (total.ndim - 1))).astype(np.float32)
 
 
@@ -392,24 +394,24 @@ def frame_index(num_frames: int, rng: np.random.Generator | None = None, *, trai
   """
   n = int(num_frames)
   if n < 1:
-    raise ValueError(f"frame_index: num_frames must be >= 1, got {num_frames}.")
+    raise UserError(f"frame_index: num_frames must be >= 1, got {num_frames}.")
   if valid_mask is None:
     cand = np.arange(n, dtype=np.int64)
   else:
     valid_mask = np.asarray(valid_mask, bool)
     if valid_mask.shape != (n,):
-      raise ValueError(f"frame_index: valid_mask must have shape ({n},), got {valid_mask.shape}.")
+      raise UserError(f"frame_index: valid_mask must have shape ({n},), got {valid_mask.shape}.")
     cand = np.flatnonzero(valid_mask).astype(np.int64)
     if not cand.size:
-      raise ValueError(f"frame_index: no valid frame among {n} (valid_mask is all False).")
+      raise UserError(f"frame_index: no valid frame among {n} (valid_mask is all False).")
   if train:
     if rng is None:
-      raise ValueError("frame_index: train=True needs an rng.")
+      raise UserError("frame_index: train=True needs an rng.")
     return cand[[int(rng.integers(len(cand)))]]
   if test == "all":
     return cand
   if test != "centre":
-    raise ValueError(f"frame_index: test must be 'centre' or 'all', got {test!r}.")
+    raise UserError(f"frame_index: test must be 'centre' or 'all', got {test!r}.")
   return cand[[int(np.argmin(np.abs(2 * cand - (n - 1))))]]
 
 
@@ -428,12 +430,12 @@ def long_sequence(num_frames: int, length: int, *, train: bool,
   """
   n, L, s = int(num_frames), int(length), int(stride)
   if n < 1 or L < 1 or s < 1:
-    raise ValueError(f"long_sequence: need num_frames, length, stride >= 1, got "
-                     f"num_frames={num_frames}, length={length}, stride={stride}.")
+    raise UserError(f"long_sequence: need num_frames, length, stride >= 1, got "
+                    f"num_frames={num_frames}, length={length}, stride={stride}.")
   steps = np.arange(L, dtype=np.int64) * s
   if train:
     if rng is None:
-      raise ValueError("long_sequence: train=True needs an rng.")
+      raise UserError("long_sequence: train=True needs an rng.")
     extent = (L - 1) * s + 1
     start = int(rng.integers(n - extent + 1)) if n >= extent else 0
     pos = start + steps
@@ -480,25 +482,25 @@ def resample_series(times, values, frame_times, *, method: str = "linear",
     `[times[0], times[-1]]` and beyond `max_gap`.
   """
   if method not in RESAMPLE_METHODS:
-    raise ValueError(f"resample_series: method must be one of {RESAMPLE_METHODS}, got {method!r}.")
+    raise UserError(f"resample_series: method must be one of {RESAMPLE_METHODS}, got {method!r}.")
   t = np.asarray(times, np.float64).reshape(-1)
   v = np.asarray(values, np.float64)
   v = v.reshape(len(v), -1) if v.ndim <= 1 else v
   if v.ndim != 2 or len(v) != len(t):
-    raise ValueError(f"resample_series: values must be (K,) or (K, D) with K={len(t)} times, got "
-                     f"shape {np.shape(values)}.")
+    raise UserError(f"resample_series: values must be (K,) or (K, D) with K={len(t)} times, got "
+                    f"shape {np.shape(values)}.")
   f = np.asarray(frame_times, np.float64).reshape(-1)
   if not (np.all(np.isfinite(t)) and np.all(np.isfinite(f))):
-    raise ValueError("resample_series: times and frame_times must be finite.")
+    raise UserError("resample_series: times and frame_times must be finite.")
   if valid is not None:
     valid = np.asarray(valid, bool)
     if valid.shape != t.shape:
-      raise ValueError(f"resample_series: valid must have shape {t.shape}, got {valid.shape}.")
+      raise UserError(f"resample_series: valid must have shape {t.shape}, got {valid.shape}.")
     t, v = t[valid], v[valid]
   if len(t) > 1 and np.any(np.diff(t) <= 0):
     k = int(np.flatnonzero(np.diff(t) <= 0)[0])
-    raise ValueError(f"resample_series: times must be strictly increasing; annotation {k + 1} "
-                     f"(t={t[k + 1]}) is not after annotation {k} (t={t[k]}).")
+    raise UserError(f"resample_series: times must be strictly increasing; annotation {k + 1} "
+                    f"(t={t[k + 1]}) is not after annotation {k} (t={t[k]}).")
   out = np.zeros((len(f), v.shape[1]), np.float32)
   if len(t) == 0:
     return out, np.zeros((len(f),), bool)

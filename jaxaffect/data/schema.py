@@ -59,6 +59,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from jaxaffect.errors import MissingFile, UserError
+
 SCHEMA_VERSION = 1
 VA_MISSING = -5.0
 LABEL_MISSING = -1
@@ -71,7 +73,7 @@ MANIFEST = "manifest.json"
 
 def shard_name(dataset: str, split: str, index: int, count: int) -> str:
   if "-" in split:
-    raise ValueError(f"split name {split!r} must not contain '-'")
+    raise UserError(f"split name {split!r} must not contain '-'")
   return f"{dataset}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
@@ -154,20 +156,20 @@ def read_record_at(f: BinaryIO | int, offset: int, path: str = "?", check_crc: b
   fd = f if isinstance(f, int) else f.fileno()
   head = os.pread(fd, 12, offset)
   if len(head) != 12:
-    raise ValueError(f"{path}: truncated TFRecord header at byte {offset}")
+    raise UserError(f"{path}: truncated TFRecord header at byte {offset}")
   (n,) = struct.unpack("<Q", head[:8])
   if check_crc and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
-    raise ValueError(f"{path}: bad length CRC at byte {offset} (corrupt or not a TFRecord file)")
+    raise UserError(f"{path}: bad length CRC at byte {offset} (corrupt or not a TFRecord file)")
   size = os.fstat(fd).st_size
   if offset + 16 + n > size:
-    raise ValueError(f"{path}: record at byte {offset} truncated (says {n} bytes, the file ends "
-                     f"{size - offset - 16} bytes later)")
+    raise UserError(f"{path}: record at byte {offset} truncated (says {n} bytes, the file ends "
+                    f"{size - offset - 16} bytes later)")
   body = os.pread(fd, n + 4, offset + 12)
   data, tail = body[:n], body[n:]
   if len(data) != n or len(tail) != 4:
-    raise ValueError(f"{path}: record at byte {offset} truncated ({len(data)} of {n} bytes)")
+    raise UserError(f"{path}: record at byte {offset} truncated ({len(data)} of {n} bytes)")
   if check_crc and struct.unpack("<I", tail)[0] != _masked_crc(data):
-    raise ValueError(f"{path}: bad data CRC in record at byte {offset}")
+    raise UserError(f"{path}: bad data CRC in record at byte {offset}")
   return data
 
 
@@ -258,7 +260,7 @@ def encode(r: VideoRecord) -> bytes:
   def rows(name, arr, shape_tail=()):
     a = np.asarray(arr)
     if a.shape[:1] != (t,) or a.shape[1:] != tuple(shape_tail):
-      raise ValueError(f"{where}: field '{name}' has shape {a.shape}, expected {(t, *shape_tail)}")
+      raise UserError(f"{where}: field '{name}' has shape {a.shape}, expected {(t, *shape_tail)}")
     return a
 
   ex = Example()
@@ -286,7 +288,7 @@ def encode(r: VideoRecord) -> bytes:
   _put(fe, "frame/matrix", "float", rows("frame/matrix", r.matrix, (2, 3)))
   lm = np.asarray(r.landmarks, np.float32)
   if lm.ndim != 3 or lm.shape[0] != t or lm.shape[2] != 2:
-    raise ValueError(f"{where}: field 'frame/landmarks' has shape {lm.shape}, expected ({t}, K, 2)")
+    raise UserError(f"{where}: field 'frame/landmarks' has shape {lm.shape}, expected ({t}, K, 2)")
   _put(fe, "video/num_landmarks", "int", [lm.shape[1]])
   _put(fe, "frame/landmarks", "float", lm)
   tasks = []
@@ -303,8 +305,8 @@ def encode(r: VideoRecord) -> bytes:
     tasks.append("au")
     au = np.asarray(r.au)
     if au.ndim != 2 or au.shape[0] != t or au.shape[1] != len(r.au_names):
-      raise ValueError(f"{where}: field 'frame/au' has shape {au.shape}, expected ({t}, "
-                       f"{len(r.au_names)}) for au_names {r.au_names}")
+      raise UserError(f"{where}: field 'frame/au' has shape {au.shape}, expected ({t}, "
+                      f"{len(r.au_names)}) for au_names {r.au_names}")
     _put(fe, "frame/au", "int", au)
     _put(fe, "frame/au_mask", "int", r.au_mask)
     _put(fe, "video/au_names", "bytes", list(r.au_names))
@@ -314,8 +316,8 @@ def encode(r: VideoRecord) -> bytes:
     vals = np.asarray(s["values"], np.float32)
     times = np.asarray(s["times"], np.float64)
     if vals.ndim != 2 or len(vals) != len(times) or vals.shape[1] != len(s["columns"]):
-      raise ValueError(f"{where}: series '{name}' has values {vals.shape} for {len(times)} times "
-                       f"and columns {tuple(s['columns'])}")
+      raise UserError(f"{where}: series '{name}' has values {vals.shape} for {len(times)} times "
+                      f"and columns {tuple(s['columns'])}")
     _put(fe, f"series/{name}/times", "float", times)
     _put(fe, f"series/{name}/values", "float", vals)
     _put(fe, f"series/{name}/columns", "bytes", list(s["columns"]))
@@ -325,8 +327,8 @@ def encode(r: VideoRecord) -> bytes:
     for name, vals in r.features.items():
       vals = np.asarray(vals, np.float32)
       if vals.ndim != 2 or vals.shape[0] != t:
-        raise ValueError(f"{where}: field 'features/{name}/values' has shape {vals.shape}, "
-                         f"expected ({t}, D)")
+        raise UserError(f"{where}: field 'features/{name}/values' has shape {vals.shape}, "
+                        f"expected ({t}, D)")
       _put(fe, f"features/{name}/dim", "int", [vals.shape[1]])
       _put(fe, f"features/{name}/values", "float", vals)
   return ex.SerializeToString(deterministic=True)
@@ -335,7 +337,7 @@ def encode(r: VideoRecord) -> bytes:
 def _get(fmap, key: str, kind: str, where: str, required: bool = True):
   if key not in fmap:
     if required:
-      raise ValueError(f"{where}: field '{key}' missing")
+      raise UserError(f"{where}: field '{key}' missing")
     return None
   f = fmap[key]
   if kind == "bytes":
@@ -356,16 +358,16 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
   try:
     ex.ParseFromString(data)
   except Exception as e:  # protobuf raises DecodeError
-    raise ValueError(f"{where}: not a tf.train.Example ({e})") from e
+    raise UserError(f"{where}: not a tf.train.Example ({e})") from e
   fm = ex.features.feature
   ver = _get(fm, "schema/version", "int", where)
   if ver.size != 1 or int(ver[0]) != SCHEMA_VERSION:
-    raise ValueError(f"{where}: field 'schema/version' is {ver.tolist()}, this reader reads "
-                     f"{SCHEMA_VERSION}")
+    raise UserError(f"{where}: field 'schema/version' is {ver.tolist()}, this reader reads "
+                    f"{SCHEMA_VERSION}")
   def scalar(key, kind="int"):
     v = _get(fm, key, kind, where)
     if len(v) != 1:
-      raise ValueError(f"{where}: field '{key}' has {len(v)} values, expected 1")
+      raise UserError(f"{where}: field '{key}' has {len(v)} values, expected 1")
     return v[0]
 
   t = int(scalar("video/num_frames"))
@@ -375,13 +377,13 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
     a = _get(fm, key, kind, where)
     n = t * int(np.prod(tail, dtype=np.int64))
     if a.size != n:
-      raise ValueError(f"{where}: field '{key}' has {a.size} values, expected {n} "
-                       f"({t} frames x {tail or 1})")
+      raise UserError(f"{where}: field '{key}' has {a.size} values, expected {n} "
+                      f"({t} frames x {tail or 1})")
     return a.reshape((t, *tail))
 
   jpegs = _get(fm, "frame/jpeg", "bytes", where)
   if len(jpegs) != t:
-    raise ValueError(f"{where}: field 'frame/jpeg' has {len(jpegs)} values, expected {t}")
+    raise UserError(f"{where}: field 'frame/jpeg' has {len(jpegs)} values, expected {t}")
   tasks = {b.decode() for b in _get(fm, "labels/tasks", "bytes", where)}
   r = VideoRecord(
       video_id=_str(fm, "video/id", where), dataset=_str(fm, "video/dataset", where),
@@ -411,8 +413,8 @@ def decode(data: bytes, where: str = "record") -> VideoRecord:
     times = _get(fm, f"series/{name}/times", "float", where).astype(np.float64)
     vals = _get(fm, f"series/{name}/values", "float", where)
     if vals.size != len(times) * len(cols):
-      raise ValueError(f"{where}: field 'series/{name}/values' has {vals.size} values, expected "
-                       f"{len(times)} x {len(cols)}")
+      raise UserError(f"{where}: field 'series/{name}/values' has {vals.size} values, expected "
+                      f"{len(times)} x {len(cols)}")
     r.series[name] = {"times": times, "values": vals.reshape(len(times), len(cols)),
                       "columns": cols,
                       "rate_hz": float(_get(fm, f"series/{name}/rate_hz", "float", where)[0])}
@@ -440,22 +442,22 @@ def decode_frames(jpegs: list[bytes], indices=None, where: str = "record") -> np
     buf = np.frombuffer(jpegs[i], np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
-      raise ValueError(f"{where}: field 'frame/jpeg' frame {i}: cannot decode JPEG ({buf.size} bytes)")
+      raise UserError(f"{where}: field 'frame/jpeg' frame {i}: cannot decode JPEG ({buf.size} bytes)")
     if out is None:
       out = np.empty((len(idx), *img.shape), np.uint8)
     elif img.shape != out.shape[1:]:
-      raise ValueError(f"{where}: field 'frame/jpeg' frame {i}: size {img.shape} differs from "
-                       f"frame {idx[0]} {out.shape[1:]}")
+      raise UserError(f"{where}: field 'frame/jpeg' frame {i}: size {img.shape} differs from "
+                      f"frame {idx[0]} {out.shape[1:]}")
     cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[j])
   if out is None:
-    raise ValueError(f"{where}: no frames requested")
+    raise UserError(f"{where}: no frames requested")
   return out
 
 
 def parse_shard_name(path: str) -> dict[str, Any]:
   m = SHARD_RE.match(os.path.basename(path))
   if not m:
-    raise ValueError(f"{path}: not a shard name '<dataset>-<split>.tfrecord-NNNNN-of-NNNNN'")
+    raise UserError(f"{path}: not a shard name '<dataset>-<split>.tfrecord-NNNNN-of-NNNNN'")
   return {"dataset": m["dataset"], "split": m["split"], "index": int(m["index"]),
           "count": int(m["count"])}
 
@@ -463,7 +465,7 @@ def parse_shard_name(path: str) -> dict[str, Any]:
 def read_manifest(out_dir: str) -> dict[str, Any]:
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no manifest; run `python -m data_prep` to write shards here "
-                            f"(or it has not finished)")
+    raise MissingFile(f"{path}: no manifest; run `python -m data_prep` to write shards here "
+                      f"(or it has not finished)")
   with open(path) as f:
     return json.load(f)

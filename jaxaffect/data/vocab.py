@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxaffect.errors import UserError
+
 VOCABS: dict[str, tuple[str, ...]] = {
     # DFEW label CSVs: 1 Happy .. 7 Fear; stored 0-based (label - 1), as Former-DFER reads them.
     "dfew7": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
@@ -74,10 +76,10 @@ def convert(labels, src: str, dst: str, *, allow_missing: bool = False) -> np.nd
   m = mapping(src, dst)
   valid = labels >= 0
   if np.any(labels[valid] >= len(m)):
-    raise ValueError(f"label {int(labels[valid].max())} outside vocabulary {src!r} of {len(m)} classes")
+    raise UserError(f"label {int(labels[valid].max())} outside vocabulary {src!r} of {len(m)} classes")
   out = np.where(valid, m[np.where(valid, labels, 0)], labels)
   lost = valid & (out < 0)
   if lost.any() and not allow_missing:
     miss = sorted({names(src)[int(i)] for i in labels[lost]})
-    raise ValueError(f"classes {miss} of {src!r} have no counterpart in {dst!r}")
+    raise UserError(f"classes {miss} of {src!r} have no counterpart in {dst!r}")
   return out.astype(np.int32)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxaffect.errors import UserError
 from jaxaffect.nn.attention import TransformerEncoder
 from jaxaffect.nn.layers import Dense
 from jaxaffect.nn.tcn import PointwiseConv, TemporalConvNet
@@ -62,18 +63,18 @@ def normalize_streams(streams: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
   out = []
   for item in items:
     if len(item) != 2:
-      raise ValueError(f"ABAWTCN.streams: expected (name, channels) pairs, got {item!r}")
+      raise UserError(f"ABAWTCN.streams: expected (name, channels) pairs, got {item!r}")
     name, chans = item
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-      raise ValueError(f"ABAWTCN.streams: stream name {name!r} must be a non-empty identifier "
-                       "(letters, digits, _): it names Flax modules and torch keys")
+      raise UserError(f"ABAWTCN.streams: stream name {name!r} must be a non-empty identifier "
+                      "(letters, digits, _): it names Flax modules and torch keys")
     chans = tuple(int(c) for c in chans)
     if not chans:
-      raise ValueError(f"ABAWTCN.streams[{name!r}]: empty channel list")
+      raise UserError(f"ABAWTCN.streams[{name!r}]: empty channel list")
     out.append((name, chans))
   names = [n for n, _ in out]
   if not out or len(set(names)) != len(names):
-    raise ValueError(f"ABAWTCN.streams: need one or more distinct names, got {names}")
+    raise UserError(f"ABAWTCN.streams: need one or more distinct names, got {names}")
   return tuple(out)
 
 
@@ -117,8 +118,8 @@ class MaskedBatchNorm(nn.Module):
         m = jnp.ones((xf.shape[0], 1), f)
       else:
         if mask.shape != x.shape[:-1]:
-          raise ValueError(f"MaskedBatchNorm: mask shape {mask.shape} != leading shape "
-                           f"{x.shape[:-1]} of the input")
+          raise UserError(f"MaskedBatchNorm: mask shape {mask.shape} != leading shape "
+                          f"{x.shape[:-1]} of the input")
         m = mask.astype(f).reshape(-1, 1)
       n = jnp.sum(m)
       n_safe = jnp.maximum(n, 1.0)
@@ -211,10 +212,10 @@ class ABAWTCN(nn.Module):
   def _check(self):
     bad = [o for o in self.outputs if o not in OUTPUT_DIMS]
     if bad or not self.outputs or len(set(self.outputs)) != len(self.outputs):
-      raise ValueError(f"ABAWTCN.outputs={self.outputs}: expected distinct names among "
-                       f"{sorted(OUTPUT_DIMS)}")
+      raise UserError(f"ABAWTCN.outputs={self.outputs}: expected distinct names among "
+                      f"{sorted(OUTPUT_DIMS)}")
     if self.va_heads not in VA_HEADS:
-      raise ValueError(f"ABAWTCN.va_heads={self.va_heads!r}: expected one of {VA_HEADS}")
+      raise UserError(f"ABAWTCN.va_heads={self.va_heads!r}: expected one of {VA_HEADS}")
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], train: bool = False, *,
@@ -232,17 +233,17 @@ class ABAWTCN(nn.Module):
       if x.ndim == 4 and x.shape[2] == 1:        # official: (B, T, 1, D) → (B, T, D)
         x = x[:, :, 0, :]
       if x.ndim != 3:
-        raise ValueError(f"ABAWTCN: stream {name!r} has shape {x.shape}, expected (B, T, D)")
+        raise UserError(f"ABAWTCN: stream {name!r} has shape {x.shape}, expected (B, T, D)")
       if bt is None:
         bt = x.shape[:2]
       elif x.shape[:2] != bt:
-        raise ValueError(f"ABAWTCN: stream {name!r} has (B, T) = {x.shape[:2]}, the first "
-                         f"stream {bt}")
+        raise UserError(f"ABAWTCN: stream {name!r} has (B, T) = {x.shape[:2]}, the first "
+                        f"stream {bt}")
       tcn_name = "temporal" if len(self.streams) == 1 else f"temporal_{name}"
       xs.append(TemporalConvNet(chans, self.kernel_size, self.dropout, self.tcn_activation,
                                 name=tcn_name, **kw)(x.astype(self.dtype), deterministic=det))
     if frame_mask is not None and frame_mask.shape != bt:
-      raise ValueError(f"ABAWTCN: frame_mask shape {frame_mask.shape} != (B, T) = {bt}")
+      raise UserError(f"ABAWTCN: frame_mask shape {frame_mask.shape} != (B, T) = {bt}")
     h = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
     h = PointwiseConv(self.d_model, name="proj", **kw)(h)
     h = TransformerEncoder(
@@ -304,8 +305,8 @@ def va_ccc_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, ddof: int =
   (ddof=1 as `torch.std`; `ddof` is explicit here). Returns `(loss, ccc (2,))`. With ≤ ddof valid
   frames CCC is undefined: the loss is 0 (no gradient) and `ccc` NaN."""
   if pred.shape != target.shape or pred.shape[-1] != 2 or mask.shape != pred.shape[:-1]:
-    raise ValueError(f"va_ccc_loss: pred {pred.shape}, target {target.shape} must be (..., 2) "
-                     f"and mask {mask.shape} their leading shape")
+    raise UserError(f"va_ccc_loss: pred {pred.shape}, target {target.shape} must be (..., 2) "
+                    f"and mask {mask.shape} their leading shape")
   m = mask.reshape(-1)
   ok = jnp.sum(m.astype(jnp.float32)) > ddof
   m = jnp.where(ok, m, jnp.ones_like(m))   # finite (unused) values and gradients when not ok
@@ -321,8 +322,8 @@ def expr_ce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.A
   solver (labels −1 dropped). `logits (..., C)`, integer `labels (...)`, float `mask (...)`; a
   frame counts when mask = 1 and label ≠ −1. With no valid frame the loss is 0 (torch: NaN)."""
   if logits.shape[:-1] != labels.shape or mask.shape != labels.shape:
-    raise ValueError(f"expr_ce_loss: logits {logits.shape}, labels {labels.shape}, mask "
-                     f"{mask.shape}: expected (..., C), (...), (...)")
+    raise UserError(f"expr_ce_loss: logits {logits.shape}, labels {labels.shape}, mask "
+                    f"{mask.shape}: expected (..., C), (...), (...)")
   f = jnp.promote_types(logits.dtype, jnp.float32)
   logp = jax.nn.log_softmax(logits.astype(f), axis=-1)
   valid = mask.astype(f) * (labels != -1).astype(f)
@@ -337,8 +338,8 @@ def au_bce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Ar
   averages over kept rows × units. `logits`, `labels`, float `mask` all `(..., U)`; a frame counts
   when every unit has mask 1 and label ≠ −1. With no valid frame the loss is 0 (torch: NaN)."""
   if logits.shape != labels.shape or mask.shape != labels.shape:
-    raise ValueError(f"au_bce_loss: logits {logits.shape}, labels {labels.shape}, mask "
-                     f"{mask.shape} must have the same shape (..., U)")
+    raise UserError(f"au_bce_loss: logits {logits.shape}, labels {labels.shape}, mask "
+                    f"{mask.shape} must have the same shape (..., U)")
   f = jnp.promote_types(logits.dtype, jnp.float32)
   z, y = logits.astype(f), labels.astype(f)
   row = jnp.all((mask > 0) & (labels != -1), axis=-1).astype(f)

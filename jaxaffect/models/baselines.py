@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxaffect.errors import UserError
 from jaxaffect.nn.layers import Dense
 from jaxaffect.nn.resnet import ResNet
 
@@ -46,8 +47,8 @@ class FrameResNet(nn.Module):
   def setup(self):
     unknown = [o for o in self.outputs if o not in OUTPUTS]
     if unknown or not self.outputs:
-      raise ValueError(f"FrameResNet.outputs={tuple(self.outputs)}: expected a non-empty subset "
-                       f"of {OUTPUTS}")
+      raise UserError(f"FrameResNet.outputs={tuple(self.outputs)}: expected a non-empty subset "
+                      f"of {OUTPUTS}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.backbone = ResNet(stage_sizes=tuple(self.stage_sizes), width=self.width,
                            num_classes=None, **kw)

@@ -60,6 +60,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxaffect import flops as flops_lib
+from jaxaffect.errors import UserError
 from jaxaffect.models.tasks import classification_loss
 from jaxaffect.nn.attention import MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from jaxaffect.nn.layers import BatchNorm, Dense, layer_norm
@@ -109,9 +110,9 @@ def shuffle_snippets(video: jax.Array, perm: jax.Array, num_snippets: int) -> ja
   (official `order_clip`: `stack([clips[order[i]] for i in range(S)])`). `perm (B, S)` int."""
   b, t = video.shape[:2]
   if t % num_snippets:
-    raise ValueError(f"shuffle_snippets: {t} frames are not {num_snippets} equal snippets")
+    raise UserError(f"shuffle_snippets: {t} frames are not {num_snippets} equal snippets")
   if perm.shape != (b, num_snippets):
-    raise ValueError(f"shuffle_snippets: perm has shape {perm.shape}, expected {(b, num_snippets)}")
+    raise UserError(f"shuffle_snippets: perm has shape {perm.shape}, expected {(b, num_snippets)}")
   f = t // num_snippets
   v = video.reshape((b, num_snippets, f) + video.shape[2:])
   idx = perm.astype(jnp.int32).reshape((b, num_snippets) + (1,) * (v.ndim - 2))
@@ -251,18 +252,18 @@ class EST(nn.Module):
 
   def _check(self, video: jax.Array, perm: jax.Array | None) -> None:
     if self.d_model != 8 * self.width:
-      raise ValueError(f"EST: d_model={self.d_model} must equal the ResNet output width "
-                       f"8·width = {8 * self.width}")
+      raise UserError(f"EST: d_model={self.d_model} must equal the ResNet output width "
+                      f"8·width = {8 * self.width}")
     if self.d_model % self.num_heads:
-      raise ValueError(f"EST: d_model={self.d_model} is not divisible by "
-                       f"num_heads={self.num_heads}")
+      raise UserError(f"EST: d_model={self.d_model} is not divisible by "
+                      f"num_heads={self.num_heads}")
     t = self.num_snippets * self.frames_per_snippet
     if video.ndim != 5 or video.shape[1] != t or video.shape[-1] != 3:
-      raise ValueError(f"EST expects video (B, {t}, H, W, 3) = {self.num_snippets} snippets × "
-                       f"{self.frames_per_snippet} frames, got shape {video.shape}")
+      raise UserError(f"EST expects video (B, {t}, H, W, 3) = {self.num_snippets} snippets × "
+                      f"{self.frames_per_snippet} frames, got shape {video.shape}")
     if perm is not None and tuple(perm.shape) != (video.shape[0], self.num_snippets):
-      raise ValueError(f"EST: perm has shape {tuple(perm.shape)}, expected "
-                       f"{(video.shape[0], self.num_snippets)} (batch, snippets)")
+      raise UserError(f"EST: perm has shape {tuple(perm.shape)}, expected "
+                      f"{(video.shape[0], self.num_snippets)} (batch, snippets)")
 
   @nn.compact
   def __call__(self, video: jax.Array, perm: jax.Array | None = None, *,
@@ -376,7 +377,7 @@ def est_loss(logits: jax.Array, labels: jax.Array, perm_logits: jax.Array | None
   if perm_logits is None:
     return cls, aux
   if perm_labels is None:
-    raise ValueError("est_loss: perm_logits given without perm_labels")
+    raise UserError("est_loss: perm_logits given without perm_labels")
   lam = 1.0 / num_snippets if ssop_weight is None else ssop_weight
   ls, perm_ce = ssop_loss(perm_logits, perm_labels, mask)
   aux.update(ssop_loss=ls, perm_ce=perm_ce)

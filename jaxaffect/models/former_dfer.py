@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxaffect.errors import UserError
 from jaxaffect.nn.attention import TransformerEncoder
 from jaxaffect.nn.layers import Dense
 from jaxaffect.nn.resnet import ResNetStage, ResNetStem
@@ -41,7 +42,7 @@ OFFICIAL_NUM_PARAMS = 18_031_943   # GenerateModel(): sum(p.numel() for p in mod
 
 def _scaled(value: int, width: int) -> int:
   if (value * width) % REFERENCE_WIDTH:
-    raise ValueError(f"{value}·width/{REFERENCE_WIDTH} is not an integer for width={width}")
+    raise UserError(f"{value}·width/{REFERENCE_WIDTH} is not an integer for width={width}")
   return value * width // REFERENCE_WIDTH
 
 
@@ -80,8 +81,8 @@ class CSFormer(nn.Module):
     if self.has_variable("params", "pos_embedding"):
       rows = self.get_variable("params", "pos_embedding").shape[1]
       if rows != h * wd:
-        raise ValueError(f"CS-Former: the input gives {h}×{wd}={h * wd} tokens after layer3 but "
-                         f"pos_embedding has {rows} rows (fixed by the image size at init)")
+        raise UserError(f"CS-Former: the input gives {h}×{wd}={h * wd} tokens after layer3 but "
+                        f"pos_embedding has {rows} rows (fixed by the image size at init)")
     pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, h * wd, c),
                      self.param_dtype)
     tokens = tokens + pos.astype(self.dtype)
@@ -109,7 +110,7 @@ class TFormer(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     b, t, d = x.shape
     if t > self.num_frames:
-      raise ValueError(f"T-Former: clip has {t} frames, more than num_frames={self.num_frames}")
+      raise UserError(f"T-Former: clip has {t} frames, more than num_frames={self.num_frames}")
     cls = self.param("cls_token", nn.initializers.normal(1.0), (1, 1, d), self.param_dtype)
     pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, self.num_frames + 1, d),
                      self.param_dtype)
@@ -147,7 +148,7 @@ class FormerDFER(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if x.ndim != 5 or x.shape[-1] != 3:
-      raise ValueError(f"FormerDFER expects (B, T, H, W, 3) frames, got shape {x.shape}")
+      raise UserError(f"FormerDFER expects (B, T, H, W, 3) frames, got shape {x.shape}")
     b, t, h, w, c = x.shape
     kw = dict(dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
     s = lambda v: _scaled(v, self.width)

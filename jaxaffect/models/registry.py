@@ -6,6 +6,7 @@ import importlib
 import jax.numpy as jnp
 import ml_collections
 
+from jaxaffect.errors import UserError
 from jaxaffect.models import tasks
 
 # name -> (module path, class name)
@@ -24,7 +25,7 @@ TASKS = {
 
 def build_module(config: ml_collections.ConfigDict):
   if config.model_name not in MODELS:
-    raise ValueError(f"config.model_name={config.model_name!r}: known models {sorted(MODELS)}")
+    raise UserError(f"config.model_name={config.model_name!r}: known models {sorted(MODELS)}")
   mod_path, cls_name = MODELS[config.model_name]
   cls = getattr(importlib.import_module(mod_path), cls_name)
   kwargs = dict(config.model)
@@ -38,6 +39,6 @@ def build_task(config: ml_collections.ConfigDict):
   module = build_module(config)
   name = config.task.name
   if name not in TASKS:
-    raise ValueError(f"config.task.name={name!r}: known tasks {sorted(TASKS)}")
+    raise UserError(f"config.task.name={name!r}: known tasks {sorted(TASKS)}")
   kwargs = {k: v for k, v in dict(config.task).items() if k != "name"}
   return TASKS[name](module=module, **kwargs)

@@ -23,6 +23,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from jaxaffect import metrics as jm
+from jaxaffect.errors import UserError
 
 
 def video_to_float(video: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -256,13 +257,13 @@ class FrameLabelsTask:
   def __post_init__(self):
     bad = [o for o in self.outputs if o not in PER_FRAME_OUTPUTS]
     if bad or not self.outputs:
-      raise ValueError(f"task.outputs={tuple(self.outputs)}: expected a non-empty subset of "
-                       f"{PER_FRAME_OUTPUTS}")
+      raise UserError(f"task.outputs={tuple(self.outputs)}: expected a non-empty subset of "
+                      f"{PER_FRAME_OUTPUTS}")
     if self.input not in ("features", "image"):
-      raise ValueError(f"task.input={self.input!r}: expected 'features' or 'image'")
+      raise UserError(f"task.input={self.input!r}: expected 'features' or 'image'")
     if self.loss_weights and len(self.loss_weights) != len(self.outputs):
-      raise ValueError(f"task.loss_weights={tuple(self.loss_weights)} must have one weight per "
-                       f"output {tuple(self.outputs)}")
+      raise UserError(f"task.loss_weights={tuple(self.loss_weights)} must have one weight per "
+                      f"output {tuple(self.outputs)}")
 
   def _split(self, variables):
     variables = dict(variables)
@@ -275,8 +276,8 @@ class FrameLabelsTask:
       return video_to_float(batch["image"]), {}, batch["mask"].astype(jnp.float32)
     feats = {k[len("feat/"):]: v for k, v in batch.items() if k.startswith("feat/")}
     if not feats:
-      raise ValueError(f"task.input='features' needs batch entries 'feat/<stream>'; batch has "
-                       f"{sorted(batch)}")
+      raise UserError(f"task.input='features' needs batch entries 'feat/<stream>'; batch has "
+                      f"{sorted(batch)}")
     keep = batch["valid"].astype(jnp.float32) * batch["mask"].astype(jnp.float32)[:, None]
     return feats, {"frame_mask": keep}, keep
 
@@ -291,8 +292,8 @@ class FrameLabelsTask:
     out = {}
     for o in self.outputs:
       if m[o] is None:
-        raise ValueError(f"task.outputs includes {o!r} but the batch has no '{o}_mask' (the data "
-                         f"has no {o} labels); batch keys: {sorted(batch)}")
+        raise UserError(f"task.outputs includes {o!r} but the batch has no '{o}_mask' (the data "
+                        f"has no {o} labels); batch keys: {sorted(batch)}")
       mo = m[o].astype(jnp.float32)
       out[o] = mo * (keep[..., None] if mo.ndim > keep.ndim else keep)
     return out

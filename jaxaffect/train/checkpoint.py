@@ -6,6 +6,7 @@ any mesh shape (the abstract state carries the target shardings).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from jaxaffect.errors import MissingFile
 
 
 def _metric_getter(metric: str, mode: str):
@@ -28,6 +31,19 @@ def _best_policy(metric: str, mode: str):
                   keep_checkpoints_without_metrics=False)
 
 
+class _ReadOnlyNotices(logging.Filter):
+  """Orbax announces, as absl warnings, that a read-only manager is read-only ("Given directory is
+  read only", "setting save_interval_steps=0"): noise on every `eval` / `predict` / `export`."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not (msg.startswith("Given directory is read only")
+                or msg.startswith("CheckpointManagerOptions.read_only=True"))
+
+
+_READ_ONLY_FILTER = _ReadOnlyNotices()
+
+
 def make_manager(directory: str, *, keep: int = 3, best_metric: str | None = None,
                  best_mode: str = "max", async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
@@ -37,6 +53,9 @@ def make_manager(directory: str, *, keep: int = 3, best_metric: str | None = Non
     policies.append(_best_policy(best_metric, best_mode))
     # `best_fn` also makes Orbax write each checkpoint's metrics and read them back on restart.
     extra = dict(best_fn=_metric_getter(best_metric, best_mode), best_mode=best_mode)
+  if read_only:
+    if _READ_ONLY_FILTER not in logging.getLogger("absl").filters:
+      logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)
   options = ocp.CheckpointManagerOptions(
       preservation_policy=cm.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only, **extra)
@@ -73,7 +92,7 @@ def read_config(directory: str, step: int | None = None) -> tuple[ml_collections
   mngr = make_manager(directory, read_only=True, async_save=False)
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"no checkpoint under {directory!r}")
+    raise MissingFile(f"no checkpoint under {directory!r}")
   cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   mngr.close()
   return ml_collections.ConfigDict(cfg), step

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxaffect.data import pipeline
-from jaxaffect.errors import UserError
+from jaxaffect.errors import MissingFile, UserError
 from jaxaffect.models import registry
 from jaxaffect.train import checkpoint as ckpt_lib
 from jaxaffect.train import mesh as mesh_lib
@@ -48,8 +48,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setu
   mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
   n_dev = mesh.devices.size
   if config.batch_size % n_dev:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{n_dev} devices of the mesh {dict(mesh.shape)}")
+    raise UserError(f"config.batch_size={config.batch_size} is not divisible by the "
+                    f"{n_dev} devices of the mesh {dict(mesh.shape)}")
   train_src, eval_src = sources or pipeline.build_sources(config.data)
   steps_per_epoch = max(len(train_src) // config.batch_size, 1)
   total = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
@@ -106,7 +106,7 @@ def evaluate(s: Setup, state) -> dict[str, Any]:
       m, _ = s.eval_step(state, batch)
       total = m if total is None else total.merge(m)
   if total is None:
-    raise ValueError("evaluation set is empty")
+    raise UserError("evaluation set is empty")
   return compute_metrics(total)
 
 
@@ -333,15 +333,15 @@ def resolve_step(workdir: str, step: int | None = None, best: bool = False) -> i
     step = ckpt_lib.best_step(mngr, config.checkpoint.best_metric, config.checkpoint.best_mode)
     mngr.close()
     if step is None:
-      raise FileNotFoundError(f"{cdir}: no checkpoint carries metric "
-                              f"{config.checkpoint.best_metric!r} (best); give a step instead")
+      raise MissingFile(f"{cdir}: no checkpoint carries metric "
+                        f"{config.checkpoint.best_metric!r} (best); give a step instead")
   if step is None:
     return latest
   mngr = ckpt_lib.make_manager(cdir, read_only=True, async_save=False)
   steps = sorted(mngr.all_steps())
   mngr.close()
   if int(step) not in steps:
-    raise FileNotFoundError(f"{cdir}: no checkpoint at step {step}; it has steps {steps}")
+    raise MissingFile(f"{cdir}: no checkpoint at step {step}; it has steps {steps}")
   return int(step)
 
 

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxaffect.errors import UserError
+
 MESH_AXES = ("data", "fsdp")
 # Batches are split over every mesh axis: FSDP is data parallel too, it only shards state as well.
 BATCH_SPEC = P(MESH_AXES)
@@ -22,17 +24,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if data == -1 and fsdp == -1:
-    raise ValueError("mesh: at most one of data/fsdp may be -1")
+    raise UserError("mesh: at most one of data/fsdp may be -1")
   if data == -1:
     if n % fsdp:
-      raise ValueError(f"mesh: {n} devices are not divisible by fsdp={fsdp}")
+      raise UserError(f"mesh: {n} devices are not divisible by fsdp={fsdp}")
     data = n // fsdp
   if fsdp == -1:
     if n % data:
-      raise ValueError(f"mesh: {n} devices are not divisible by data={data}")
+      raise UserError(f"mesh: {n} devices are not divisible by data={data}")
     fsdp = n // data
   if data * fsdp != n:
-    raise ValueError(f"mesh: data={data} x fsdp={fsdp} != {n} devices")
+    raise UserError(f"mesh: data={data} x fsdp={fsdp} != {n} devices")
   return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
                        devices=devices)
 
@@ -92,8 +94,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, 
         if tactic == "fsdp" or tactic.startswith("fsdp:"):
           min_size = int(tactic.split(":", 1)[1]) if ":" in tactic else 2**14
           return NamedSharding(mesh, fsdp_spec(shape, fsdp_size, min_size))
-        raise ValueError(f"sharding rule {rx.pattern!r}: unknown tactic {tactic!r} "
-                         "(expected 'replicate', 'fsdp' or 'fsdp:MIN_ELEMENTS')")
+        raise UserError(f"sharding rule {rx.pattern!r}: unknown tactic {tactic!r} "
+                        "(expected 'replicate', 'fsdp' or 'fsdp:MIN_ELEMENTS')")
     return NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(one, abstract_state)

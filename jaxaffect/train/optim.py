@@ -4,6 +4,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from jaxaffect.errors import UserError
+
 
 def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
   """Schedules indexed by optimizer step.
@@ -23,7 +25,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
   elif cfg.schedule == "step":
     every = int(cfg.decay_epochs * steps_per_epoch)
     if every <= 0:
-      raise ValueError(f"optim.decay_epochs={cfg.decay_epochs} gives no decay step")
+      raise UserError(f"optim.decay_epochs={cfg.decay_epochs} gives no decay step")
     bounds = {k * every: cfg.decay_factor for k in range(1, total_steps // every + 1)}
     sched = optax.piecewise_constant_schedule(lr, bounds)
   elif cfg.schedule == "cosine":
@@ -39,8 +41,8 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
       return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * e / t_max)) * f
     return sched
   else:
-    raise ValueError(f"optim.schedule={cfg.schedule!r}: expected step, cosine, cosine_epoch or "
-                     f"constant")
+    raise UserError(f"optim.schedule={cfg.schedule!r}: expected step, cosine, cosine_epoch or "
+                    f"constant")
   if warm > 0:
     sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warm), sched], [warm])
   return sched
@@ -69,5 +71,5 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_s
     chain += [optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                           eps=cfg.get("eps", 1e-8), weight_decay=wd)]
   else:
-    raise ValueError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
+    raise UserError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
   return optax.chain(*chain), sched

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxaffect.errors import UserError
 from jaxaffect.models import est, tasks
 
 KW = dict(width=4, d_model=32, num_heads=4, dim_feedforward=64, classifier_dims=(16, 8),
@@ -97,7 +98,7 @@ def test_partial_import_of_a_pretrained_backbone(tmp_path):
   assert len(backbone) > 50
   path = str(tmp_path / "resnet18_ferplus.safetensors")
   interop.save_state_dict(backbone, path)
-  with pytest.raises(KeyError, match="unexpected torch keys"):              # strict import refuses it
+  with pytest.raises(UserError, match="unexpected torch keys"):             # strict import refuses it
     loop.import_weights(c, str(tmp_path / "strict"), path)
   loop.import_weights(c, str(tmp_path / "run"), path, partial=True)
   _, _, got, _ = loop.restore_state(str(tmp_path / "run"))
