@@ -17,7 +17,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """Numbers out of range (`--shards -1`, `--workers 0`, `--jpeg-quality 101`, ...) are argument
+  errors (usage + status 2), before anything is read or written."""
   from data_prep import sources
+  from data_prep.sources._util import float_arg, int_arg
   p = argparse.ArgumentParser(prog="data_prep", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -26,16 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     g = sp.add_argument_group("common")
     g.add_argument("--src", required=True, help="the dataset root / file (as the dataset ships it)")
     g.add_argument("--out", required=True, help="output directory for shards + manifest.json")
-    g.add_argument("--size", type=int, default=112, help="crop side in pixels (112 or 224 usual)")
+    g.add_argument("--size", type=int_arg(1), default=112,
+                   help="crop side in pixels (112 or 224 usual)")
     g.add_argument("--detector", default="auto",
                    help="auto | blazeface | haar | precomputed | none. auto: the item's own "
                         "geometry if it has some, dataset-provided aligned crops resized as they "
                         "are, otherwise BlazeFace + FaceMesh")
-    g.add_argument("--margin", type=float, default=None, help="crop margin (see data_prep.faces)")
-    g.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality of the crops (95)")
-    g.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    g.add_argument("--shards", type=int, default=0, help="shards per split (0: ~64 videos each)")
-    g.add_argument("--segment-frames", type=int, default=0,
+    g.add_argument("--margin", type=float_arg(0.0), default=None,
+                   help="crop margin (see data_prep.faces)")
+    g.add_argument("--jpeg-quality", type=int_arg(1, 100), default=None,
+                   help="JPEG quality of the crops (95)")
+    g.add_argument("--workers", type=int_arg(1), default=1, help="parallel worker processes")
+    g.add_argument("--shards", type=int_arg(0), default=0,
+                   help="shards per split (0: ~64 videos each)")
+    g.add_argument("--segment-frames", type=int_arg(0), default=0,
                    help="write videos longer than this as consecutive records (0: whole videos)")
     g.add_argument("--template-split", default=None,
                    help="split whose mean landmarks form the template (default: train)")

@@ -120,15 +120,18 @@ def load_embedder(checkpoint: str, *, step: int | None = None, best: bool = Fals
 
 # ------------------------------------------------------------------------------------- the job
 def add_arguments(p: argparse.ArgumentParser) -> None:
+  from data_prep.sources._util import int_arg
   p.add_argument("--shards", required=True, help="face shards (a data_prep output directory)")
   p.add_argument("--checkpoint", required=True, help="training workdir of the image model")
   p.add_argument("--out", required=True, help="output directory for the feature shards")
   p.add_argument("--select", default="all",
                  help="records to embed: a split ('train'), a fold ('1:test') or 'all'")
-  p.add_argument("--batch", type=int, default=256, help="frames per model call (fixed shape)")
+  p.add_argument("--batch", type=int_arg(1), default=256,
+                 help="frames per model call (fixed shape)")
   p.add_argument("--stream", default="", help="feature stream name (default: the model name)")
   g = p.add_mutually_exclusive_group()
-  g.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  g.add_argument("--step", type=int_arg(0), default=None,
+                 help="checkpoint step (default: the latest)")
   g.add_argument("--best", action="store_true", help="the checkpoint with the best eval metric")
   p.add_argument("--overwrite", action="store_true", help="delete the feature shards in --out first")
   p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")

@@ -11,6 +11,7 @@ Error policy of every source (documented once here, cited by each module):
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import math
@@ -26,6 +27,38 @@ from data_prep.sources.base import MISSING, OK, UNREADABLE, Frame, PrepError, Sk
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 _TRAILING_INT = re.compile(r"(\d+)$")
+
+
+def int_arg(lo: int, hi: int | None = None) -> Callable[[str], int]:
+  """argparse `type=` for an integer in [lo, hi]: anything else is an argument error (status 2)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+      raise argparse.ArgumentTypeError(f"must be {_range_text(lo, hi)}, got {value}")
+    return value
+  parse.__name__ = "integer"
+  return parse
+
+
+def float_arg(lo: float, hi: float | None = None) -> Callable[[str], float]:
+  """argparse `type=` for a finite number in [lo, hi]."""
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+      raise argparse.ArgumentTypeError(f"must be {_range_text(lo, hi)}, got {text}")
+    return value
+  parse.__name__ = "number"
+  return parse
+
+
+def _range_text(lo, hi) -> str:
+  return f">= {lo}" if hi is None else f"in {lo}..{hi}"
 
 
 def opt(args: Any, name: str, default: Any = None) -> Any:

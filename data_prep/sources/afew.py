@@ -40,7 +40,7 @@ _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--layout", default="auto", choices=("auto", "videos", "faces"),
                       help="official .avi folders or AFEW_Face frame folders")
-  parser.add_argument("--fps", type=float, default=0.0,
+  parser.add_argument("--fps", type=_util.float_arg(0.0), default=0.0,
                       help="frame rate of face-frame folders (unknown by default: t_sec NaN)")
   _util.add_list_arguments(parser)
 

@@ -47,7 +47,7 @@ _LIST_FOLD = re.compile(r"set_(\d+)_(train|test)")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--layout", default="clip_224x224", choices=LAYOUTS,
                       help="face-frame folder under Clip/")
-  parser.add_argument("--fps", type=float, default=0.0,
+  parser.add_argument("--fps", type=_util.float_arg(0.0), default=0.0,
                       help="frame rate of the face folders (unknown by default: t_sec NaN)")
   parser.add_argument("--include-unlabelled", action="store_true",
                       help="also yield clip folders no label CSV lists (label -1)")

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--frame-labels", default=None,
                       help="folder of per-frame <video_id>.csv (default: --src)")
   parser.add_argument("--split", default="all", help="split of videos the CSV does not assign")
-  parser.add_argument("--fps", type=float, default=0.0, help="frame rate (0: unknown)")
+  parser.add_argument("--fps", type=_util.float_arg(0.0), default=0.0,
+                      help="frame rate (0: unknown)")
   parser.add_argument("--precomputed", action="store_true",
                       help="the images are already aligned face crops")
   parser.add_argument("--dataset-name", default="folder", help="VideoItem.dataset")

@@ -31,16 +31,18 @@ FPS = 25.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--num-videos", type=int, default=16)
+  parser.add_argument("--num-videos", type=_util.int_arg(0), default=16)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--start", type=int, default=0, help="index of the first video")
-  parser.add_argument("--num-frames", type=int, default=32)
-  parser.add_argument("--render-size", type=int, default=112,
+  parser.add_argument("--start", type=_util.int_arg(0), default=0, help="index of the first video")
+  parser.add_argument("--num-frames", type=_util.int_arg(1), default=32)
+  parser.add_argument("--render-size", type=_util.int_arg(1), default=112,
                       help="rendered frame height = width (px); the crop size is --size")
-  parser.add_argument("--pose", type=float, default=0.3, help="head-pose variation (0 = frontal)")
-  parser.add_argument("--occlusion", type=float, default=0.2, help="probability of an occluder")
+  parser.add_argument("--pose", type=_util.float_arg(0.0), default=0.3,
+                      help="head-pose variation (0 = frontal)")
+  parser.add_argument("--occlusion", type=_util.float_arg(0.0, 1.0), default=0.2,
+                      help="probability of an occluder")
   parser.add_argument("--split", default="train")
-  parser.add_argument("--heldout-videos", type=int, default=0,
+  parser.add_argument("--heldout-videos", type=_util.int_arg(0), default=0,
                       help="also write this many videos of another seed (unseen identities)")
   parser.add_argument("--heldout-split", default="test")
 

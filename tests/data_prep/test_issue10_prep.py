@@ -281,6 +281,38 @@ def test_afew_nested_split_lists_with_the_default_prefix(tmp_path):
 # 7. Numeric flags
 
 
+@pytest.mark.parametrize("flags", [
+    ["--shards", "-1"], ["--workers", "0"], ["--workers", "-1"], ["--size", "0"],
+    ["--size", "-8"], ["--segment-frames", "-1"], ["--jpeg-quality", "0"],
+    ["--jpeg-quality", "101"], ["--margin", "-0.1"], ["--num-videos", "-1"],
+    ["--num-frames", "0"], ["--occlusion", "1.5"]])
+def test_out_of_range_numbers_are_argument_errors(tmp_path, capsys, flags):
+  out = tmp_path / "o"
+  with pytest.raises(SystemExit) as e:
+    prep_cli.main([*SYN, "--out", str(out), "--quiet", *flags])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert flags[0] in err and "usage:" in err and "Traceback" not in err
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["dfew", "--src", "x", "--fps", "-25"], ["afew", "--src", "x", "--fps", "-1"],
+    ["folder", "--src", "x", "--fps", "-1"],
+    ["features", "--shards", "a", "--checkpoint", "b", "--batch", "0"]])
+def test_out_of_range_source_flags_are_argument_errors(tmp_path, capsys, argv):
+  with pytest.raises(SystemExit) as e:
+    prep_cli.main([*argv, "--out", str(tmp_path / "o")])
+  assert e.value.code == 2 and argv[-2] in capsys.readouterr().err
+  assert not (tmp_path / "o").exists()
+
+
+def test_zero_shards_still_means_auto(tmp_path):
+  args = prep_cli.build_parser().parse_args([*SYN, "--out", str(tmp_path), "--num-videos", "2",
+                                             "--shards", "0", "--quiet"])
+  assert shards.run(args.source, args)["totals"]["shards"] == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Rough edges: user errors are one line with status 2
 
