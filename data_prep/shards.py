@@ -534,14 +534,17 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
       lambda *a: print(*a, file=sys.stderr, flush=True))
   t0 = time.time()
   items, skipped = [], []
-  for x in sources.SOURCES[source_name].items(args.src, args):
-    if isinstance(x, base.Skip):
-      if args.strict:
-        raise PrepFailed(f"data_prep: {x.error} (--strict)")
-      skipped.append(x.error.to_json())
-      log(f"[data_prep] skip: {x.error}")
-    else:
-      items.append(x)
+  try:
+    for x in sources.SOURCES[source_name].items(args.src, args):
+      if isinstance(x, base.Skip):
+        if args.strict:
+          raise PrepFailed(f"data_prep: {x.error} (--strict)")
+        skipped.append(x.error.to_json())
+        log(f"[data_prep] skip: {x.error}")
+      else:
+        items.append(x)
+  except OSError as e:              # a path given on the command line that cannot be read
+    raise base.PrepError(str(e.filename or args.src), f"cannot read: {e.strerror or e}") from e
   keys = collections.Counter(it.key for it in items)
   dup = [k for k, c in keys.items() if c > 1]
   if dup:
@@ -674,9 +677,12 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
   _atomic_json(os.path.join(out, schema.MANIFEST), manifest)
   dt = time.time() - t0
   nf = manifest["totals"]["frames"]
-  log(f"[data_prep] wrote {manifest['totals']['videos']} videos / {nf} frames in {len(tasks)} "
-      f"shards to {out}; {len(manifest['skipped'])} skipped, {len(manifest['frame_issues'])} frame "
-      f"issues; {dt:.1f} s this run ({frames_done[0] / max(dt, 1e-9):.1f} frames/s)")
+  n_rec = len(manifest["records"])            # one per video, or per segment (--segment-frames)
+  n_vid = len({(r["split"], r["id"]) for r in manifest["records"]})
+  log(f"[data_prep] wrote {n_vid} videos{f' as {n_rec} records' if n_rec != n_vid else ''} / "
+      f"{nf} frames in {len(tasks)} shards to {out}; {len(manifest['skipped'])} skipped, "
+      f"{len(manifest['frame_issues'])} frame issues; {dt:.1f} s this run "
+      f"({frames_done[0] / max(dt, 1e-9):.1f} frames/s)")
   return manifest
 
 

@@ -136,9 +136,26 @@ def frame_folder(folder: str, *, item: str) -> list[tuple[int, str]] | PrepError
 # Delimited label files.
 
 
+def open_text(path: str, **kw):
+  """`open(path)` for reading a label or list file; a file that cannot be opened (missing, a
+  folder, no permission) is a PrepError naming it."""
+  try:
+    return open(path, **kw)
+  except OSError as e:
+    raise PrepError(path, f"cannot open: {e.strerror or e}") from None
+
+
+def check_vocab(vocab: str, path: str, option: str = "--vocab") -> None:
+  """PrepError unless `vocab` names a label vocabulary (`jaxaffect.data.vocab.VOCABS`)."""
+  from jaxaffect.data import vocab as vocab_lib
+  if vocab not in vocab_lib.VOCABS:
+    raise PrepError(path, f"{option} {vocab!r} is not a label vocabulary (one of "
+                    f"{sorted(vocab_lib.VOCABS)})", field="vocab")
+
+
 def read_rows(path: str, *, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
   """(1-based line number, stripped fields) of each non-blank line of a delimited text file."""
-  with open(path, newline="", encoding="utf-8-sig") as f:
+  with open_text(path, newline="", encoding="utf-8-sig") as f:
     for lineno, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
       if not row or all(not c.strip() for c in row):
         continue
@@ -215,7 +232,7 @@ def read_list_file(path: str, *, src: str, list_root: str | None, list_prefix: s
   yields a Skip for that clip.
   """
   raw: list[tuple[int, str, int, str]] = []
-  with open(path, encoding="utf-8") as f:
+  with open_text(path, encoding="utf-8") as f:
     for lineno, text in enumerate(f, start=1):
       text = text.strip()
       if not text:

@@ -90,11 +90,13 @@ def _read_fps_csv(path: str) -> dict[str, float]:
     return aw.read_fps_csv(path)
   except aw.AnnotationError as e:
     raise _prep_error(e) from None
+  except OSError as e:
+    raise PrepError(path, f"cannot open: {e.strerror or e}", field="fps_csv") from None
 
 
 def _read_test_list(path: str) -> list[str]:
   names = []
-  with open(path, encoding="utf-8-sig") as f:
+  with _util.open_text(path, encoding="utf-8-sig") as f:
     for line in f:
       name = line.strip()
       if not name:

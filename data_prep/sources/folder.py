@@ -11,10 +11,11 @@
   -1 invalid), `AU<n>` columns (0/1, -1 invalid). Each row labels the frame with that index; frames
   without a row get the sentinels (VA -5, EXPR -1, AU -1).
 
-Bad input (policy in `_util`): a labels CSV with a wrong header or column count raises, an unknown
-class there -> Skip of that video; a per-frame CSV (it concerns one video) with a wrong header,
-column count, unknown value, duplicate frame or a frame that has no image -> Skip of the video
-naming file, line and field; an empty folder -> Skip; a broken image -> an UNREADABLE frame.
+Bad input (policy in `_util`): a labels CSV with a wrong header or column count, or a label
+without `--vocab`, raises; an unknown class there -> Skip of that video; a per-frame CSV (it
+concerns one video) with a wrong header, column count, unknown value, duplicate frame or a frame
+that has no image -> Skip of the video naming file, line and field; an empty folder -> Skip; a
+broken image -> an UNREADABLE frame.
 """
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ def read_clip_labels(path: str, vocab: str) -> dict[str, tuple[int | PrepError, 
     if vid in out:
       raise PrepError(path, f"video_id {vid!r} listed twice (first at line {out[vid][2]})",
                       line=lineno, field="video_id")
+    if row[1] and not vocab:        # the whole file is unusable: not one Skip per video
+      raise PrepError(path, f"a label needs --vocab (one of {sorted(vocab_lib.VOCABS)})",
+                      line=lineno, field="label")
     try:
       label = (_class(path, row[1], vocab, line=lineno, field="label", item=vid) if row[1]
                else -1)
@@ -160,6 +164,10 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
   vocab = _util.opt(args, "vocab", "")
   expr_vocab = _util.opt(args, "expr_vocab", vocab)
   labels_path = _util.opt(args, "labels")
+  if vocab:
+    _util.check_vocab(vocab, labels_path or src)
+  if expr_vocab and expr_vocab != vocab:
+    _util.check_vocab(expr_vocab, src, "--expr-vocab")
   labels = read_clip_labels(labels_path, vocab) if labels_path else {}
   frame_dir = _util.opt(args, "frame_labels", src)
   fps = float(_util.opt(args, "fps", 0.0))

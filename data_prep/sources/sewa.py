@@ -78,6 +78,9 @@ def _loader(path: str) -> Callable[[], dict[str, Series]]:
 
 def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
   """SEWA recordings in (split, name) order (module docstring)."""
+  if not os.path.isdir(src):
+    raise PrepError(src, "not a directory (the SEWA root: labels/<Train|Devel|Test>_<CC>_<NN>.csv "
+                    "and videos/)")
   label_dir = os.path.join(src, "labels")
   if not os.path.isdir(label_dir):
     label_dir = src

@@ -216,6 +216,7 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
     if not vocab:
       raise PrepError(labels_path, "--labels needs --vocab (one of "
                       f"{sorted(vocab_lib.VOCABS)})", field="vocab")
+    _util.check_vocab(vocab, labels_path)
     labels = read_label_csv(labels_path, vocab)
   videos = find_videos(src)
   used: set[str] = set()

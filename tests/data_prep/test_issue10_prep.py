@@ -317,8 +317,77 @@ def test_zero_shards_still_means_auto(tmp_path):
 # Rough edges: user errors are one line with status 2
 
 
+def test_wrong_csv_header_is_one_line(tmp_path, capsys):
+  from tests.data_prep.test_sources import _dfew_root
+  root, _ = _dfew_root(tmp_path)
+  bad = fx.write_text(str(root / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_1.csv"),
+                      "video,label\n1,1\n")
+  rc, err = _cli(["dfew", "--src", root, "--out", tmp_path / "o", "--quiet"], capsys)
+  line = _one_line_error(rc, err, f"{bad}:1", "video_name")
+  assert "field 'video_name'" in line
+
+
+@pytest.mark.parametrize("source", ["dfew", "afew", "affwild2", "recola", "sewa", "affectnet",
+                                    "folder", "video"])
+def test_missing_src_is_one_line(tmp_path, capsys, source):
+  missing = tmp_path / "MISSING"
+  rc, err = _cli([source, "--src", missing, "--out", tmp_path / "o", "--quiet"], capsys)
+  _one_line_error(rc, err, missing)
+  assert not (tmp_path / "o").exists()
+
+
+def test_missing_label_and_list_files_are_one_line(tmp_path, capsys):
+  os.makedirs(tmp_path / "frames" / "a")
+  fx.write_jpeg(str(tmp_path / "frames" / "a" / "1.jpg"), fx.image(0, 1))
+  nofile = tmp_path / "nofile.csv"
+  for argv in (["folder", "--src", tmp_path / "frames", "--labels", nofile, "--vocab", "dfew7"],
+               ["video", "--src", tmp_path / "frames", "--labels", nofile, "--vocab", "dfew7"],
+               ["dfew", "--src", tmp_path, "--list-file", nofile, "--list-root", tmp_path],
+               ["afew", "--src", tmp_path, "--list-file", nofile]):
+    rc, err = _cli([*argv, "--out", tmp_path / "o", "--quiet"], capsys)
+    _one_line_error(rc, err, nofile)
+
+
+def test_labelled_video_not_found_is_one_line(tmp_path, capsys):
+  fx.write_video(str(tmp_path / "v" / "x.mp4"), fx.video_frames(0, 3))
+  labels = fx.write_text(str(tmp_path / "l.csv"), "video,label\nx,1\ny,2\n")
+  rc, err = _cli(["video", "--src", tmp_path / "v", "--labels", labels, "--vocab", "dfew7",
+                  "--out", tmp_path / "o", "--quiet"], capsys)
+  line = _one_line_error(rc, err, f"{labels}:3", "field 'video'")
+  assert "'y'" in line
+
+
+def test_folder_labels_without_vocab_is_one_line(tmp_path, capsys):
+  for v in ("a", "b"):
+    fx.write_jpeg(str(tmp_path / "frames" / v / "1.jpg"), fx.image(0, 1))
+  labels = fx.write_text(str(tmp_path / "l.csv"), "video_id,label\na,Happy\n")
+  rc, err = _cli(["folder", "--src", tmp_path / "frames", "--labels", labels, "--detector", "none",
+                  "--out", tmp_path / "o", "--quiet"], capsys)
+  line = _one_line_error(rc, err, f"{labels}:2", "field 'label'", "--vocab")
+  assert not (tmp_path / "o" / "manifest.json").exists(), line
+
+
+def test_sewa_missing_src_is_one_line(tmp_path, capsys):
+  rc, err = _cli(["sewa", "--src", tmp_path / "nope", "--out", tmp_path / "o", "--quiet"], capsys)
+  _one_line_error(rc, err, tmp_path / "nope")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+  r = _subprocess(["--debug", "sewa", "--src", tmp_path / "nope", "--out", tmp_path / "o"])
+  assert r.returncode != 0 and "Traceback" in r.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # Rough edges: the log line counts videos and segments
+
+
+def test_log_line_counts_videos_and_segment_records(tmp_path, capsys):
+  rc, err = _cli([*SYN, "--out", tmp_path / "o", "--num-videos", "2", "--segment-frames", "3"],
+                 capsys)
+  assert rc == 0, err
+  assert "wrote 2 videos as 6 records / 16 frames" in err, err
+  rc, err = _cli([*SYN, "--out", tmp_path / "o2", "--num-videos", "2"], capsys)
+  assert "wrote 2 videos / 16 frames" in err, err
 
 
 # ------------------------------------------------------------------------------------------------
