@@ -36,7 +36,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
     w_ep = cfg.get("warmup_epochs", 0)
 
     def sched(step):
-      e = (step // steps_per_epoch).astype(jnp.float32)
+      e = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)   # traced or a Python int
       f = jnp.minimum(1.0, (e + 1.0) / w_ep) if w_ep > 0 else 1.0
       return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * e / t_max)) * f
     return sched

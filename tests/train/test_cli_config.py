@@ -238,3 +238,16 @@ def test_list_file_root_keeps_nested_split_folders(tmp_path):
   lst.write_text("/home/user/datasets/AFEW_Face/train/Anger/999 2 0\n")
   with pytest.raises(ValueError, match=r"AFEW_all.txt:1: field 'frame dir'.*data.root="):
     pipeline.ListFileVideos(str(lst), root=str(faces))
+
+
+def test_every_schedule_takes_a_python_int_step():
+  """Issue 11 item 9: `est:dfew` crashed at its first logging step, where the loop calls the
+  schedule with a Python int (`'int' object has no attribute 'astype'` in `cosine_epoch`)."""
+  import ml_collections
+  from jaxaffect.train import optim
+  for name in ("constant", "step", "cosine", "cosine_epoch"):
+    cfg = ml_collections.ConfigDict(dict(name="adam", lr=1e-3, schedule=name, warmup_epochs=1,
+                                         decay_epochs=2, decay_factor=0.1, weight_decay=0.0))
+    _, sched = optim.make_optimizer(cfg, 4, 40)
+    for step in (0, 5, 13, 39):
+      assert float(sched(step)) == float(sched(np.int32(step))), (name, step)
