@@ -62,7 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.ssop_weight = 0.1428     # λ of Eq. 7 as in the official code (0 = exactly 1/num_snippets)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "shards" if a.shards else "synthetic"  # data_prep shards (or in-memory synthetic)
+  # data_prep shards; only the smoke variant has an in-memory synthetic fallback (a dataset
+  # variant without `shards=` is an error naming data.shards, not an empty synthetic set)
+  c.data.source = "shards" if a.shards or a.variant != "smoke" else "synthetic"
   c.data.shards = a.shards        # a data_prep output directory
   c.data.train_select = {"dfew": f"{a.fold}:train", "afew": "train"}.get(a.variant, "train")
   c.data.eval_select = {"dfew": f"{a.fold}:test", "afew": "val"}.get(a.variant, "test")

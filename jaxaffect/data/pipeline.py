@@ -596,6 +596,10 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   if cfg.source == "list_file":
     if not cfg.train_list or not cfg.eval_list:
       raise UserError("config.data.source='list_file' needs data.train_list and data.eval_list")
+    for field in ("train_list", "eval_list"):
+      if not os.path.isfile(cfg[field]):
+        raise MissingFile(f"config.data.{field}={cfg[field]!r}: no such file (a Former-DFER "
+                          f"annotation list: `<frame dir> <num_frames> <label>` lines)")
     kw = dict(root=cfg.root or None, image_size=cfg.image_size, num_classes=cfg.num_classes)
     return ListFileVideos(cfg.train_list, **kw), ListFileVideos(cfg.eval_list, **kw)
   raise UserError(f"config.data.source={cfg.source!r}: expected 'shards', 'synthetic' or 'list_file'")
