@@ -8,6 +8,7 @@ taken from timm's `resnet18` (torchvision layout). Unlike the official code it a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Mapping
 
@@ -182,25 +183,62 @@ class TorchFormerDFER(nn.Module):
 
 
 def assert_close(actual, desired, rtol: float = 1e-4, atol_frac: float = 1e-5, err: str = "",
-                 atol_abs: float = 0.0):
-  """`|a - d| ≤ rtol·|d| + max(atol_frac·max|d|, atol_abs)` elementwise (float32 tolerances
-  scaled to the data; `atol_abs` for tensors that are zero up to rounding)."""
+                 atol_abs: float = 0.0, scale=None):
+  """`|a - d| ≤ rtol·|d| + max(atol_frac·S, atol_abs)` elementwise, S = max|d| (float32 tolerances
+  scaled to the data; `atol_abs` for tensors that are zero up to rounding). Given `scale` (the
+  sizes of the terms the values are sums of, e.g. from `linear_bias_term_scales`), S is the larger
+  of max|d| and the largest of them: a tensor whose terms cancel to ~0 in theory is then compared
+  at the rounding noise of those terms, not of its own noise-sized values (tests/tolerances.py)."""
   actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
   assert actual.shape == desired.shape, f"{err}: shape {actual.shape} != {desired.shape}"
-  scale = max(float(np.abs(desired).max(initial=0.0)), 1e-12)
-  np.testing.assert_allclose(actual, desired, rtol=rtol, atol=max(atol_frac * scale, atol_abs),
+  s = max(float(np.abs(desired).max(initial=0.0)), 1e-12)
+  if scale is not None:
+    s = max(s, float(np.max(scale)))
+  np.testing.assert_allclose(actual, desired, rtol=rtol, atol=max(atol_frac * s, atol_abs),
                              err_msg=err)
 
 
+@contextlib.contextmanager
+def linear_bias_term_scales(module: nn.Module):
+  """Within the block, record for every `nn.Linear` (with a bias) of `module` that a forward calls
+  the sum over all rows of `|∂L/∂z|` per output unit, z its output: the absolute values of the
+  terms its bias gradient is the sum of. Yields `{"<name>.bias": (out,) float64 array}`, filled by
+  the backward pass. The rounding noise of a bias gradient scales with these terms, also when they
+  cancel to 0 in theory (a Linear followed by a train-mode BatchNorm has `∂L/∂b = 0`), see
+  tests/tolerances.py."""
+  scales: dict[str, np.ndarray] = {}
+
+  def forward_hook(name):
+    def record(grad):
+      s = grad.detach().abs().reshape(-1, grad.shape[-1]).sum(0).double().numpy()
+      scales[name] = scales.get(name, 0.0) + s           # a module called twice: both calls' terms
+
+    def hook(mod, inputs, out):
+      if out.requires_grad:
+        out.register_hook(record)
+    return hook
+
+  handles = [m.register_forward_hook(forward_hook(f"{name}.bias"))
+             for name, m in module.named_modules()
+             if isinstance(m, nn.Linear) and m.bias is not None]
+  try:
+    yield scales
+  finally:
+    for h in handles:
+      h.remove()
+
+
 def assert_grads_match(torch_module: nn.Module, grads_sd: Mapping[str, np.ndarray],
-                       rtol: float = 1e-4, atol_frac: float = 1e-5, atol_abs: float = 0.0) -> int:
-  """Compare every torch parameter's `.grad` with the Flax gradient mapped to torch layout.
+                       rtol: float = 1e-4, atol_frac: float = 1e-5, atol_abs: float = 0.0,
+                       term_scales: Mapping[str, np.ndarray] | None = None) -> int:
+  """Compare every torch parameter's `.grad` with the Flax gradient mapped to torch layout
+  (`term_scales`: per-parameter `scale`s for `assert_close`, e.g. from `linear_bias_term_scales`).
   Returns the number of tensors compared."""
   n = 0
   for name, p in torch_module.named_parameters():
     assert name in grads_sd, f"no Flax gradient for torch parameter {name}"
     assert p.grad is not None, f"torch parameter {name} received no gradient"
     assert_close(grads_sd[name], p.grad.numpy(), rtol, atol_frac, err=f"grad {name}",
-                 atol_abs=atol_abs)
+                 atol_abs=atol_abs, scale=(term_scales or {}).get(name))
     n += 1
   return n

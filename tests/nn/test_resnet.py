@@ -52,12 +52,17 @@ def test_resnet18_matches_timm_forward_and_grads(models, train):
   (yt * torch.from_numpy(w)).sum().backward()
 
   assert np.abs(np.asarray(y)).max() > 1e-2          # non-trivial outputs
-  assert_close(y, yt.detach().numpy(), err="logits")
-  assert_close(gx, xt.grad.numpy().transpose(0, 2, 3, 1), err="d input")
   # Train mode: layer4's BatchNorm normalises over only 2·2·2 values per channel, which makes
-  # its gradients ill-conditioned; float32 agreement is ~1e-5 of the largest entry there.
+  # its gradients ill-conditioned; float32 agreement is ~1e-5 of the largest entry there (measured:
+  # ≤ 130 eps32 of a tensor's largest entry for the parameters, 62 for the input gradient, which
+  # flows back through the same BatchNorm: at 1e-5 = 84 eps32 it was within 1.4x of its noise,
+  # which another CPU's convolution kernels can exceed). 5e-5 = 420 eps32; a real error (padding,
+  # stride, statistics over the wrong axes) is orders of magnitude larger.
+  atol_frac = 5e-5 if train else 1e-5
+  assert_close(y, yt.detach().numpy(), err="logits")
+  assert_close(gx, xt.grad.numpy().transpose(0, 2, 3, 1), err="d input", atol_frac=atol_frac)
   n = assert_grads_match(tmodel, interop.to_torch_state_dict("resnet", {"params": gp}),
-                         atol_frac=5e-5 if train else 1e-5)
+                         atol_frac=atol_frac)
   assert n == 62
   if train:   # running statistics after one step (torch: unbiased variance, momentum 0.1)
     new_sd = interop.to_torch_state_dict("resnet", {"params": variables["params"], **stats})
