@@ -5,6 +5,7 @@ import ml_collections
 import optax
 
 from jaxaffect.errors import UserError
+from jaxaffect.train import optim_rules
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
@@ -48,6 +49,22 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
   return sched
 
 
+def _group_transform(cfg: ml_collections.ConfigDict, sched, wd: float):
+  """The optimizer proper (no clipping) with learning-rate schedule `sched` and weight decay `wd`."""
+  if cfg.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(wd),
+                       optax.sgd(sched, momentum=cfg.momentum or None,
+                                 nesterov=cfg.get("nesterov", False)))
+  if cfg.name == "adam":
+    return optax.chain(optax.add_decayed_weights(wd),
+                       optax.adam(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                                  eps=cfg.get("eps", 1e-8)))
+  if cfg.name == "adamw":
+    return optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                       eps=cfg.get("eps", 1e-8), weight_decay=wd)
+  raise UserError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
   """(optax transform, schedule).
 
@@ -55,10 +72,20 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_s
     what `torch.optim.SGD(weight_decay=...)` does.
   - `adam`: torch Adam with coupled L2 weight decay.
   - `adamw`: decoupled weight decay (torch AdamW).
+
+  Per-parameter rules (`no_decay`, `frozen`, `lr_mults`, `layer_decay`: see `optim_rules`) turn
+  the transform into an `optax.multi_transform` over parameter groups, the torch param groups;
+  without them the transform is the single chain below, unchanged.
   """
   sched = make_schedule(cfg, steps_per_epoch, total_steps)
   wd = cfg.get("weight_decay", 0.0)
   clip = cfg.get("grad_clip_norm", 0.0)
+  if cfg.name not in ("sgd", "adam", "adamw"):
+    raise UserError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
+  rules = optim_rules.rules_from_config(cfg)
+  if rules.active:
+    return optim_rules.rules_transform(
+        rules, cfg, lambda s, d: _group_transform(cfg, s, d), sched, clip), sched
   chain = [optax.clip_by_global_norm(clip)] if clip else []
   if cfg.name == "sgd":
     chain += [optax.add_decayed_weights(wd), optax.sgd(sched, momentum=cfg.momentum or None,
@@ -67,9 +94,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_s
     chain += [optax.add_decayed_weights(wd),
               optax.adam(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                          eps=cfg.get("eps", 1e-8))]
-  elif cfg.name == "adamw":
+  else:
     chain += [optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                           eps=cfg.get("eps", 1e-8), weight_decay=wd)]
-  else:
-    raise UserError(f"optim.name={cfg.name!r}: expected sgd, adam or adamw")
   return optax.chain(*chain), sched
+
+
+def describe_param_groups(params, cfg: ml_collections.ConfigDict) -> list[dict]:
+  """Per leaf path: decay, frozen, lr multiplier, lr scale (see `optim_rules.describe_param_groups`)."""
+  return optim_rules.describe_param_groups(params, cfg)
