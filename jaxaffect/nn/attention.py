@@ -24,10 +24,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxaffect.errors import UserError
 from jaxaffect.nn.layers import Dense, get_activation, layer_norm
 
 Dtype = Any
 QKV_LAYOUTS = ("packed", "separate")
+# `TransformerEncoder.remat_policy` → `jax.checkpoint` policy ("none": no rematerialisation).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,                 # save nothing: recompute the whole layer
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+LAYER_PREFIX = "layer_"           # looped encoder layers: layer_0, layer_1, …
+SCAN_NAME = "layers"              # scanned encoder: one submodule, leading layer axis
 
 
 class MultiHeadAttention(nn.Module):
@@ -44,6 +54,8 @@ class MultiHeadAttention(nn.Module):
     proj_dropout: dropout after the output projection.
 
   Call: `x (B, Lq, D)`, `context (B, Lk, Dk)` (cross-attention, "separate" only),
+  `bias` float broadcastable to `(B, H, Lq, Lk)`, added to the scaled logits (Swin relative-position
+  bias, shifted-window −100 masks; torch `scaled_dot_product_attention(attn_mask=float)`), then
   `mask` broadcastable to `(B, H, Lq, Lk)`, True = may attend. The attention weights are sown to
   `intermediates/attention_weights` when that collection is mutable.
   """
@@ -60,7 +72,8 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
-               mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               mask: jax.Array | None = None, bias: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
     if self.qkv_layout not in QKV_LAYOUTS:
       raise ValueError(f"qkv_layout={self.qkv_layout!r}: expected one of {QKV_LAYOUTS}")
     in_dim = x.shape[-1]
@@ -69,7 +82,7 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"input dim {in_dim} is not divisible by num_heads={h}; set head_dim")
     dh = self.head_dim or in_dim // h
     inner = h * dh
-    dense = lambda feats, bias, name: Dense(feats, use_bias=bias, dtype=self.dtype,
+    dense = lambda feats, use_bias, name: Dense(feats, use_bias=use_bias, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name=name)
     if self.qkv_layout == "packed":
       if context is not None:
@@ -85,6 +98,8 @@ class MultiHeadAttention(nn.Module):
     q, k, v = split(q), split(k), split(v)
     acc = jnp.promote_types(self.dtype, jnp.float32)    # softmax in (at least) float32
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=acc) * (dh ** -0.5)
+    if bias is not None:
+      logits = logits + bias.astype(acc)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(acc).min)
     weights = jax.nn.softmax(logits, axis=-1)
@@ -142,7 +157,7 @@ class TransformerEncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               bias: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     ln = lambda name: layer_norm(self.ln_eps, self.dtype, self.param_dtype, name)
     attn = MultiHeadAttention(
         self.num_heads, self.head_dim, qkv_layout=self.qkv_layout, qkv_bias=self.qkv_bias,
@@ -152,10 +167,10 @@ class TransformerEncoderLayer(nn.Module):
                       dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
     norm1, norm2 = ln("norm1"), ln("norm2")
     if self.norm_first:
-      x = x + attn(norm1(x), mask=mask, deterministic=deterministic)
+      x = x + attn(norm1(x), mask=mask, bias=bias, deterministic=deterministic)
       x = x + mlp(norm2(x), deterministic=deterministic)
     else:
-      x = norm1(x + attn(x, mask=mask, deterministic=deterministic))
+      x = norm1(x + attn(x, mask=mask, bias=bias, deterministic=deterministic))
       x = norm2(x + mlp(x, deterministic=deterministic))
     return x
 
@@ -207,8 +222,23 @@ class TransformerDecoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-  """`num_layers` × `TransformerEncoderLayer` (named `layer_0`, …), optional final LayerNorm
-  `norm` (torch `TransformerEncoder(norm=...)`, ViT `norm`; Former-DFER has none)."""
+  """`num_layers` × `TransformerEncoderLayer`, optional final LayerNorm `norm` (torch
+  `TransformerEncoder(norm=...)`, ViT `norm`; Former-DFER has none).
+
+  Layouts: looped (`scan=False`, default) — a Python loop, one submodule per layer `layer_0`, …;
+  scanned (`scan=True`) — `nn.scan` over identical layers, one submodule `layers` whose parameters
+  have a leading layer axis (compiles one layer instead of `num_layers`). The two give the same
+  function; `jaxaffect.nn.scan_utils.stack_layers` / `unstack_layers` convert the parameters, so
+  PyTorch key tables are written for the looped layout only.
+  `remat_policy` (`REMAT_POLICIES`): "none", or rematerialise each layer in the backward pass
+  (`nn.remat`) saving nothing ("full") or the matmul outputs ("dots_saveable",
+  "dots_with_no_batch_dims_saveable", `jax.checkpoint_policies`). With scan, dropout draws an
+  independent key per layer (`split_rngs`), so looped and scanned agree only without dropout.
+
+  Call: `mask`/`bias` as in `MultiHeadAttention`, the same for every layer. With
+  `return_all_layers=True` it returns the tuple of every layer's output (MGCT levels, MAE
+  features); the final norm, if any, applies to the last one, which so equals the normal output.
+  """
   num_layers: int
   num_heads: int
   mlp_dim: int
@@ -221,22 +251,45 @@ class TransformerEncoder(nn.Module):
   attn_dropout: float = 0.0
   ln_eps: float = 1e-5
   final_norm: bool = False
+  scan: bool = False
+  remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    for i in range(self.num_layers):
-      x = TransformerEncoderLayer(
-          self.num_heads, self.mlp_dim, self.head_dim, norm_first=self.norm_first,
-          activation=self.activation, qkv_layout=self.qkv_layout, qkv_bias=self.qkv_bias,
-          dropout=self.dropout, attn_dropout=self.attn_dropout, ln_eps=self.ln_eps,
-          dtype=self.dtype, param_dtype=self.param_dtype, name=f"layer_{i}",
-      )(x, mask=mask, deterministic=deterministic)
+               bias: jax.Array | None = None, deterministic: bool = True,
+               return_all_layers: bool = False) -> jax.Array | tuple[jax.Array, ...]:
+    if self.remat_policy not in REMAT_POLICIES:
+      raise UserError(f"TransformerEncoder: remat_policy={self.remat_policy!r}; expected one of "
+                      f"{sorted(REMAT_POLICIES)}")
+    layer = lambda name: TransformerEncoderLayer(
+        self.num_heads, self.mlp_dim, self.head_dim, norm_first=self.norm_first,
+        activation=self.activation, qkv_layout=self.qkv_layout, qkv_bias=self.qkv_bias,
+        dropout=self.dropout, attn_dropout=self.attn_dropout, ln_eps=self.ln_eps,
+        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    def apply_layer(mdl, y):
+      return mdl(y, mask=mask, bias=bias, deterministic=deterministic)
+    if self.remat_policy != "none":
+      apply_layer = nn.remat(apply_layer, policy=REMAT_POLICIES[self.remat_policy],
+                             prevent_cse=not self.scan)   # scan already prevents CSE
+    if self.scan:
+      def body(mdl, y, _):
+        y = apply_layer(mdl, y)
+        return y, (y if return_all_layers else None)
+      x, stacked = nn.scan(body, variable_axes={"params": 0},
+                           split_rngs={"params": True, "dropout": True},
+                           length=self.num_layers)(layer(SCAN_NAME), x, None)
+      outs = [stacked[i] for i in range(self.num_layers)] if return_all_layers else []
+    else:
+      outs = []
+      for i in range(self.num_layers):
+        x = apply_layer(layer(f"{LAYER_PREFIX}{i}"), x)
+        outs.append(x)
     if self.final_norm:
       x = layer_norm(self.ln_eps, self.dtype, self.param_dtype, "norm")(x)
-    return x
+    return (*outs[:-1], x) if return_all_layers else x
 
 
 class TransformerDecoder(nn.Module):
