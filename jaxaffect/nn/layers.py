@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxaffect.errors import UserError
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -88,6 +90,11 @@ class BatchNorm(nn.Module):
   the global batch on every device layout (no `axis_name` needed). As in `flax.linen.BatchNorm`,
   the running statistics are not updated during `init`. Reductions run in (at least) float32;
   the running statistics are stored in float32.
+
+  `mask` (training only; the input's leading shape, 1/True = counts): the batch statistics are
+  taken over the masked-in positions only (n = their number; the running variance is unbiased
+  with n) — torch BatchNorm on the valid rows; every position is still normalised. With no valid
+  position the running statistics are left unchanged. `mask=None` is the plain path above.
   """
   use_running_average: bool | None = None
   momentum: float = 0.9
@@ -97,7 +104,8 @@ class BatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
     use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     feat = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((feat,), jnp.float32))
@@ -106,6 +114,8 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (feat,), self.param_dtype)
     if use_ra:
       mean, var = ra_mean.value, ra_var.value
+    elif mask is not None:
+      mean, var = self._masked_statistics(x, mask, ra_mean, ra_var)
     else:
       axes = tuple(range(x.ndim - 1))
       xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -121,6 +131,26 @@ class BatchNorm(nn.Module):
     mul = scale.astype(f) * jax.lax.rsqrt(var.astype(f) + self.epsilon)
     y = (x.astype(f) - mean.astype(f)) * mul + bias.astype(f)
     return y.astype(self.dtype)
+
+  def _masked_statistics(self, x, mask, ra_mean, ra_var):
+    if mask.shape != x.shape[:-1]:
+      raise UserError(f"BatchNorm: mask shape {mask.shape} != leading shape {x.shape[:-1]} of "
+                      "the input")
+    f = jnp.promote_types(x.dtype, jnp.float32)
+    xf = x.astype(f).reshape(-1, x.shape[-1])
+    m = mask.astype(f).reshape(-1, 1)
+    n = jnp.sum(m)
+    n_safe = jnp.maximum(n, 1.0)
+    mean = jnp.sum(xf * m, 0) / n_safe
+    var = jnp.sum(jnp.square(xf - mean) * m, 0) / n_safe      # two-pass, biased
+    if not self.is_initializing():
+      run_var = var * (n / jnp.maximum(n - 1.0, 1.0)) if self.unbiased_running_var else var
+      mo = self.momentum
+      new_mean = mo * ra_mean.value + (1.0 - mo) * jax.lax.stop_gradient(mean)
+      new_var = mo * ra_var.value + (1.0 - mo) * jax.lax.stop_gradient(run_var)
+      ra_mean.value = jnp.where(n > 0, new_mean, ra_mean.value)
+      ra_var.value = jnp.where(n > 0, new_var, ra_var.value)
+    return mean, var
 
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype,
