@@ -684,6 +684,9 @@ def main(argv: list[str]) -> int:
   if argv and argv[0] == "data":          # input pipeline + preprocessing (jaxaffect/bench_data.py)
     from jaxaffect import bench_data
     return bench_data.main(argv[1:])
+  if argv and argv[0] == "encoder":       # looped vs scanned encoder (jaxaffect/bench_encoder.py)
+    from jaxaffect import bench_encoder
+    return bench_encoder.main(argv[1:])
   p = _parser()
   args, rest = p.parse_known_args(argv)
   if args.model not in MODELS:
