@@ -1,6 +1,6 @@
 """Frame encoder: ResNet-18 on single face crops with per-frame VA / EXPR / AU heads.
 
-The image model of the ABAW feature path (`models.baselines.FrameResNet`): trained on frames with
+The image model of the ABAW feature path (`models.frame_resnet.FrameResNet`): trained on frames with
 the ABAW losses, then `python -m data_prep features` writes its pooled features as a stream for the
 TCN + Transformer (`configs/abaw_tcn.py`). Its torchvision-layout trunk also initialises EST's
 ResNet-18 (`jaxaffect import --partial`).

@@ -28,8 +28,8 @@ A readable table goes to stdout; with `--json` it goes to stderr and stdout gets
 Timings on shared machines vary with the load of other processes: compare ratios measured in one
 run (jax/torch, achieved/peak) rather than absolute numbers across runs.
 
-New models (`bench est`, `bench abaw_tcn`) register a `BenchModel`: name → default config,
-reference loader, optional paper table, random sources and the batch key of the model input (or a
+A model is benchmarked when its model module's `bench_model()` returns a `BenchModel` (default config,
+reference loader, optional paper table, random sources and the batch key of the model input, or a
 `cost` function for models fed a dict, e.g. ABAW's feature streams). `inference=True` also times
 the eval step (forward + metrics, `jaxaffect eval`) and the reference's no-grad eval forward, run
 interleaved with the train steps (`bench abaw_tcn` reports windows/s for both).
@@ -80,12 +80,9 @@ class BenchModel:
   inference: bool = False                       # also time the eval step and the torch forward
 
 
-MODELS: dict[str, BenchModel] = {}
-
-
-def register(model: BenchModel) -> BenchModel:
-  MODELS[model.name] = model
-  return model
+# A model's `BenchModel` is reached through its model module's `bench_model()` (models/registry.py:
+# found by convention, no table here); the ones below are returned by former_dfer.py, est.py and
+# abaw_tcn.py.
 
 
 # ----------------------------------------------------------------------------------- Former-DFER
@@ -140,7 +137,8 @@ def _former_dfer_table(xla: bool) -> tuple[str, Any]:
   return flops.format_table3(rows), {"table3": rows, "paper_source": flops.PAPER_TABLE3_SOURCE}
 
 
-register(BenchModel("former_dfer", "former_dfer:dfew", _former_dfer_reference, _former_dfer_table))
+FORMER_DFER = BenchModel("former_dfer", "former_dfer:dfew", _former_dfer_reference,
+                         _former_dfer_table)
 
 
 # ------------------------------------------------------------------------------------------- EST
@@ -194,7 +192,7 @@ def _est_table(xla: bool) -> tuple[str, Any]:
   return est.format_table6(rows), {"table6": rows}
 
 
-register(BenchModel("est", "est:dfew", _est_reference, _est_table))
+EST = BenchModel("est", "est:dfew", _est_reference, _est_table)
 
 
 # -------------------------------------------------------------------------------------- ABAW TCN
@@ -327,8 +325,8 @@ def _abaw_reference(path: str, config) -> Reference:
   return Reference(f"official {repo} {task} Model (PyTorch)", torch_model, to_inputs, loss_fn)
 
 
-register(BenchModel("abaw_tcn", "abaw_tcn:expr", _abaw_reference, None, _abaw_sources,
-                    input_key="feat", cost=_abaw_cost, unit="windows", inference=True))
+ABAW_TCN = BenchModel("abaw_tcn", "abaw_tcn:expr", _abaw_reference, None, _abaw_sources,
+                      input_key="feat", cost=_abaw_cost, unit="windows", inference=True)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -664,7 +662,9 @@ def _fmt_table(r: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxaffect bench", description=__doc__.split("\n")[0])
-  p.add_argument("model", help=f"one of: {', '.join(sorted(MODELS))}, or 'data' (input pipeline)")
+  from jaxaffect.models import registry
+  p.add_argument("model", help=f"one of: {', '.join(registry.available('bench_model'))}, or "
+                               f"'data' (input pipeline)")
   p.add_argument("--json", action="store_true", help="print one JSON line (table to stderr)")
   p.add_argument("--config", default=None, help="config spec (default: the model's)")
   p.add_argument("--batch", type=int, default=4, help="global batch size")
@@ -689,11 +689,8 @@ def main(argv: list[str]) -> int:
     return bench_encoder.main(argv[1:])
   p = _parser()
   args, rest = p.parse_known_args(argv)
-  if args.model not in MODELS:
-    print(f"jaxaffect bench: unknown model {args.model!r}; known: {', '.join(sorted(MODELS))}",
-          file=sys.stderr)
-    return 2
-  spec = MODELS[args.model]
+  from jaxaffect.models import registry
+  spec = registry.bench_model(args.model)
   if args.table3:
     if spec.table is None:
       print(f"jaxaffect bench: {args.model} has no --table3 report", file=sys.stderr)

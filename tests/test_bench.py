@@ -38,8 +38,9 @@ def _last_json(out: str) -> dict:
 
 
 def test_bench_main_json(capsys, monkeypatch):
-  spec = dataclasses.replace(bench.MODELS["former_dfer"], reference=_tiny_reference)
-  monkeypatch.setitem(bench.MODELS, "former_dfer", spec)
+  from jaxaffect.models import former_dfer
+  spec = dataclasses.replace(bench.FORMER_DFER, reference=_tiny_reference)
+  monkeypatch.setattr(former_dfer, "bench_model", lambda: spec)
   threads_before = torch.get_num_threads()
   assert bench.main(["former_dfer", *TINY, "--json", "--reference", "/nowhere"]) == 0
   captured = capsys.readouterr()
@@ -78,16 +79,18 @@ def test_bench_main_json(capsys, monkeypatch):
   assert torch.get_num_threads() == threads_before                 # restored
 
 
-def test_unknown_model_lists_known(capsys):
-  assert bench.main(["no_such_model"]) == 2
-  err = capsys.readouterr().err
-  assert "no_such_model" in err and "former_dfer" in err
+def test_unknown_model_lists_known():
+  with pytest.raises(UserError, match=r"model 'no_such_model'.*'former_dfer'"):
+    bench.main(["no_such_model"])
 
 
-def test_register_new_model_is_dispatched(capsys, monkeypatch):
-  monkeypatch.setitem(bench.MODELS, "est", bench.BenchModel("est", "former_dfer:smoke"))
-  assert bench.main(["est", "--reference", "/x"]) == 2      # no reference registered for it
+def test_a_model_module_s_bench_model_is_dispatched(capsys, monkeypatch):
+  from jaxaffect.models import est
+  monkeypatch.setattr(est, "bench_model", lambda: bench.BenchModel("est", "former_dfer:smoke"))
+  assert bench.main(["est", "--reference", "/x"]) == 2      # no reference implementation in it
   assert "no reference implementation registered for est" in capsys.readouterr().err
+  with pytest.raises(UserError, match="model 'frame_resnet' has no benchmark"):
+    bench.main(["frame_resnet"])
 
 
 def test_bad_override_is_rejected():
@@ -175,8 +178,9 @@ def test_bench_abaw_tcn_reports_windows_per_second_for_train_and_inference(capsy
     to_inputs = lambda batch: (torch.from_numpy(np.asarray(batch["feat/mae"])).float(),)
     return bench.Reference(f"tiny torch model from {path}", module, to_inputs,
                            lambda out, labels: out.float().mean())
-  spec = dataclasses.replace(bench.MODELS["abaw_tcn"], reference=tiny_ref)
-  monkeypatch.setitem(bench.MODELS, "abaw_tcn", spec)
+  from jaxaffect.models import abaw_tcn
+  spec = dataclasses.replace(bench.ABAW_TCN, reference=tiny_ref)
+  monkeypatch.setattr(abaw_tcn, "bench_model", lambda: spec)
   args = ["abaw_tcn", "--config", "abaw_tcn:expr", "--batch", "8", "--steps", "2",
           "--peak-size", "128", "--json", "--config.data.window=16",
           "--config.model.num_layers=1", "--config.model.d_model=32",

@@ -688,6 +688,20 @@ def eval_batches(source, cfg: ml_collections.ConfigDict, global_batch: int) -> I
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def spec_sources(cfg: ml_collections.ConfigDict):
+  """A one-example stand-in source whose batches have the configured shapes (to build or restore
+  a model without reading data): the samplers' outputs do not depend on the video length, so a
+  black video long enough for the clip sampler stands in; feature windows come from the
+  streams' configured `dim`s."""
+  if cfg.get("source", "") == "features":
+    from jaxaffect.data import features
+    return features.spec_source(cfg)
+  t = max(cfg.get("video_frames", 0) or 0, cfg.get("num_segments", 1) * cfg.get("duration", 1),
+          cfg.get("window", 1) if cfg.get("sampler", "") in ("window", "sequence") else 1)
+  return InMemoryVideos(np.zeros((1, t, cfg.image_size, cfg.image_size, 3), np.uint8),
+                        np.zeros((1,), np.int32), "spec")
+
+
 def batch_spec(source, cfg: ml_collections.ConfigDict, global_batch: int):
   """Global shapes/dtypes of one batch (for `eval_shape` and sharded init)."""
   clip = make_clip(cfg, train=False)

@@ -1,12 +1,12 @@
-"""PyTorch export and import, one mapping table per model (`MODELS`).
+"""PyTorch export and import, one mapping table per model.
 
     sd = to_torch_state_dict("former_dfer", variables)            # official key names, numpy
     variables = from_torch_state_dict("former_dfer", sd, like)    # accepts `module.` prefixes
     info = export("former_dfer", module, variables, "out/model.safetensors")
     print(info["snippet"])                                        # how to check it in PyTorch
 
-Adding a model: write `jaxaffect/interop/<model>.py` with a `MAPPING = ModelMapping(...)` and list
-it in `MODELS` below. torch is optional (dev extra): safetensors export and import of numpy/
+Adding a model: write `jaxaffect/interop/<model>.py` with a `MAPPING = ModelMapping(...)` and
+return it from the model module's `torch_mapping()` (models/registry.py). torch is optional (dev extra): safetensors export and import of numpy/
 safetensors state dicts work without it; `.pth` files need it.
 """
 from __future__ import annotations
@@ -20,26 +20,17 @@ import jax
 import numpy as np
 
 from jaxaffect.errors import UserError
-from jaxaffect.interop import abaw_tcn as _abaw_tcn
-from jaxaffect.interop import frame_resnet as _frame_resnet
-from jaxaffect.interop import former_dfer as _former_dfer
-from jaxaffect.interop import est as _est
-from jaxaffect.interop import resnet as _resnet
 from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, format_of_path,
                                        from_torch, sniff_format, strip_prefix, to_torch)
-
-MODELS: dict[str, ModelMapping] = {
-    m.name: m for m in (_former_dfer.MAPPING, _resnet.MAPPING, _est.MAPPING, _abaw_tcn.MAPPING,
-                      _frame_resnet.MAPPING)
-}
 
 FORMATS = ("safetensors", "pth")
 
 
 def get_mapping(model_name: str) -> ModelMapping:
-  if model_name not in MODELS:
-    raise KeyError(f"no PyTorch mapping for model {model_name!r}; known: {sorted(MODELS)}")
-  return MODELS[model_name]
+  """The PyTorch mapping of a model: its model module's `torch_mapping()` (`models/registry.py`,
+  found by convention; no table here)."""
+  from jaxaffect.models import registry
+  return registry.torch_mapping(model_name)
 
 
 def to_torch_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -151,7 +142,8 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   """
   fmt = resolve_format(out_path, fmt)
   mapping = get_mapping(model_name)
-  variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+  variables = {k: v for k, v in dict(variables).items()
+               if k in ("params", "batch_stats", "constants")}
   sd = _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
   out_path = Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +178,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
           "snippet": mapping.snippet(str(out_path), str(vpath), module)}
 
 
-__all__ = ["FORMATS", "MODELS", "ModelMapping", "Rule", "export", "format_of_path",
+__all__ = ["FORMATS", "ModelMapping", "Rule", "export", "format_of_path",
            "from_torch_state_dict", "get_mapping", "load_state_dict_file", "resolve_format",
            "sniff_format", "save_state_dict", "strip_prefix",
            "to_torch_state_dict", "verify_path"]

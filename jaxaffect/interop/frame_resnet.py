@@ -1,4 +1,4 @@
-"""`jaxaffect.models.baselines.FrameResNet` ↔ a torchvision ResNet-18 with per-task heads.
+"""`jaxaffect.models.frame_resnet.FrameResNet` ↔ a torchvision ResNet-18 with per-task heads.
 
     Flax                                 torch
     backbone/{stem,layer1-4}/…           conv1, bn1, layer1-4.…  (torchvision `resnet18`, no fc)

@@ -373,3 +373,19 @@ def example_features(module: ABAWTCN, batch: int, seq_len: int, rng: np.random.G
   """Random N(0, 1) float32 features `{stream: (B, T, D_s)}` for tests, exports and benches."""
   dims = input_dims_of(module, input_dims)
   return {n: rng.standard_normal((batch, seq_len, d), dtype=np.float32) for n, d in dims.items()}
+
+
+# The model-module convention (models/registry.py): `config.model_name = "abaw_tcn"` finds these.
+Model = ABAWTCN
+
+
+def torch_mapping():
+  """The official PyTorch key layout (`jaxaffect.interop.abaw_tcn`)."""
+  from jaxaffect.interop import abaw_tcn
+  return abaw_tcn.MAPPING
+
+
+def bench_model():
+  """`jaxaffect bench abaw_tcn` (train step vs the official PyTorch code)."""
+  from jaxaffect import bench
+  return bench.ABAW_TCN

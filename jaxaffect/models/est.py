@@ -29,11 +29,12 @@ mean/std normalisation (official loader: `ToTensor()` only).
   BN → ReLU → num_permutations`. The emotion token is not detached: L_S also trains the
   transformer.
 
-The fixed PE table is not a parameter: it lives in the `batch_stats` collection (the one
-non-trainable collection the trainer, checkpoints and `jaxaffect.interop` carry) as
-`pos_enc/table`, like the official frozen `pos_enc.pos_enc.weight` (`requires_grad=False`): saved,
-exported, imported, never trained or weight-decayed. `sum(p.numel())` of the official model
-(42,779,345) counts it; our `params` collection holds the 42,775,761 trainable parameters.
+The fixed PE table is not a parameter: it lives in the read-only `constants` collection as
+`constants/pos_enc/table`, like the official frozen `pos_enc.pos_enc.weight`
+(`requires_grad=False`): saved in checkpoints (with the other non-parameter collections),
+exported and imported under its official key, never trained, weight-decayed or updated (the task
+applies the model with every collection but `constants` mutable). `sum(p.numel())` of the official
+model (42,779,345) counts it; our `params` collection holds the 42,775,761 trainable parameters.
 
 The paper's baseline (Table 6: "Transformer" without AA-SFE and SSOP) is `use_aasfe=False,
 use_ssop=False`: the transformer gets one token per snippet, the **mean of its F frame features**
@@ -184,13 +185,13 @@ class AASFE(nn.Module):
 
 
 class PosEncoding(nn.Module):
-  """The fixed sinusoid table `(S, d)` as the non-trainable variable `batch_stats/table`."""
+  """The fixed sinusoid table `(S, d)` as the read-only variable `constants/table`."""
   num_positions: int
   d_model: int
 
   @nn.compact
   def __call__(self) -> jax.Array:
-    table = self.variable("batch_stats", "table",
+    table = self.variable("constants", "table",
                           lambda: jnp.asarray(sinusoid_table(self.num_positions, self.d_model)))
     return table.value
 
@@ -229,7 +230,7 @@ class EST(nn.Module):
   nhead=4, encoder_nums=3, decoder_nums=3, per_classes=10)`; 42,779,345 parameters with the PE
   table). `width` scales the ResNet (`8·width` must equal `d_model`); the transformer, classifier
   and SSOP sizes are set by their own fields. Dropout uses the `dropout` rng stream; BatchNorm
-  statistics (and the PE table) are in `batch_stats`.
+  statistics are in `batch_stats` (mutable in training), the PE table in `constants` (never).
   """
   num_classes: int = 7
   num_snippets: int = 7
@@ -538,7 +539,7 @@ def est_table6_rows(image_size: int = 224, width: int = 64, **model_kwargs) -> l
                 **model_kwargs)
     variables = abstract_variables(model)
     n = num_params(variables["params"])
-    pe = num_params(variables["batch_stats"]["pos_enc"])
+    pe = num_params(variables["constants"]["pos_enc"])
     if use_aasfe and aasfe_size is None:
       aasfe_size = num_params(variables["params"]["aasfe"])
     rows.append({"row": name, "use_aasfe": use_aasfe, "use_ssop": use_ssop, "params": n,
@@ -559,3 +560,19 @@ def format_table6(rows: list[dict]) -> str:
                  f"{r['paper_params_m']:>8.2f} {r['gmacs']:>8.3f} {r['gmacs_ptflops']:>10.3f} "
                  f"{r['paper_gmacs']:>8.2f}")
   return "\n".join(lines)
+
+
+# The model-module convention (models/registry.py): `config.model_name = "est"` finds these.
+Model = EST
+
+
+def torch_mapping():
+  """The official PyTorch key layout (`jaxaffect.interop.est`)."""
+  from jaxaffect.interop import est
+  return est.MAPPING
+
+
+def bench_model():
+  """`jaxaffect bench est` (train step vs the official PyTorch code)."""
+  from jaxaffect import bench
+  return bench.EST

@@ -259,3 +259,19 @@ def former_dfer_table3_rows(spatial: tuple[int, ...] = (1, 2, 3, 4, 5, 6),
 
 def num_params(params: Any) -> int:
   return sum(math.prod(a.shape) for a in jax.tree.leaves(params))
+
+
+# The model-module convention (models/registry.py): `config.model_name = "former_dfer"` finds these.
+Model = FormerDFER
+
+
+def torch_mapping():
+  """The official PyTorch key layout (`jaxaffect.interop.former_dfer`)."""
+  from jaxaffect.interop import former_dfer
+  return former_dfer.MAPPING
+
+
+def bench_model():
+  """`jaxaffect bench former_dfer` (train step vs the official PyTorch code)."""
+  from jaxaffect import bench
+  return bench.FORMER_DFER

@@ -5,7 +5,12 @@ A task provides:
     momentum encoders, queues), updated by the loss.
   - `loss(params, extra, batch, rng) -> (loss, (outputs, new_extra))` for training,
   - `predict(params, extra, batch) -> outputs` for evaluation (deterministic),
-  - `train_metrics` / `eval_metrics`: `clu.metrics.Collection` classes built from `outputs | batch`.
+  - `train_metrics` / `eval_metrics`: `clu.metrics.Collection` classes built from `outputs | batch`;
+    a field's computed dict is reported as `<field>/<key>`, or as `<key>` when the field's name
+    starts with `_` (the clip tasks' `uar`, `war`, `confusion_matrix`);
+  - `progress_keys`: the metrics the trainer's progress line shows beside the loss;
+  - `eval_images(metrics, data_config) -> {tag: HWC uint8}`: the pictures an evaluation writes
+    (a confusion matrix for classification); the trainer knows no metric, class or sampler name.
 Every batch carries `mask` (1 for real examples, 0 for padding added to fill the last eval batch);
 clip-level batches also carry `label_mask` (1 when the video has a clip label: Aff-Wild2 videos
 have none, and count only through their per-frame labels). `clip_mask` is the product.
@@ -56,6 +61,7 @@ def classification_loss(logits, labels, mask, num_classes: int, label_smoothing:
 @dataclasses.dataclass(frozen=True)
 class ClipClassificationTask:
   """One label per clip: `batch = {video (B,T,H,W,3) uint8, label (B,), mask (B,)}`."""
+  NAME = "clip_classification"
   module: nn.Module
   num_classes: int
   label_smoothing: float = 0.0
@@ -89,11 +95,16 @@ class ClipClassificationTask:
   def train_metrics(self):
     return clu_metrics.Collection.create(
         loss=clu_metrics.Average.from_output("loss"),
-        confusion=jm.ConfusionMatrix.bind(num_classes=self.num_classes))
+        _clip=jm.ConfusionMatrix.bind(num_classes=self.num_classes))
 
   @property
   def eval_metrics(self):
     return self.train_metrics
+
+  progress_keys = ("war",)
+
+  def eval_images(self, metrics: dict[str, Any], data_config) -> dict[str, Any]:
+    return confusion_images(metrics, "confusion_matrix", data_config.get("class_names", ()))
 
   def metric_inputs(self, outputs, batch):
     """Keyword arguments for `Collection.single_from_model_output`."""
@@ -113,6 +124,7 @@ class SnippetOrderTask:
   evaluation is deterministic). λ = 1/n with n = num_snippets (paper); the code's 0.1428 ≈ 1/7.
   With `module.use_ssop=False` (the paper's baseline) only L_cls is used.
   """
+  NAME = "snippet_order"
   module: nn.Module
   num_classes: int
   ssop_weight: float = 0.0      # 0: 1/num_snippets (Eq. 7)
@@ -164,10 +176,11 @@ class SnippetOrderTask:
       v, perm, p = self._shuffled(v, s_rng)
     else:
       perm, p = self._identity(v.shape[0]), jnp.zeros(v.shape[0], jnp.int32)
+    mutable = [k for k in extra if k != "constants"]     # EST's PE table is read-only
     out, new_extra = self.module.apply({"params": params, **extra}, v, perm, train=True,
-                                       mutable=list(extra.keys()), rngs={"dropout": d_rng})
+                                       mutable=mutable, rngs={"dropout": d_rng})
     loss, res = self._losses(out, batch, p)
-    return loss, (res, dict(new_extra))
+    return loss, (res, {**extra, **new_extra})
 
   def predict(self, params, extra, batch):
     v = video_to_float(batch["video"])
@@ -187,7 +200,7 @@ class SnippetOrderTask:
   @property
   def train_metrics(self):
     fields = dict(loss=clu_metrics.Average.from_output("loss"),
-                  confusion=jm.ConfusionMatrix.bind(num_classes=self.num_classes))
+                  _clip=jm.ConfusionMatrix.bind(num_classes=self.num_classes))
     if getattr(self.module, "use_ssop", True):
       fields["ssop_accuracy"] = clu_metrics.Average.from_output("ssop_correct")
       fields["ssop_loss"] = clu_metrics.Average.from_output("ssop_loss")
@@ -197,6 +210,11 @@ class SnippetOrderTask:
   def eval_metrics(self):
     return self.train_metrics
 
+  progress_keys = ("war", "ssop_accuracy")
+
+  def eval_images(self, metrics: dict[str, Any], data_config) -> dict[str, Any]:
+    return confusion_images(metrics, "confusion_matrix", data_config.get("class_names", ()))
+
   def metric_inputs(self, outputs, batch):
     kw = {"loss": outputs["ce"], "logits": outputs["logits"], "labels": batch["label"],
           "mask": clip_mask(batch)}
@@ -204,6 +222,26 @@ class SnippetOrderTask:
       correct = (jnp.argmax(outputs["perm_logits"], -1) == outputs["perm_label"]).astype(jnp.float32)
       kw.update(ssop_correct=correct, ssop_loss=outputs["perm_ce"])
     return kw
+
+
+def confusion_images(metrics: dict[str, Any], key: str, class_names) -> dict[str, Any]:
+  """`{"eval/<key>": image}` of a confusion matrix in `metrics` (nothing if absent)."""
+  if key not in metrics:
+    return {}
+  from jaxaffect import plots
+  cm = metrics[key]
+  names = list(class_names) if len(class_names) == len(cm) else [str(i) for i in range(len(cm))]
+  return {f"eval/{key}": plots.confusion_matrix_image(cm, names)}
+
+
+def by_name(name: str):
+  """The task class whose `NAME` is `name` (the classes of this module; no table to keep)."""
+  found = {c.NAME: c for c in globals().values()
+           if isinstance(c, type) and isinstance(getattr(c, "NAME", None), str)}
+  if name not in found:
+    raise UserError(f"config.task.name={name!r}: known tasks {sorted(found)} (or give the model "
+                    f"module a `make_task`)")
+  return found[name]
 
 
 @flax.struct.dataclass
@@ -238,7 +276,7 @@ class FrameLabelsTask:
                       `expr_mask`, `au (B,T,A)`, `au_mask (B,T,A)`; the module takes
                       `({stream: array}, train=, frame_mask=)` (ABAW TCN + Transformer);
     input="image"     single face crops: `image (B, H, W, 3)` uint8 and the same labels without
-                      the T axis (the frame encoder, `models.baselines.FrameResNet`).
+                      the T axis (the frame encoder, `models.frame_resnet.FrameResNet`).
   Every label mask is multiplied by the example `mask` (padding rows of the last eval batch) and,
   for windows, by `valid`. Losses: VA (1 − CCC_v) + (1 − CCC_a) over the masked frames of the
   global batch (`ccc_ddof`: 1 as the official `torch.std`); EXPR masked cross-entropy; AU BCE over
@@ -246,6 +284,7 @@ class FrameLabelsTask:
   Metrics: `va/{ccc_valence, ccc_arousal, p_va}` (CCC of all frames concatenated), `expr/macro_f1`
   (+ UAR/WAR/confusion), `au/f1` (mean F1 over units; frames with any unlabelled unit dropped).
   """
+  NAME = "frame_labels"
   module: nn.Module
   outputs: tuple = PER_FRAME_OUTPUTS
   num_expr: int = 8
@@ -346,6 +385,14 @@ class FrameLabelsTask:
   @property
   def eval_metrics(self):
     return self.train_metrics
+
+  @property
+  def progress_keys(self) -> tuple[str, ...]:
+    own = {"va": "va/p_va", "expr": "expr/macro_f1", "au": "au/f1"}
+    return tuple(own[o] for o in self.outputs)
+
+  def eval_images(self, metrics: dict[str, Any], data_config) -> dict[str, Any]:
+    return confusion_images(metrics, "expr/confusion_matrix", data_config.get("class_names", ()))
 
   def metric_inputs(self, outputs, batch):
     kw = {"batch_loss": outputs["loss"], "mask": batch["mask"]}

@@ -69,15 +69,9 @@ def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setu
 
 
 def spec_sources(config):
-  """A one-video stand-in source with the configured shapes (to restore without reading data)."""
-  d = config.data
-  if d.get("source", "") == "features":       # per-frame feature windows: stream widths from the config
-    from jaxaffect.data import features
-    src = features.spec_source(d)
-    return src, src
-  t = max(d.get("video_frames", 0) or 0, d.num_segments * d.duration)
-  src = pipeline.InMemoryVideos(np.zeros((1, t, d.image_size, d.image_size, 3), np.uint8),
-                                np.zeros((1,), np.int32), "spec")
+  """A one-example stand-in (train, eval) source with the configured shapes, to build and restore
+  a model without reading data (`pipeline.spec_sources`: the data config knows its shapes)."""
+  src = pipeline.spec_sources(config.data)
   return src, src
 
 
@@ -90,9 +84,9 @@ def compute_metrics(collection) -> dict[str, Any]:
   """`clu` Collection → flat dict (scalars as floats, arrays as numpy)."""
   out = {}
   for k, v in mesh_lib.to_host(collection).compute().items():
-    if isinstance(v, dict):
+    if isinstance(v, dict):                 # `<field>/<key>`; a `_field` reports bare keys
       for kk, vv in v.items():
-        out[kk if k == "confusion" else f"{k}/{kk}"] = np.asarray(vv)
+        out[kk if k.startswith("_") else f"{k}/{kk}"] = np.asarray(vv)
     else:
       out[k] = np.asarray(v)
   return {k: (float(v) if v.ndim == 0 else v) for k, v in out.items()}
@@ -229,11 +223,8 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict
             vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
             writer.scalars(done, vals)
             shown = {"loss": vals.get("train/loss", float("nan"))}
-            best = config.checkpoint.get("best_metric", "")
-            if best and f"train/{best}" in vals and best != "uar":   # the run's own metric
-              shown[best] = vals[f"train/{best}"]
-            else:
-              shown["acc"] = vals.get("train/war", float("nan"))
+            shown.update({k: vals[f"train/{k}"] for k in s.task.progress_keys
+                          if f"train/{k}" in vals})
             progress.update(done, shown)
             acc = None
           is_eval = done % eval_every == 0 or done == s.total_steps
@@ -242,11 +233,9 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict
             last_eval = evaluate(s, state)
             sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
             writer.scalars(done, sc)
-            if "confusion_matrix" in last_eval and jax.process_index() == 0:
-              from jaxaffect import plots
-              img = plots.confusion_matrix_image(last_eval["confusion_matrix"],
-                                                 list(config.data.class_names))
-              writer.image(done, "eval/confusion_matrix", img)
+            if jax.process_index() == 0:
+              for tag, img in s.task.eval_images(last_eval, config.data).items():
+                writer.image(done, tag, img)
             if jax.process_index() == 0:
               print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
                     flush=True)

@@ -31,10 +31,9 @@ SMALL = dict(width=8, d_model=64, num_encoder_layers=2, num_decoder_layers=2, di
              classifier_dims=(32, 16), ssop_dims=(96, 48))
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-  """`interop.export` looks the mapping up in `interop.MODELS`."""
-  monkeypatch.setitem(interop.MODELS, "est", est_map.MAPPING)
+def test_mapping_is_found_through_the_model_module():
+  """`interop.export` finds EST's mapping by convention (`jaxaffect.models.est.torch_mapping`)."""
+  assert interop.get_mapping("est") is est_map.MAPPING
 
 
 def _variables(model, seed=0):
@@ -80,7 +79,7 @@ def test_keys_equal_official_layout():
       sd["transformer.decoder.layers.2.multihead_attn.in_proj_bias"][1024:],
       variables["params"]["decoder"]["layer_2"]["cross_attn"]["v"]["bias"])
   np.testing.assert_array_equal(sd["pos_enc.pos_enc.weight"],
-                                variables["batch_stats"]["pos_enc"]["table"])
+                                variables["constants"]["pos_enc"]["table"])
   assert sd["per_branch.classifier.4.num_batches_tracked"].dtype == np.int64
   assert sd["classifier.5.0.weight"].shape == (7, 64)
   assert sd["per_branch.classifier.0.weight"].shape == (2048, 3584)
@@ -190,9 +189,7 @@ def small_export(tmp_path_factory):
   model = est.EST(**dict(SMALL, width=16, d_model=128, dim_feedforward=256))
   variables = _variables(model, seed=5)
   out = tmp_path_factory.mktemp("export") / "est.safetensors"
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setitem(interop.MODELS, "est", est_map.MAPPING)
-    info = interop.export("est", model, variables, out, seed=6, batch=2, input_shape=(32, 32))
+  info = interop.export("est", model, variables, out, seed=6, batch=2, input_shape=(32, 32))
   return model, variables, info
 
 
@@ -262,7 +259,8 @@ def test_train_mode_heads_grads_and_stats_match_torch_float64():
     @jit
     def f(params, x):
       def loss(params, x):
-        out, stats = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+        out, stats = model.apply({"params": params, "batch_stats": variables["batch_stats"],
+                                  "constants": variables["constants"]}, x,
                                  perm, train=True, mutable=["batch_stats"],
                                  rngs={"dropout": jax.random.key(0)})
         return jnp.sum(out["logits"] * w1) + jnp.sum(out["perm_logits"] * w2), (out, stats)
@@ -294,7 +292,9 @@ def test_train_mode_heads_grads_and_stats_match_torch_float64():
   grads_sd = mapping.to_torch(RULES, {"params": gp}, float_dtype=None)
   n = _grads_match(ref, grads_sd, term_scales, **tol)
   assert n == sum(p.requires_grad for p in ref.parameters()) == len(grads_sd) > 100
-  new_sd = mapping.to_torch(RULES, {"params": variables["params"], **stats}, float_dtype=None)
+  assert "constants" not in stats                      # the PE table is read-only in training
+  new_sd = mapping.to_torch(RULES, {"params": variables["params"], **stats,
+                                    "constants": variables["constants"]}, float_dtype=None)
   checked = 0
   for k, v in ref.state_dict().items():
     if k.endswith(("running_mean", "running_var")):
@@ -302,4 +302,4 @@ def test_train_mode_heads_grads_and_stats_match_torch_float64():
       checked += 1
   assert checked == 2 * (20 + 2)
   np.testing.assert_array_equal(new_sd["pos_enc.pos_enc.weight"],
-                                variables["batch_stats"]["pos_enc"]["table"])   # never updated
+                                ref.state_dict()["pos_enc.pos_enc.weight"].numpy())

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from jaxaffect import interop
-from jaxaffect.models.baselines import FrameResNet
+from jaxaffect.models.frame_resnet import FrameResNet
 
 
 class _TorchFrameResNet(torch.nn.Module):

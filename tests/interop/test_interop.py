@@ -83,7 +83,8 @@ def test_import_errors_name_the_problem():
   with pytest.raises(KeyError, match="no torch mapping.*params/extra/kernel"):
     interop.to_torch_state_dict("former_dfer", {**variables, "params": {
         **variables["params"], "extra": {"kernel": np.zeros((2, 2))}}})
-  with pytest.raises(KeyError, match="known"):
+  from jaxaffect.errors import UserError
+  with pytest.raises(UserError, match=r"model 'no_such_model'.*models here: \[.*'former_dfer'"):
     interop.to_torch_state_dict("no_such_model", variables)
 
 
@@ -169,7 +170,9 @@ def test_export_pth_and_checkpoint_loading(small_export, tmp_path):
 
 
 def test_registry_and_official_config_detection():
-  assert {"former_dfer", "resnet"} <= set(interop.MODELS)
+  from jaxaffect.models import registry
+  assert {"abaw_tcn", "est", "former_dfer", "frame_resnet", "resnet"} <= set(
+      registry.available("torch_mapping"))
   from jaxaffect.interop import former_dfer as fd_map
   assert fd_map.is_official_config(fd.FormerDFER())
   assert not fd_map.is_official_config(fd.FormerDFER(num_spatial_layers=3))

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from jaxaffect import metrics as jm
-from jaxaffect.models import abaw_tcn, baselines, tasks
+from jaxaffect.models import abaw_tcn, frame_resnet, tasks
 
 B, T, D, C, A = 4, 12, 6, 7, 12
 
@@ -87,7 +87,7 @@ def test_window_metrics_equal_sklearn_and_numpy_on_the_kept_frames():
 
 
 def test_image_task_trains_the_frame_encoder_heads():
-  m = baselines.FrameResNet(width=4, num_expr=C)
+  m = frame_resnet.FrameResNet(width=4, num_expr=C)
   task = tasks.FrameLabelsTask(m, outputs=("va", "expr", "au"), num_expr=C, input="image")
   r = np.random.default_rng(0)
   batch = {"image": r.integers(0, 255, (B, 32, 32, 3), dtype=np.uint8),
@@ -112,7 +112,7 @@ def test_image_task_trains_the_frame_encoder_heads():
 
 
 def test_bad_task_settings_and_missing_labels_are_errors():
-  m = baselines.FrameResNet(width=4)
+  m = frame_resnet.FrameResNet(width=4)
   with pytest.raises(ValueError, match="outputs"):
     tasks.FrameLabelsTask(m, outputs=("valence",))
   with pytest.raises(ValueError, match="loss_weights"):

@@ -70,3 +70,13 @@ class FrameResNet(nn.Module):
     if "va" in out:
       out["va"] = jnp.tanh(out["va"])
     return out
+
+
+# The model-module convention (models/registry.py): `config.model_name = "frame_resnet"` finds these.
+Model = FrameResNet
+
+
+def torch_mapping():
+  """The official PyTorch key layout (`jaxaffect.interop.frame_resnet`)."""
+  from jaxaffect.interop import frame_resnet
+  return frame_resnet.MAPPING
