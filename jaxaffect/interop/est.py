@@ -4,7 +4,7 @@
     backbone/{stem,layer1-4}/…                    conv1, bn1, layer1-4.…  (torchvision, no prefix)
     aasfe/attn/{q,k,v} (+bias), aasfe/attn/out    attn.in_proj_weight/in_proj_bias, attn.out_proj
     aasfe/norm1                                   norm1
-    batch_stats/pos_enc/table (fixed sinusoid)    pos_enc.pos_enc.weight (requires_grad=False)
+    constants/pos_enc/table (fixed sinusoid)      pos_enc.pos_enc.weight (requires_grad=False)
     encoder/layer_i/{attn,mlp/fc1,mlp/fc2,…}      transformer.encoder.layers.i.{self_attn,linear1,
                                                   linear2,norm1,norm2}
     encoder/norm                                  transformer.encoder.norm
@@ -38,7 +38,7 @@ RULES = (
     *resnet_rules("backbone", "", fc=False),
     *torch_mha("aasfe/attn", "attn"),
     *layernorm("aasfe/norm1", "norm1"),
-    Rule(("batch_stats/pos_enc/table",), "pos_enc.pos_enc.weight"),
+    Rule(("constants/pos_enc/table",), "pos_enc.pos_enc.weight"),
     *param("query_embed", "query_embed.weight"),
     *torch_encoder_layer("encoder/layer_<i>", "transformer.encoder.layers.<i>"),
     *layernorm("encoder/norm", "transformer.encoder.norm"),

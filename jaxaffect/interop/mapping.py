@@ -260,7 +260,8 @@ def from_torch(rules: Sequence[Rule], state_dict: Mapping[str, Any],
     raise KeyError(f"{where}: unexpected torch keys (no rule): {sorted(unmatched)[:10]}")
   if like_variables is not None:   # arrays or jax.ShapeDtypeStructs (jax.eval_shape of init)
     like = traverse_util.flatten_dict(
-        {c: v for c, v in dict(like_variables).items() if c in ("params", "batch_stats")},
+        {c: v for c, v in dict(like_variables).items()
+         if c in ("params", "batch_stats", "constants")},
         sep="/")
     missing, extra = sorted(set(like) - set(flat)), sorted(set(flat) - set(like))
     if partial:

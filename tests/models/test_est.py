@@ -30,7 +30,8 @@ def test_official_param_count_and_table6_params():
   for name, (aasfe, ssop) in est.TABLE6_ROWS.items():
     v = est.abstract_variables(est.EST(use_aasfe=aasfe, use_ssop=ssop))
     counts[name] = est.num_params(v["params"])
-    assert v["batch_stats"]["pos_enc"]["table"].shape == (7, 512)
+    assert v["constants"]["pos_enc"]["table"].shape == (7, 512)      # not a parameter
+    assert "pos_enc" not in v["params"] and "pos_enc" not in v["batch_stats"]
     assert ("aasfe" in v["params"]) == aasfe and ("ssop" in v["params"]) == ssop
   assert counts["EST"] == est.OFFICIAL_NUM_TRAINABLE == 42_775_761
   assert counts["EST"] + 7 * 512 == est.OFFICIAL_NUM_PARAMS == 42_779_345

@@ -23,7 +23,12 @@ def test_loss_is_eq7_on_the_shuffled_clip():
   batch = _batch()
   params, extra = task.init(jax.random.key(0), batch)
   rng = jax.random.key(7)
-  loss, (out, _) = task.loss(params, extra, batch, rng)
+  loss, (out, new_extra) = task.loss(params, extra, batch, rng)
+  # The PE table is a read-only constant: passed through (never mutable), BatchNorm stats updated.
+  assert new_extra.keys() == extra.keys() == {"batch_stats", "constants"}
+  assert new_extra["constants"] is extra["constants"]
+  assert not jax.tree.all(jax.tree.map(np.array_equal, new_extra["batch_stats"],
+                                       extra["batch_stats"]))
   # Re-derive by hand: the permutation rows the task draws, the shuffled clip, both heads.
   s_rng, _ = jax.random.split(rng)
   p = jax.random.randint(s_rng, (4,), 0, 10)
@@ -49,7 +54,7 @@ def test_loss_is_eq7_on_the_shuffled_clip():
   bp, be = base.init(jax.random.key(0), batch)
   bl, (bo, _) = base.loss(bp, be, batch, rng)
   assert "perm_logits" not in bo and np.isfinite(float(bl))
-  assert set(base.train_metrics.__annotations__) == {"loss", "confusion"}
+  assert set(base.train_metrics.__annotations__) == {"loss", "_clip"}
 
 
 def test_trainer_runs_est_on_shards(tmp_path):
