@@ -54,6 +54,14 @@ def path_str(path) -> str:
   return _path_str(path)
 
 
+def config_fields() -> dict[str, Any]:
+  """The rule fields of `config.optim` with their defaults (all off), for a config file that wants
+  them overridable from the command line: `c.optim.update(optim_rules.config_fields())`."""
+  return {"no_decay": (), "frozen": (), "lr_mults": (), "layer_decay": 0.0,
+          "layer_decay_num_layers": 0, "layer_decay_block_regex": DEFAULT_BLOCK_REGEX,
+          "layer_decay_embed_regex": DEFAULT_EMBED_REGEX}
+
+
 def _compile(rx: Any, field: str) -> re.Pattern:
   if not isinstance(rx, str):
     raise UserError(f"config.optim.{field}: {rx!r} is not a regex string")

@@ -377,12 +377,17 @@ def test_default_config_is_bit_identical_to_the_old_chain(config):
   jax.tree.map(np.testing.assert_array_equal, outs[0], outs[1])
 
 
-def test_rules_state_shards_by_path_and_jits():
+def test_rules_state_shards_by_path_and_jits(caplog):
   """The multi_transform state is a pytree the FSDP rules shard by path, and a jitted sharded
-  update equals the unsharded one."""
+  update equals the unsharded one; the first init logs the group summary."""
   cfg = _cfg(no_decay=NO_DECAY, frozen=(r"^patch_embed/",), lr_mults=((r"^head/", 10.0),))
   tx, _ = optim.make_optimizer(cfg, 1, 8)
   params = _params()
+  with caplog.at_level("INFO", logger="jaxaffect.train"):
+    tx.init(params)
+    tx.init(params)
+  logged = [r.getMessage() for r in caplog.records if "parameter groups" in r.getMessage()]
+  assert len(logged) == 1 and f"frozen: 2 leaves, {P * DIM + DIM} parameters" in logged[0], logged
   abstract = jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p)}, params)
   mesh = mesh_lib.make_mesh(2, 4)
   sh = mesh_lib.state_shardings(abstract, mesh, [(r"opt_state/.*blocks_\d+/fc1/kernel", "fsdp:8"),
@@ -448,3 +453,20 @@ def test_rules_through_the_loop_fsdp_and_checkpoint(tmp_path):
 def loop_rng(config):
   from jaxaffect.train import loop
   return loop._rngs(config)[0]
+
+
+def test_declared_fields_default_to_the_old_chain_and_take_overrides():
+  """`config_fields()` declared in a locked config: off by default (the old chain, no groups), and
+  `--config.optim.no_decay=[...]` / `lr_mults=[[...]]` overrides parse into working rules."""
+  from configs import former_dfer
+  from jaxaffect import config_loader
+  c = former_dfer.get_config("smoke")
+  with c.unlocked():
+    c.optim.update(optim_rules.config_fields())
+  c.lock()
+  assert not optim_rules.rules_from_config(c.optim).active
+  config_loader.apply_overrides(c, [("optim.no_decay", '["/bias$"]'),
+                                    ("optim.lr_mults", '[["^fc/", 10]]')])
+  assert c.optim.no_decay == ("/bias$",) and c.optim.lr_mults == (("^fc/", 10),)
+  rules = optim_rules.rules_from_config(c.optim)
+  assert rules.active and rules.lr_mults[0][1] == 10.0
