@@ -233,7 +233,9 @@ class TransformerEncoder(nn.Module):
   `remat_policy` (`REMAT_POLICIES`): "none", or rematerialise each layer in the backward pass
   (`nn.remat`) saving nothing ("full") or the matmul outputs ("dots_saveable",
   "dots_with_no_batch_dims_saveable", `jax.checkpoint_policies`). With scan, dropout draws an
-  independent key per layer (`split_rngs`), so looped and scanned agree only without dropout.
+  independent key per layer (`split_rngs`), so looped and scanned agree only without dropout;
+  likewise a scanned `init` draws other initial values than a looped one with the same key:
+  convert parameters between the layouts, do not re-initialise to compare.
 
   Call: `mask`/`bias` as in `MultiHeadAttention`, the same for every layer. With
   `return_all_layers=True` it returns the tuple of every layer's output (MGCT levels, MAE
