@@ -36,6 +36,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                 # FSDP axis size (parameters sharded over it by `sharding_rules`)
   # (regex on the state path, tactic): 'replicate' or 'fsdp'; first match wins.
   c.sharding_rules = (((".*", "replicate"),))
+  # Start from another run's weights (jaxaffect/train/init_from.py): its checkpoint at `step`
+  # (-1 = latest; `best` = the best by its metric), variables whose path matches a `keep` regex
+  # (all if empty) and no `drop` regex, with equal shapes; the rest stays freshly initialised.
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ""        # '' = no
+  c.init_from.step = -1
+  c.init_from.best = False
+  c.init_from.keep = ()
+  c.init_from.drop = ()
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3           # keep the last N checkpoints ...
   c.checkpoint.best_metric = "uar"  # ... and the best by this eval metric ('' = none)

@@ -196,6 +196,8 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict
         log.info("resumed from step %d in %s", latest, workdir)
       else:
         state = s.init_fn(init_rng)
+        if config.get("init_from") and config.init_from.get("workdir"):
+          state = _init_from_checkpoint(s, state, config.init_from, workdir)
         if jax.process_index() == 0:
           with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -257,6 +259,26 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict
   if preempted is not None:        # stopped by a signal: the run is not finished
     last_eval["preempted"] = preempted
   return last_eval
+
+
+def _with_variables(s: Setup, state, variables):
+  """`state` with its params and extra collections replaced (sharded), optimizer state fresh."""
+  params = jax.device_put(variables["params"], s.state_shardings["params"])
+  extra = jax.device_put({k: variables[k] for k in state["extra"]}, s.state_shardings["extra"])
+  return dict(state, params=params, extra=extra,
+              opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings["opt_state"])(params))
+
+
+def _init_from_checkpoint(s: Setup, state, spec, workdir: str):
+  """`config.init_from`: a JAX checkpoint's variables merged into the fresh initialisation."""
+  from jaxaffect.train import init_from
+  loaded, source = init_from.load_checkpoint_variables(spec)
+  fresh = jax.device_get({"params": state["params"], **state["extra"]})
+  merged, rep = init_from.merge(fresh, loaded, keep=tuple(spec.get("keep", ()) or ()),
+                                drop=tuple(spec.get("drop", ()) or ()))
+  if jax.process_index() == 0:
+    init_from.write_report(workdir, source, rep)
+  return _with_variables(s, state, merged)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -390,15 +412,13 @@ def import_weights(config: ml_collections.ConfigDict, workdir: str, weights_path
   with jax.set_mesh(s.mesh):
     state = s.init_fn(init_rng)
     if partial:                    # imported variables over the model's own initialisation
-      from flax import traverse_util
-      base = traverse_util.flatten_dict(jax.device_get(
-          {"params": state["params"], **state["extra"]}), sep="/")
-      base.update(traverse_util.flatten_dict(jax.device_get(variables), sep="/"))
-      variables = traverse_util.unflatten_dict(base, sep="/")
-    params = jax.device_put(variables["params"], s.state_shardings["params"])
-    extra = jax.device_put({k: variables[k] for k in state["extra"]}, s.state_shardings["extra"])
-    state = dict(state, params=params, extra=extra,
-                 opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings["opt_state"])(params))
+      from jaxaffect.train import init_from
+      fresh = jax.device_get({"params": state["params"], **state["extra"]})
+      variables, rep = init_from.merge(fresh, jax.device_get(variables), field="--partial")
+      if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        init_from.write_report(workdir, {"weights": os.path.abspath(weights_path)}, rep)
+    state = _with_variables(s, state, variables)
     ckpt_lib.save(mngr, 0, state, config)
   mngr.wait_until_finished()
   mngr.close()
