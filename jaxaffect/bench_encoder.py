@@ -17,6 +17,7 @@ A readable table goes to stdout; with `--json` it goes to stderr and stdout gets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -32,6 +33,22 @@ LAYOUTS = ("looped", "scanned")
 
 def _log(msg: str) -> None:
   print(f"[bench encoder] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _no_persistent_cache():
+  """Real compiles inside: the persistent compilation cache off, restored after. JAX decides
+  once per process whether it uses the cache, so the decision is reset on both edges."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
 
 
 class _Step:
@@ -102,15 +119,11 @@ def run(layers: int = 12, d: int = 768, heads: int | None = None, mlp: int | Non
       "layers": layers, "d": d, "heads": heads, "mlp": mlp, "batch": batch, "seq": seq,
       "steps": steps, "warmup": warmup, "remat": remat, "backend": jax.default_backend(),
       "params": int(sum(a.size for a in jax.tree.leaves(looped)))}
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  try:
-    runners = {}
+  runners = {}
+  with _no_persistent_cache():
     for name in LAYOUTS:
       _log(f"compiling the {name} train step")
       runners[name] = _Step(modules[name], params[name], x)
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cache)
   for _ in range(max(warmup - 1, 0)):
     for r in runners.values():
       r.step()

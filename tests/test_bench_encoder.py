@@ -2,6 +2,7 @@
 compile and step figures and equal losses; bad sizes are user errors. No timing assertions."""
 import json
 
+import jax
 import pytest
 
 from jaxaffect import bench
@@ -13,7 +14,9 @@ TINY = ["encoder", "--layers", "2", "--d", "16", "--heads", "2", "--mlp", "32", 
 
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_bench_encoder_json_reports_both_layouts(capsys, remat):
+  cache_before = jax.config.jax_enable_compilation_cache
   assert bench.main(TINY + ["--remat", remat]) == 0
+  assert jax.config.jax_enable_compilation_cache == cache_before   # switched off only inside
   out = capsys.readouterr()
   lines = [line for line in out.out.splitlines() if line.strip()]
   assert len(lines) == 1
