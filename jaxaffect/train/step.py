@@ -59,6 +59,9 @@ def make_train_step(task, tx, mesh: Mesh, state_shardings):
         state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    after_update = getattr(task, "after_update", None)   # optional (train/hooks.py): EMA, queues
+    if after_update is not None:
+      new_extra = after_update(new_extra, params, outputs, batch, state["step"])
     new_state = {"step": state["step"] + 1, "params": params, "extra": new_extra,
                  "opt_state": opt_state}
     metrics = metrics_cls.single_from_model_output(**task.metric_inputs(outputs, batch))
