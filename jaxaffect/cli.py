@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 
 from jaxaffect import errors
-from jaxaffect.errors import UserError
 
 
 def resolve_config_path(spec: str) -> str:
@@ -32,7 +30,8 @@ def resolve_config_path(spec: str) -> str:
 
 def _maybe_init_distributed(argv: list[str]) -> list[str]:
   """Consumes the multi-host flags and calls `jax.distributed.initialize` when asked to."""
-  p = argparse.ArgumentParser(add_help=False)
+  # No abbreviations: a sub-command's own `--d 768` must not be taken for `--distributed`.
+  p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   p.add_argument("--coordinator_address")
   p.add_argument("--num_processes", type=int)
   p.add_argument("--process_id", type=int)

@@ -144,3 +144,15 @@ def test_read_only_commands_print_no_orbax_notices(workdir):
   r = _run_rc("eval", "--workdir", workdir, "--json")
   assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4
   assert "read only" not in r.stderr and "read_only" not in r.stderr, r.stderr[-2000:]
+
+
+def test_sub_command_flags_are_not_taken_for_the_multi_host_flags(monkeypatch):
+  """`bench encoder --d 768` was read as an abbreviation of `--distributed` and started
+  `jax.distributed.initialize` without a coordinator."""
+  from jaxaffect import cli
+  from jaxaffect.train import distributed
+  seen = {}
+  monkeypatch.setattr(distributed, "maybe_initialize",
+                      lambda *a, force=False: seen.setdefault("force", force))
+  rest = cli._maybe_init_distributed(["bench", "encoder", "--d", "768", "--dist", "1"])
+  assert seen["force"] is False and rest == ["bench", "encoder", "--d", "768", "--dist", "1"]

@@ -63,7 +63,6 @@ from jaxaffect.errors import MissingFile, UserError
 
 SCHEMA_VERSION = 1
 VA_MISSING = -5.0
-LABEL_MISSING = -1
 STATUS_OK, STATUS_NO_FACE, STATUS_MISSING, STATUS_UNREADABLE = 0, 1, 2, 3
 STATUS_NAMES = ("ok", "no_face", "missing", "unreadable")
 TASKS = ("va", "expr", "au")

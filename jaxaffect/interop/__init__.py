@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxaffect.errors import UserError
-from jaxaffect.interop.mapping import (ModelMapping, Rule, flatten_variables, format_of_path,
+from jaxaffect.interop.mapping import (ModelMapping, Rule, format_of_path,
                                        from_torch, sniff_format, strip_prefix, to_torch)
 
 FORMATS = ("safetensors", "pth")
@@ -171,8 +171,8 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   finally:
     for p in (tmp_w, tmp_v):
       p.unlink(missing_ok=True)
-  num_params = int(sum(v.size for k, v in flatten_variables({"params": variables["params"]})
-                       .items()))
+  from jaxaffect import flops
+  num_params = flops.num_params(variables["params"])
   return {"weights": str(out_path), "verify": str(vpath), "format": fmt,
           "num_tensors": len(sd), "num_params": num_params,
           "snippet": mapping.snippet(str(out_path), str(vpath), module)}

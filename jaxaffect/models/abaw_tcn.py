@@ -36,7 +36,6 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxaffect.errors import UserError
 from jaxaffect.nn.attention import TransformerEncoder
@@ -53,8 +52,6 @@ ABAW6_STREAMS = (("mae", (768, 256, 128)),)
 ABAW5_VA_STREAMS = (("wav_base", (512, 256, 128)), ("wav_emotion", (512, 256, 128)),
                     ("arcface", (512, 256, 128)), ("emotion", (1024, 512, 256)),
                     ("affecnet8", (512, 256, 128)), ("rafdb", (512, 256, 128)))
-ABAW5_VA_INPUT_DIMS = {"wav_base": 512, "wav_emotion": 512, "arcface": 512, "emotion": 1280,
-                       "affecnet8": 512, "rafdb": 512}
 
 
 def normalize_streams(streams: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -366,13 +363,6 @@ def abaw6_expr_size(seq_len: int = 300) -> dict[str, float]:
   macs = forward_macs_per_frame(m, seq_len)["total"]
   return {"params": param_count(m), "seq_len": seq_len, "gmacs_per_frame": macs / 1e9,
           "gmacs_per_window": macs * seq_len / 1e9, "gflops_per_window": 2 * macs * seq_len / 1e9}
-
-
-def example_features(module: ABAWTCN, batch: int, seq_len: int, rng: np.random.Generator,
-                     input_dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
-  """Random N(0, 1) float32 features `{stream: (B, T, D_s)}` for tests, exports and benches."""
-  dims = input_dims_of(module, input_dims)
-  return {n: rng.standard_normal((batch, seq_len, d), dtype=np.float32) for n, d in dims.items()}
 
 
 # The model-module convention (models/registry.py): `config.model_name = "abaw_tcn"` finds these.

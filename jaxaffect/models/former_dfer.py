@@ -22,8 +22,6 @@ by the fields are the width-64 values and are scaled by `width/64` (heads unchan
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -224,41 +222,10 @@ def former_dfer_macs(num_spatial_layers: int = 1, num_temporal_layers: int = 3, 
   return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Table3Row:
-  """One (N, M) configuration of the paper's Table 3 (number of encoders in CS-/T-Former).
-
-  `gmacs` is computed by `former_dfer_macs` (112 px, 16 frames, official layer sizes), not read
-  from the paper; `paper_gflops` is the paper's figure where it could be sourced, else None.
-  """
-  num_spatial_layers: int
-  num_temporal_layers: int
-  gmacs: float
-  paper_gflops: float | None = None
-
-
-# What could be sourced for Table 3 (the paper PDF is not in the offline corpus; web, docs and code
-# searches found no per-row figures): only the range "8.22 … 10.45 G" quoted in the project issue.
-# The analytic count reproduces both ends exactly: (N=1, M=1) → 8.224 G and (N=6, M=3) → 10.450 G,
-# which supports (i) "GFLOPs" there meaning MACs of one 16×112×112 clip (thop convention) and
-# (ii) a grid N ∈ 1..6, M ∈ 1..3 — (ii) is an inference, not a sourced fact.
-TABLE3_SOURCED = {
-    (1, 1): 8.22,    # lower end of the quoted range
-    (6, 3): 10.45,   # upper end of the quoted range
-}
-
-
-def former_dfer_table3_rows(spatial: tuple[int, ...] = (1, 2, 3, 4, 5, 6),
-                            temporal: tuple[int, ...] = (1, 2, 3)) -> list[Table3Row]:
-  """(N, M) grid of the Table 3 ablation with computed GMACs and the sourced figures (see
-  `TABLE3_SOURCED`). Default grid N ∈ 1..6, M ∈ 1..3 is inferred from the quoted range."""
-  return [Table3Row(n, m, round(former_dfer_macs(n, m)["total"] / 1e9, 3),
-                    TABLE3_SOURCED.get((n, m)))
-          for n in spatial for m in temporal]
-
-
 def num_params(params: Any) -> int:
-  return sum(math.prod(a.shape) for a in jax.tree.leaves(params))
+  """The parameter count (`flops.num_params`, the one counter; paper tables live in flops.py)."""
+  from jaxaffect import flops
+  return flops.num_params(params)
 
 
 # The model-module convention (models/registry.py): `config.model_name = "former_dfer"` finds these.

@@ -5,7 +5,6 @@ any mesh shape (the abstract state carries the target shardings).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any

@@ -7,9 +7,6 @@ import jax
 
 from jaxaffect.errors import UserError
 
-_ENV_HINTS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
-              "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")
-
 
 def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, *, force: bool = False) -> bool:
