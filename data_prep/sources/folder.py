@@ -10,12 +10,17 @@
   followed by any of `valence,arousal` (both), `expr` (ints of `--expr-vocab`, default `--vocab`,
   -1 invalid), `AU<n>` columns (0/1, -1 invalid). Each row labels the frame with that index; frames
   without a row get the sentinels (VA -5, EXPR -1, AU -1).
+- Face geometry (optional): `--openface DIR` with `<DIR>/<video_id>.csv`, OpenFace 2 output run on
+  the video's folder (`FeatureExtraction -fdir`): its `frame` k (1-based) is the folder's k-th
+  image; its 68 landmarks (scheme "ibug68", NaN where OpenFace failed or has no row) become the
+  item's boxes/landmarks, which `--detector auto` (or `precomputed`) aligns. Videos without a CSV
+  there get none.
 
 Bad input (policy in `_util`): a labels CSV with a wrong header or column count, or a label
 without `--vocab`, raises; an unknown class there -> Skip of that video; a per-frame CSV (it
 concerns one video) with a wrong header, column count, unknown value, duplicate frame or a frame
 that has no image -> Skip of the video naming file, line and field; an empty folder -> Skip; a
-broken image -> an UNREADABLE frame.
+broken image -> an UNREADABLE frame. An OpenFace CSV with missing columns or non-numbers -> Skip.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data_prep.sources import _util
+from data_prep.sources import _openface, _util
 from data_prep.sources.base import PrepError, Skip, VideoItem
 from jaxaffect.data import vocab as vocab_lib
 
@@ -44,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="frame rate (0: unknown)")
   parser.add_argument("--precomputed", action="store_true",
                       help="the images are already aligned face crops")
+  parser.add_argument("--openface", default=None,
+                      help="folder of per-video OpenFace 2 CSVs <video_id>.csv (face geometry)")
   parser.add_argument("--dataset-name", default="folder", help="VideoItem.dataset")
 
 
@@ -173,6 +180,7 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
   fps = float(_util.opt(args, "fps", 0.0))
   precomputed = bool(_util.opt(args, "precomputed", False))
   default_split = _util.opt(args, "split", "all")
+  openface_dir = _util.opt(args, "openface")
   folders = {n for n in os.listdir(src) if os.path.isdir(os.path.join(src, n))}
   for vid in sorted(folders | set(labels)):
     label, split, lineno = labels.get(vid, (-1, None, None))
@@ -196,9 +204,21 @@ def items(src: str, args: argparse.Namespace) -> Iterator[VideoItem | Skip]:
       except PrepError as e:
         yield Skip(e)
         continue
+    meta = dict(frame_labels=csv_path) if per_frame else {}
+    geometry: dict = {}
+    of_path = os.path.join(openface_dir, vid + ".csv") if openface_dir else ""
+    if of_path and os.path.isfile(of_path):
+      try:
+        track = _openface.read_openface_csv(of_path)
+      except PrepError as e:
+        e.item = e.item or vid
+        yield Skip(e)
+        continue
+      boxes, landmarks = track.for_frames(range(1, len(files) + 1))
+      geometry = dict(boxes=boxes, landmarks=landmarks, landmark_scheme="ibug68")
+      meta["openface"] = of_path
     yield VideoItem(dataset=_util.opt(args, "dataset_name", "folder"), video_id=vid,
                     split=split or default_split,
                     frames=_util.image_frames(files, fps=fps, precomputed=precomputed),
                     num_frames=len(files), fps=fps, source_path=folder, clip_label=label,
-                    vocab=vocab if label >= 0 else "",
-                    meta=dict(frame_labels=csv_path) if per_frame else {}, **per_frame)
+                    vocab=vocab if label >= 0 else "", meta=meta, **per_frame, **geometry)
