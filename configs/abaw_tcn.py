@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.label_vocab = ""         # clip labels are not used
   c.data.label_tasks = c.model.get_ref("outputs")  # annotation files read (of the tasks trained)
 
-  c.optim = ml_collections.ConfigDict()
+  c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adamw"
   c.optim.lr = 3e-5
   c.optim.weight_decay = 1e-5

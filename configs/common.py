@@ -52,3 +52,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 0    # 0 = at every evaluation
   c.checkpoint.async_save = True  # Orbax asynchronous saving
   return c
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  """`config.optim` with the optimizer-rule fields declared (all off: no_decay, frozen, lr_mults,
+  layer_decay; see jaxaffect/train/optim_rules.py), so `--config.optim.no_decay='["bias$"]'`
+  works from the command line; the config file then sets name, lr, schedule, ..."""
+  from jaxaffect.train import optim_rules
+  c = ml_collections.ConfigDict()
+  c.update(optim_rules.config_fields())
+  return c

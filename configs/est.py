@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_segments = 8
   c.data.duration = 2
 
-  c.optim = ml_collections.ConfigDict()
+  c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adam"           # torch Adam (coupled L2 weight decay)
   c.optim.lr = 1e-4
   c.optim.weight_decay = 1e-4

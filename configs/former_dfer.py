@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synthetic_pose = 1.0     # synthetic only: head-pose variation (0 frontal/static, 1 full)
   c.data.synthetic_occlusion = 0.2  # synthetic only: probability of an occluded span of frames
 
-  c.optim = ml_collections.ConfigDict()
+  c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "sgd"            # torch SGD semantics (coupled weight decay)
   c.optim.lr = 0.01
   c.optim.momentum = 0.9

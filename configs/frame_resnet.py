@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_segments = 8         # Former-DFER sampler fields (unused by 'frame')
   c.data.duration = 2
 
-  c.optim = ml_collections.ConfigDict()
+  c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adamw"
   c.optim.lr = 1e-4
   c.optim.weight_decay = 1e-4

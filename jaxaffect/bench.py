@@ -664,7 +664,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxaffect bench", description=__doc__.split("\n")[0])
   from jaxaffect.models import registry
   p.add_argument("model", help=f"one of: {', '.join(registry.available('bench_model'))}, or "
-                               f"'data' (input pipeline)")
+                               f"'data' (input pipeline) or 'encoder' (looped vs scanned stack)")
   p.add_argument("--json", action="store_true", help="print one JSON line (table to stderr)")
   p.add_argument("--config", default=None, help="config spec (default: the model's)")
   p.add_argument("--batch", type=int, default=4, help="global batch size")

@@ -1,4 +1,5 @@
-"""Reusable Flax (linen) layers; no knowledge of tasks or data. Imports only jax/flax/numpy."""
+"""Reusable Flax (linen) layers; no knowledge of tasks or data. Imports only jax/flax/numpy (and
+`jaxaffect.errors` for bad arguments). `scan_utils` converts looped <-> scanned layer layouts."""
 from jaxaffect.nn.attention import (FeedForward, MultiHeadAttention, TransformerDecoder,
                                     TransformerDecoderLayer, TransformerEncoder,
                                     TransformerEncoderLayer)

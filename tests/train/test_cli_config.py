@@ -251,3 +251,16 @@ def test_every_schedule_takes_a_python_int_step():
     _, sched = optim.make_optimizer(cfg, 4, 40)
     for step in (0, 5, 13, 39):
       assert float(sched(step)) == float(sched(np.int32(step))), (name, step)
+
+
+def test_every_config_declares_the_optimizer_rule_fields():
+  """`--config.optim.no_decay=...` (and the other rules) work for every config from the command
+  line; the declared defaults build the same optimizer as before (test_optim_rules.py)."""
+  from jaxaffect import config_loader
+  from jaxaffect.train import optim_rules
+  for spec in ("former_dfer:smoke", "est:smoke", "abaw_tcn:smoke", "frame_resnet:smoke"):
+    c = config_loader.load(spec, ['--config.optim.no_decay=[".*/bias$"]',
+                                  "--config.optim.layer_decay=0.75",
+                                  "--config.optim.layer_decay_num_layers=4"])
+    assert set(optim_rules.config_fields()) <= set(c.optim.keys()), spec
+    assert c.optim.no_decay == (".*/bias$",) and c.optim.layer_decay == 0.75
