@@ -30,18 +30,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
-import contextlib
-import dataclasses
-import fcntl
 import hashlib
-import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
-import threading
 import time
 from typing import Any
 
@@ -49,11 +42,15 @@ import numpy as np
 
 from data_prep.sources import base
 from jaxaffect.data import schema
+# Re-exported: these were defined here (data_prep.features and tests use them).
+from data_prep.shard_pool import (JOB_FILE, LOCK_FILE, Pin, PrepFailed, _atomic_json,  # noqa: F401
+                                  _LocalQueue, _locked, _settings_diff, _sha256, _shard_done,
+                                  commit_shard, output_dir, pin_job, run_tasks)
+from data_prep.shard_records import (PREP_VERSION, Stages, _arr_hash, _check_rows,  # noqa: F401
+                                     _nan, _path_stat, _record_stats, fingerprint, process_item,
+                                     split_segments)
 
-PREP_VERSION = 2
-JOB_FILE = "prep_job.json"
 SKIP_LOG = "skipped.jsonl"
-LOCK_FILE = ".lock"
 
 # Fork-inherited state of the workers (the items hold closures that do not pickle).
 _ITEMS: list = []
@@ -62,180 +59,11 @@ _QUEUE = None
 _STAGE = None
 
 
-class PrepFailed(SystemExit):
-  pass
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _atomic_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-class Stages:
-  """The face stage(s) of a job. A fixed detector uses one `FaceStage`; `auto` picks per item:
-  the item's own geometry -> "precomputed", dataset-provided aligned crops (`Frame.precomputed`)
-  -> "none", anything else -> "blazeface". Each record stores the recipe that made it."""
-  AUTO_DETECTOR = "blazeface"
-
-  def __init__(self, recipe_args: dict):
-    self.args = dict(recipe_args)
-    self.auto = self.args.get("detector", "auto") == "auto"
-    self._stages: dict[str, Any] = {}
-
-  def get(self, detector: str):
-    if detector not in self._stages:
-      from data_prep import faces
-      self._stages[detector] = faces.FaceStage(faces.FaceRecipe(**{**self.args, "detector": detector}))
-    return self._stages[detector]
-
-  def recipe(self, detector: str) -> dict:
-    from data_prep import faces
-    r = faces.FaceRecipe(**{**self.args, "detector": detector}).to_json()
-    return dict(r, prep_version=PREP_VERSION, schema_version=schema.SCHEMA_VERSION)
-
-  def job_recipe(self) -> dict:
-    if not self.auto:
-      return self.recipe(self.args["detector"])
-    return {"detector": "auto", "prep_version": PREP_VERSION, "schema_version": schema.SCHEMA_VERSION,
-            "stages": {d: self.recipe(d) for d in ("precomputed", "none", self.AUTO_DETECTOR)}}
-
-  def pick(self, item: base.VideoItem):
-    """(detector name, FaceStage, frames iterator) for an item."""
-    frames = item.frames()
-    if not self.auto:
-      det = self.args["detector"]
-      return det, self.get(det), frames
-    if item.boxes is not None or item.landmarks is not None:
-      return "precomputed", self.get("precomputed"), frames
-    head = []                    # frames before the first one with an image (gaps, broken files)
-    for fr in frames:
-      head.append(fr)
-      if fr.image is not None:
-        break
-    first = head[-1] if head and head[-1].image is not None else None
-    det = "none" if first is not None and first.precomputed else self.AUTO_DETECTOR
-    return det, self.get(det), itertools.chain(head, frames)
-
-
 def _stage() -> Stages:
   global _STAGE
   if _STAGE is None:
     _STAGE = Stages(_JOB["recipe_args"])
   return _STAGE
-
-
-def _nan(shape) -> np.ndarray:
-  return np.full(shape, np.nan, np.float32)
-
-
-def _check_rows(item: base.VideoItem, name: str, arr, t: int):
-  if arr is not None and len(arr) != t:
-    raise base.PrepError(item.source_path or item.key, f"{len(arr)} label rows for {t} frames "
-                         f"(frame count does not match)", field=name, item=item.key)
-
-
-def process_item(item: base.VideoItem, stages: Stages) -> tuple[schema.VideoRecord, list[dict]]:
-  """Runs the face stage over one item's frames; returns the record and its per-frame issues."""
-  if item.resolve is not None:
-    item = item.resolve()
-  jpegs, idx, ts, status, found, score, box, mat, lms, issues = ([] for _ in range(10))
-  detector, stage, frames = stages.pick(item)
-  recipe = stages.recipe(detector)
-  quality = int(recipe.get("jpeg_quality", 95))
-  scheme = ""
-  results = stage.process_video(frames, boxes=item.boxes, landmarks=item.landmarks,
-                                landmark_scheme=item.landmark_scheme,
-                                source=item.source_path or item.key, track=item.track)
-  for res in results:
-    scheme = res.landmark_scheme or scheme
-    fr = res.frame
-    jpegs.append(schema.encode_jpeg(res.crop, quality))
-    idx.append(fr.index)
-    ts.append(fr.t_sec)
-    status.append(res.status)
-    found.append(int(res.face_found))
-    score.append(res.score)
-    box.append(res.box)
-    mat.append(res.matrix)
-    lms.append(res.landmarks)
-    if res.status == base.UNREADABLE:     # MISSING (the dataset has no image) is counted, not an issue
-      issues.append({"item": item.key, "frame": int(fr.index), "status": base.STATUS_NAMES[res.status],
-                     "path": item.source_path, "reason": fr.error or base.STATUS_NAMES[res.status]})
-  t = len(jpegs)
-  if t == 0:
-    raise base.PrepError(item.source_path or item.key, "no frames (empty folder or undecodable "
-                         "video)", item=item.key)
-  if item.num_frames is not None and item.num_frames != t and "container_frames" not in item.meta:
-    raise base.PrepError(item.source_path or item.key, f"expected {item.num_frames} frames, decoded "
-                         f"{t} (frame count does not match)", field="num_frames", item=item.key)
-  for name in ("va", "expr", "au", "boxes", "landmarks"):
-    _check_rows(item, name, getattr(item, name), t)
-  lm = np.stack(lms).astype(np.float32)
-  rec = schema.VideoRecord(
-      video_id=item.video_id, dataset=item.dataset, split=item.split, jpegs=jpegs,
-      frame_index=np.asarray(idx, np.int64), t_sec=np.asarray(ts, np.float32),
-      status=np.asarray(status, np.int64), face_found=np.asarray(found, np.int64),
-      score=np.asarray(score, np.float32), box=np.stack(box).astype(np.float32),
-      matrix=np.stack(mat).astype(np.float32), landmarks=lm,
-      landmark_scheme=scheme,
-      track=item.track, source_path=item.source_path, fps=float(item.fps), label=int(item.clip_label),
-      vocab=item.vocab, folds=tuple(item.folds), soft_label=item.soft_label, meta=item.meta,
-      recipe=recipe, va=None if item.va is None else np.asarray(item.va, np.float32),
-      expr=None if item.expr is None else np.asarray(item.expr, np.int64), expr_vocab=item.expr_vocab,
-      au=None if item.au is None else np.asarray(item.au, np.int64), au_names=tuple(item.au_names),
-      series={k: {"times": s.times, "values": s.values, "columns": s.names, "rate_hz": s.rate_hz}
-              for k, s in item.series.items()})
-  return rec, issues
-
-
-def split_segments(rec: schema.VideoRecord, max_frames: int) -> list[schema.VideoRecord]:
-  """Consecutive records of at most `max_frames` frames (0: the whole video); each keeps the
-  video-level fields and continuous series, and says where it sits in `meta["segment"]`."""
-  t = rec.num_frames
-  if not max_frames or t <= max_frames:
-    return [rec]
-  starts = list(range(0, t, max_frames))
-  out = []
-  for k, a in enumerate(starts):
-    b = min(a + max_frames, t)
-    sl = slice(a, b)
-    seg = schema.VideoRecord(**{f: getattr(rec, f) for f in rec.__dataclass_fields__})
-    seg.jpegs = rec.jpegs[sl]
-    for f in ("frame_index", "t_sec", "status", "face_found", "score", "box", "matrix", "landmarks",
-              "va", "expr", "au"):
-      v = getattr(rec, f)
-      if v is not None:
-        setattr(seg, f, v[sl])
-    seg.meta = dict(rec.meta, segment={"index": k, "count": len(starts), "start": a, "stop": b,
-                                       "video_frames": t})
-    out.append(seg)
-  return out
-
-
-def _record_stats(rec: schema.VideoRecord) -> dict:
-  st = {"num_frames": rec.num_frames, "segment": rec.meta.get("segment", {}).get("index", 0),
-        "status": np.bincount(rec.status, minlength=4).tolist(),
-        "face_found": int(rec.face_found.sum())}
-  if rec.expr is not None:
-    st["expr_hist"] = np.bincount(rec.expr[rec.expr >= 0], minlength=1).tolist()
-  if rec.au is not None:
-    st["au_pos"] = (rec.au == 1).sum(0).tolist()
-    st["au_valid"] = (rec.au >= 0).sum(0).tolist()
-  if rec.va is not None:
-    st["va_frames"] = int(rec.va_mask.sum())
-  return st
 
 
 def _write_shard(task: dict) -> dict:
@@ -296,87 +124,9 @@ def _write_shard(task: dict) -> dict:
     raise
 
 
-def commit_shard(tmp: str, final: str, task: dict, job_hash: str, *, pin: "Pin | None" = None,
-                 **fields) -> dict:
-  """A fully written and fsync'ed shard `tmp` becomes `final`: the job is pinned (`pin.write()`,
-  with the first shard), its sidecar (task, job hash, inputs, sha256, size, `fields`) is written,
-  then the shard is renamed into place, so a shard without a matching sidecar is never taken as
-  done."""
-  if pin is not None:
-    pin.write()
-  side = {"name": task["name"], "split": task["split"], "index": task["index"],
-          "count": task["count"], "job": job_hash, "inputs": task["inputs"], **fields,
-          "sha256": _sha256(tmp), "bytes": os.path.getsize(tmp)}
-  _atomic_json(final + ".json", side)
-  os.replace(tmp, final)
-  return side
-
-
 def _worker_init(job, queue):
   global _JOB, _QUEUE, _STAGE
   _JOB, _QUEUE, _STAGE = job, queue, None     # the stage is built from this job's recipe
-
-
-def _shard_done(out: str, task: dict, job_hash: str) -> dict | None:
-  """The sidecar of a finished shard made by this job from the same inputs, else None."""
-  name = task["name"]
-  path, side = os.path.join(out, name), os.path.join(out, name + ".json")
-  if not (os.path.exists(path) and os.path.exists(side)):
-    return None
-  try:
-    with open(side) as f:
-      s = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if s.get("job") != job_hash or s.get("inputs") != task["inputs"]:
-    return None
-  if s.get("sha256") != _sha256(path):
-    return None
-  return s
-
-
-def _arr_hash(h, a) -> None:
-  if a is None:
-    h.update(b"-")
-  else:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.dtype.str, a.shape)).encode())
-    h.update(a.tobytes())
-
-
-def _path_stat(path: str) -> list:
-  """Sizes and mtimes of a file, or of a folder's entries (frames added/fixed change it)."""
-  try:
-    if os.path.isdir(path):
-      return sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path))
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
-  except OSError:
-    return []
-
-
-def fingerprint(item: base.VideoItem) -> str:
-  """What the item was made from: its source path's files, its labels and every other field the
-  record stores (fps, which sets the times: e.g. Aff-Wild2's `--fps-csv`; meta); for light items
-  whose labels come from `resolve()`, the label files are in `meta["label_files"]` if the source
-  says so; synthetic items are fully determined by the pinned job arguments."""
-  h = hashlib.sha256()
-  h.update(json.dumps([item.key, item.source_path, _path_stat(item.source_path) if item.source_path
-                       else [], item.clip_label, item.vocab, list(item.folds), item.track,
-                       item.expr_vocab, list(item.au_names), item.num_frames],
-                      default=str).encode())
-  h.update(json.dumps([repr(float(item.fps)), item.landmark_scheme, item.meta], sort_keys=True,
-                      default=str).encode())
-  for f in (item.va, item.expr, item.au, item.boxes, item.landmarks, item.soft_label):
-    _arr_hash(h, f)
-  for k in sorted(item.series):
-    _arr_hash(h, item.series[k].times)
-    _arr_hash(h, item.series[k].values)
-    h.update(json.dumps([k, list(item.series[k].names), repr(float(item.series[k].rate_hz))])
-             .encode())
-  for lf in sorted(item.meta.get("label_files", []) or []):
-    h.update(json.dumps([lf, _path_stat(lf)]).encode())
-  return h.hexdigest()[:24]
 
 
 def _auto_shards(n_items: int) -> int:
@@ -399,38 +149,6 @@ def _job_signature(args: argparse.Namespace, source_name: str, recipe: dict) -> 
   return {"source": source_name, "args": a, "recipe": recipe, "prep_version": PREP_VERSION}
 
 
-@contextlib.contextmanager
-def _locked(out: str):
-  f = open(os.path.join(out, LOCK_FILE), "w")
-  try:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise PrepFailed(f"data_prep: another job is writing to {out} (lock {LOCK_FILE}); wait for it "
-                       f"or use another --out") from None
-    yield
-  finally:
-    f.close()
-
-
-@contextlib.contextmanager
-def output_dir(out: str):
-  """`out` created if needed and locked for one job; if this run created it and fails leaving
-  nothing but the lock file, the directory is removed again (a failed run leaves no trace)."""
-  created = not os.path.isdir(out)
-  os.makedirs(out, exist_ok=True)
-  try:
-    with _locked(out):
-      yield
-  except BaseException:
-    if created:
-      with contextlib.suppress(OSError):
-        if os.listdir(out) == [LOCK_FILE]:
-          os.remove(os.path.join(out, LOCK_FILE))
-        os.rmdir(out)
-    raise
-
-
 def run(source_name: str, args: argparse.Namespace) -> dict:
   """Runs (or resumes) a preprocessing job; returns the manifest."""
   from data_prep import sources
@@ -443,76 +161,6 @@ def run(source_name: str, args: argparse.Namespace) -> dict:
   out = os.path.abspath(args.out)
   with output_dir(out):
     return _run_locked(source_name, args, out)
-
-
-def _settings_diff(old: dict, new: dict) -> list[str]:
-  """Which settings of two job files differ: keys of `args` and `recipe`, then other sections."""
-  diff = []
-  for section in ("args", "recipe"):
-    a, b = old.get(section, {}), new.get(section, {})
-    if isinstance(a, dict) and isinstance(b, dict):
-      diff += sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    elif a != b:
-      diff.append(section)
-  diff += sorted(k for k in set(old) | set(new)
-                 if k not in ("args", "recipe") and old.get(k) != new.get(k))
-  return diff
-
-
-@dataclasses.dataclass
-class Pin:
-  """A job's settings and what it replaces in its output directory, applied only when the job
-  writes: `prepare()` just before its first shard (or, under --strict, once all are staged),
-  `write()` (the job file) with the first committed shard. Until then `--out` is untouched."""
-  out: str
-  job: dict
-  job_file: str
-  overwrite: bool
-  extra_outputs: tuple[str, ...]
-  leftovers: tuple[str, ...]        # temp files of a killed run (present when the job started)
-  written: bool = False
-
-  def stale(self, keep: set[str]) -> list[str]:
-    """Shard files and sidecars the job will delete: all of them with overwrite, else those of
-    another layout (not in `keep`)."""
-    return sorted(n for n in os.listdir(self.out) if ".tfrecord-" in n and ".tmp-" not in n
-                  and (self.overwrite or n.removesuffix(".json") not in keep))
-
-  def prepare(self, keep: set[str]) -> None:
-    """Deletes what the job replaces: stale shards (`stale(keep)`), the manifest and
-    `extra_outputs` (they describe the old content; rewritten at the end), the job file with
-    overwrite, and the leftovers."""
-    names = set(self.stale(keep)) | set(self.leftovers) | {schema.MANIFEST, *self.extra_outputs}
-    if self.overwrite:
-      names.add(self.job_file)
-    for name in sorted(names):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(self.out, name))
-
-  def write(self) -> None:
-    """Pins the settings (once per process; the same bytes if several workers do)."""
-    if not self.written:
-      _atomic_json(os.path.join(self.out, self.job_file), self.job)
-      self.written = True
-
-
-def pin_job(out: str, job: dict, *, overwrite: bool, prog: str, job_file: str = JOB_FILE,
-            extra_outputs: tuple[str, ...] = ()) -> Pin:
-  """Checks a job's settings against its output directory (`job_file`), under the directory lock,
-  and returns the `Pin` that writes them with the job's first shard.
-
-  Without `overwrite`, a directory pinned to other settings is refused (naming what differs), so
-  one directory never mixes two recipes. Nothing is written or deleted here: a job that fails
-  before its first shard (bad input, a --strict stop) leaves the directory as it was."""
-  job_path = os.path.join(out, job_file)
-  if not overwrite and os.path.exists(job_path):
-    with open(job_path) as f:
-      old = json.load(f)
-    if old != job:
-      raise PrepFailed(f"{prog}: {out} holds a job with other settings (differs in "
-                       f"{_settings_diff(old, job)}); use another --out or --overwrite")
-  leftovers = tuple(sorted(n for n in os.listdir(out) if ".tmp-" in n))
-  return Pin(out, job, job_file, overwrite, tuple(extra_outputs), leftovers)
 
 
 def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
@@ -608,58 +256,9 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
         staged[res["name"]] = res
       else:
         done[res["name"]] = res
-
-    futs: list = []
     try:
-      if workers == 1:
-        q = _LocalQueue(on_msg)
-        _worker_init(_JOB, q)
-        for t in todo:
-          finished(_write_shard(t))
-      else:
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-        stop = threading.Event()
-
-        def pump():
-          while not stop.is_set() or not q.empty():
-            try:
-              on_msg(q.get(timeout=0.1))
-            except Exception:
-              pass
-        th = threading.Thread(target=pump, daemon=True)
-        th.start()
-        try:
-          # ProcessPoolExecutor (not Pool): a worker killed by the OS raises BrokenProcessPool
-          # instead of hanging the job.
-          with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                      initializer=_worker_init,
-                                                      initargs=(_JOB, q)) as ex:
-            futs = [ex.submit(_write_shard, t) for t in todo]
-            try:
-              for fu in concurrent.futures.as_completed(futs):
-                finished(fu.result())
-            except BaseException:
-              for fu in futs:
-                fu.cancel()
-              raise
-        except concurrent.futures.process.BrokenProcessPool as e:
-          raise PrepFailed(f"data_prep: a worker process died ({e}); finished shards are kept, "
-                           f"rerun the same command to complete the job") from e
-        finally:
-          stop.set()
-          th.join(timeout=5)
-    except BaseException as e:
-      if strict:                    # nothing is committed: staged shards go, also those of
-        for fu in futs:             # workers that finished after the failure
-          if fu.done() and not fu.cancelled() and fu.exception() is None:
-            finished(fu.result())
-        for res in staged.values():
-          with contextlib.suppress(FileNotFoundError):
-            os.remove(res["staged"])
-      if isinstance(e, base.PrepError):
-        raise PrepFailed(f"data_prep: {e} (--strict)") from e
-      raise
+      run_tasks(todo, _write_shard, _worker_init, _JOB, workers=workers, on_msg=on_msg,
+                finished=finished, staged=staged, strict=strict)
     finally:
       bar.close()
   if strict and (staged or pin.stale(names)):
@@ -685,13 +284,6 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
       f"({frames_done[0] / max(dt, 1e-9):.1f} frames/s)")
   return manifest
 
-
-class _LocalQueue:
-  def __init__(self, fn):
-    self.fn = fn
-
-  def put(self, msg):
-    self.fn(msg)
 
 
 def _manifest(source_name, job, tasks, done, listing_skipped, template_split) -> dict:
