@@ -62,7 +62,7 @@ from flax import traverse_util
 
 from jaxaffect import flops as flops_lib
 from jaxaffect.errors import UserError
-from jaxaffect.models.tasks import classification_loss
+from jaxaffect.models.losses import classification_loss
 from jaxaffect.nn.attention import MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from jaxaffect.nn.layers import BatchNorm, Dense, layer_norm
 from jaxaffect.nn.resnet import resnet18
