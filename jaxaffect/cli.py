@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -61,6 +62,10 @@ def cmd_train(argv: list[str]) -> int:
           f"in {a.workdir}/checkpoints; rerun the same command to resume", file=sys.stderr,
           flush=True)
     return errors.EXIT_PREEMPTED
+  if "finished_before" in metrics:
+    print(f"jaxaffect train: {a.workdir} already finished at step {metrics['finished_before']}; "
+          f"nothing to do (raise --config.num_steps / num_epochs to train on)", file=sys.stderr)
+    return 0
   _print_json({k: v for k, v in metrics.items() if not hasattr(v, "shape") or v.ndim == 0})
   return 0
 
@@ -105,6 +110,9 @@ def cmd_predict(argv: list[str]) -> int:
                  help="replace a feature stream's path (repeatable), e.g. mae=/feats/test/mae")
   p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
   a = p.parse_args(argv)
+  bad = [x for x in a.stream if "=" not in x or not x.split("=", 1)[0]]
+  if bad:
+    raise errors.UserError(f"predict --stream {bad[0]!r}: expected NAME=PATH, e.g. mae=/feats/mae")
   from jaxaffect import predict
   summary = predict.run(a.workdir, a.out, select=a.select, step=a.step, best=a.best,
                         window=a.window, stride=a.stride, plot=a.plot,
@@ -133,8 +141,12 @@ def cmd_export(argv: list[str]) -> int:
   a = p.parse_args(argv)
   from jaxaffect import interop
   fmt = interop.resolve_format(a.out, a.format)       # before restoring anything
+  if os.path.isdir(a.out):
+    raise errors.UserError(f"export --out {a.out}: a directory; give a file name (e.g. "
+                           f"{os.path.join(a.out, 'model.safetensors')})")
   from jaxaffect.train import loop
-  config, s, variables, step = loop.restore_state(a.checkpoint, a.step)
+  step = loop.resolve_step(a.checkpoint, a.step)      # a missing step names the steps there
+  config, s, variables, step = loop.restore_state(a.checkpoint, step)
   info = interop.export(config.model_name, s.task.module, variables, a.out, fmt=fmt)
   print(f"exported step {step} of {config.model_name} to {a.out}")
   print(info.get("snippet", ""))

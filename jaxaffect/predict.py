@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxaffect import metrics as jm
 from jaxaffect.data import vocab
-from jaxaffect.errors import UserError
+from jaxaffect.errors import MissingFile, UserError
 
 
 def _expr_names(config) -> tuple[str, ...]:
@@ -79,6 +79,8 @@ def read_frame_list(path: str) -> dict[str, list[int]]:
   `<video>/<frame>.jpg[,...]` per line): `{video: [frame numbers in file order]}`. The challenge
   wants one line per listed frame, including frames without a face (no crop, no feature)."""
   out: dict[str, list[int]] = {}
+  if not os.path.isfile(path):
+    raise MissingFile(f"--frames-from {path}: no such file")
   with open(path) as f:
     rows = f.read().splitlines()
   for n, line in enumerate(rows[1:], start=2):
@@ -115,7 +117,41 @@ def _write_atomic(path: str, lines: list[str]) -> None:
   os.replace(tmp, path)
 
 
-def run(workdir: str, out_dir: str, *, select: str | None = None, step: int | None = None,
+def run(workdir: str, out_dir: str, **kw) -> dict[str, Any]:
+  """`_predict` into a staging folder beside `out_dir`, moved into `out_dir` only when everything
+  succeeded: a failure (bad --select, a truncated feature file mid-way) leaves no empty or partial
+  output folder. Arguments: see `_predict`."""
+  import shutil
+  import tempfile
+  final = os.path.abspath(out_dir)
+  parent = os.path.dirname(final)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+  except OSError as e:
+    raise UserError(f"jaxaffect predict: --out {out_dir}: cannot write there "
+                    f"({e.strerror or e})") from None
+  try:
+    summary = _predict(workdir, stage, **kw)
+    os.makedirs(final, exist_ok=True)
+    for root, _, names in os.walk(stage):
+      dest = os.path.join(final, os.path.relpath(root, stage))
+      os.makedirs(dest, exist_ok=True)
+      for n in names:
+        os.replace(os.path.join(root, n), os.path.join(dest, n))
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
+  fix = lambda p: p.replace(stage, final) if isinstance(p, str) else p   # noqa: E731
+  summary["files"] = {k: fix(v) for k, v in summary["files"].items()}
+  for v in summary["per_video"]:
+    if "plot" in v:
+      v["plot"] = fix(v["plot"])
+  with open(os.path.join(final, "metrics.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _predict(workdir: str, out_dir: str, *, select: str | None = None, step: int | None = None,
         best: bool = False, window: int | None = None, stride: int | None = None,
         plot: int = 4, batch_size: int | None = None, progress: bool = True,
         frames_from: str | None = None, labels: str | None = None,

@@ -124,6 +124,12 @@ def test_import_hint_is_a_command_that_runs(workdir, tmp_path):
     (["import", "--weights", "{tmp}/absent.pth", *TINY, "--workdir", "{tmp}/e"], "no such file"),
     (["import", "--weights", "{junk}", *TINY, "--workdir", "{tmp}/f"],
      "neither a safetensors file nor a PyTorch checkpoint"),
+    (["export", "--checkpoint", "{wd}", "--out", "{tmp}/m.pth", "--step", "99"],
+     "no checkpoint at step 99; it has steps"),
+    (["export", "--checkpoint", "{tmp}", "--out", "{tmp}/m.pth"], "no checkpoint"),
+    (["train", *TINY, "--config.batch_size=0", "--workdir", "{tmp}/g"], "batch_size=0"),
+    (["train", *TINY, "--config.model.dtype=float99", "--workdir", "{tmp}/h"], "not a dtype"),
+    (["eval", "--workdir", "{tmp}/none"], "no checkpoint"),
 ])
 def test_user_errors_are_one_line_with_status_2(workdir, tmp_path, args, needle):
   junk = tmp_path / "junk.pth"
@@ -136,7 +142,7 @@ def test_user_errors_are_one_line_with_status_2(workdir, tmp_path, args, needle)
   assert "Traceback" not in r.stderr
   assert sorted(os.listdir(tmp_path)) == ["junk.pth"]      # nothing written, no empty workdir
   r = _run_rc("--debug", *args)                             # --debug: the traceback
-  assert r.returncode == 1 and "Traceback" in r.stderr and "UserError" in r.stderr
+  assert r.returncode == 1 and "Traceback" in r.stderr and "jaxaffect.errors." in r.stderr
 
 
 def test_read_only_commands_print_no_orbax_notices(workdir):

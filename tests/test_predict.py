@@ -126,3 +126,27 @@ def test_test_set_frames_from_an_example_file_and_undefined_metrics(run, tmp_pat
   bad.write_text("image_location,valence,arousal\nvaA/first.jpg,0,0\n")
   with pytest.raises(ValueError, match="bad.txt:2"):
     predict.read_frame_list(str(bad))
+
+
+def test_failures_leave_no_output_folder(run, tmp_path):
+  """Issue 10 review: a bad --select left an empty --out; a truncated feature file mid-way left
+  the plots already written; --frames-from / --stream mistakes printed tracebacks."""
+  from jaxaffect import cli, predict
+  from jaxaffect.errors import UserError
+  out = tmp_path / "p"
+  with pytest.raises(UserError, match="select"):
+    predict.run(run["wd"], str(out), select="nosplit")
+  with pytest.raises(UserError, match="--frames-from .*no such file"):
+    predict.run(run["wd"], str(out), frames_from=str(tmp_path / "none.txt"))
+  feats = tmp_path / "feats"
+  import shutil
+  shutil.copytree(run["root"] / "feats", feats)
+  last = sorted(feats.iterdir())[-1]                      # the last video: earlier ones are done
+  victim = sorted(last.iterdir())[0]
+  victim.write_bytes(victim.read_bytes()[:40])
+  with pytest.raises(UserError, match=r"cannot read .*\.npy"):
+    predict.run(run["wd"], str(out), select="all", stream_paths={"frame": str(feats)})
+  assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["feats"]
+  assert cli.main(["predict", "--workdir", run["wd"], "--out", str(out), "--stream",
+                   "frame"]) == 2
+  assert not out.exists()

@@ -466,5 +466,9 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
   if not os.path.exists(path):
     raise MissingFile(f"{path}: no manifest; run `python -m data_prep` to write shards here "
                       f"(or it has not finished)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not a valid manifest ({e}); rerun the `python -m data_prep` job "
+                    f"that wrote it (it rewrites the manifest from the shards' sidecars)") from None

@@ -37,9 +37,14 @@ def _canon(name: str) -> str:
   return _SYNONYMS.get(name, name)
 
 
+class UnknownVocab(UserError, KeyError):
+  """A vocabulary name that `VOCABS` does not have (a user error; also a `KeyError`)."""
+  __str__ = Exception.__str__
+
+
 def names(vocab: str) -> tuple[str, ...]:
   if vocab not in VOCABS:
-    raise KeyError(f"unknown label vocabulary {vocab!r}; known: {sorted(VOCABS)}")
+    raise UnknownVocab(f"unknown label vocabulary {vocab!r}; known: {sorted(VOCABS)}")
   return VOCABS[vocab]
 
 

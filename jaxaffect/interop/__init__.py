@@ -65,15 +65,24 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = str(path)
   if not os.path.isfile(path):
     raise UserError(f"--weights {path}: no such file")
-  if sniff_format(path) == "safetensors":
+  fmt = sniff_format(path)
+  if fmt == "safetensors":
     from safetensors.numpy import load_file
-    return dict(load_file(path))
+    try:
+      return dict(load_file(path))
+    except Exception as e:         # truncated / corrupt file (e.g. an interrupted download)
+      raise UserError(f"{path}: cannot read the safetensors file ({type(e).__name__}: {e}); "
+                      f"is it complete?") from None
   try:
     import torch
   except ImportError as e:   # pragma: no cover - torch is a dev extra
     raise ImportError(f"reading {path} needs torch (pip install torch)") from e
-  with open(path, "rb") as f:      # a file object: torch would dispatch on a .safetensors name
-    obj = torch.load(f, map_location="cpu", weights_only=True)
+  try:
+    with open(path, "rb") as f:    # a file object: torch would dispatch on a .safetensors name
+      obj = torch.load(f, map_location="cpu", weights_only=True)
+  except Exception as e:           # truncated zip, unpickling error, non-tensor objects
+    raise UserError(f"{path}: cannot read the PyTorch file ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); is it complete?") from None
   for k in ("state_dict", "model"):
     if isinstance(obj, dict) and k in obj and isinstance(obj[k], dict):
       obj = obj[k]
@@ -118,9 +127,10 @@ def _umask_mode() -> int:
 
 
 def verify_path(out_path: str | os.PathLike) -> Path:
-  """`model.safetensors` → `model.verify.npz`."""
+  """`model.safetensors` → `model.safetensors.verify.npz` (the whole name: exports of one stem in
+  two formats keep their own verification samples)."""
   p = Path(out_path)
-  return p.with_suffix(".verify.npz") if p.suffix else p.with_name(p.name + ".verify.npz")
+  return p.with_name(p.name + ".verify.npz")
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -146,7 +156,11 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
                if k in ("params", "batch_stats", "constants")}
   sd = _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
   out_path = Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out {out_path}: cannot create {out_path.parent} ({e.strerror or e})") \
+        from None
   vpath = verify_path(out_path)
   x_torch, x_flax = mapping.example_input(module, variables, batch, np.random.default_rng(seed),
                                           input_shape)

@@ -16,6 +16,7 @@ BatchNorm `num_batches_tracked` (no Flax counterpart) is written as 0 next to ev
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -356,5 +357,7 @@ def sniff_format(path: str) -> str:
 
 def torch_load_expr(weights: str) -> str:
   """The Python expression that reads an exported file in a snippet (by its format)."""
-  return (f'torch.load("{weights}")' if format_of_path(weights) == "pth"
-          else f'load_file("{weights}")')
+  fmt = format_of_path(weights)
+  if fmt is None and os.path.isfile(weights):      # a name that says neither: read the content
+    fmt = sniff_format(weights)
+  return f'torch.load("{weights}")' if fmt == "pth" else f'load_file("{weights}")'

@@ -183,8 +183,8 @@ class ABAWTCN(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     missing = [n for n, _ in self.streams if n not in features]
     if missing:
-      raise KeyError(f"ABAWTCN: feature stream(s) {missing} missing from the input (has "
-                     f"{sorted(features)})")
+      raise UserError(f"ABAWTCN: feature stream(s) {missing} of config.model.streams missing "
+                      f"from the input (config.data.features gives {sorted(features)})")
     xs, bt = [], None
     for name, chans in self.streams:
       x = jnp.asarray(features[name])

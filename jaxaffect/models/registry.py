@@ -62,7 +62,11 @@ def build_module(config: ml_collections.ConfigDict):
   kwargs = dict(config.model)
   for k in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(k), str):
-      kwargs[k] = jnp.dtype(kwargs[k])
+      try:
+        kwargs[k] = jnp.dtype(kwargs[k])
+      except TypeError:
+        raise UserError(f"config.model.{k}={kwargs[k]!r}: not a dtype (float32, bfloat16, "
+                        f"float16)") from None
   try:
     return cls(**kwargs)
   except TypeError as e:                         # a config field the module does not take

@@ -47,6 +47,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None, sources=None) -> Setu
   """Everything a run needs, without touching the workdir (used by train, eval and bench)."""
   mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
   n_dev = mesh.devices.size
+  if config.batch_size < 1:
+    raise UserError(f"config.batch_size={config.batch_size}: expected >= 1")
+  if config.data.get("image_size", 1) < 1:
+    raise UserError(f"config.data.image_size={config.data.image_size}: expected >= 1")
   if config.batch_size % n_dev:
     raise UserError(f"config.batch_size={config.batch_size} is not divisible by the "
                     f"{n_dev} devices of the mesh {dict(mesh.shape)}")
@@ -129,6 +133,9 @@ class _StopFlag:
       print("\n[train] Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to abort)",
             flush=True)
 
+  def preempted(self, step: int) -> dict[str, Any]:
+    return {"step": int(step), "signal": signal.Signals(self.signum).name}
+
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
@@ -153,17 +160,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
   `stop_after_steps` ends the run early (as a kill would) after that many steps of this call,
   saving a checkpoint first; used by tests of exact resumption.
   """
-  s = build(config, sources=sources)          # config errors: before anything is written
-  for key in ("eval_every_steps", "checkpoint.every_steps", "log_every_steps"):
-    _period(config, key, 1)
-  created = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    return _train(s, config, workdir, stop_after_steps)
-  except BaseException:
-    if created and jax.process_index() == 0 and not _has_checkpoint(workdir):
-      shutil.rmtree(workdir, ignore_errors=True)     # nothing of this run worth keeping
-    raise
+  absolute_paths(config)
+  with _StopFlag() as flag:                   # from the start: a stop during build/compile too
+    s = build(config, sources=sources)        # config errors: before anything is written
+    for key in ("eval_every_steps", "checkpoint.every_steps", "log_every_steps"):
+      _period(config, key, 1)
+    if flag.stop:
+      return {"preempted": flag.preempted(0)}
+    created = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      out = _train(s, config, workdir, stop_after_steps, flag)
+    except BaseException:
+      if created and jax.process_index() == 0 and not _has_checkpoint(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)     # nothing of this run worth keeping
+      raise
+    if "preempted" in out and created and jax.process_index() == 0 and \
+        not _has_checkpoint(workdir):
+      shutil.rmtree(workdir, ignore_errors=True)       # stopped before its first step
+    return out
+
+
+_PATH_FIELDS = ("shards", "labels", "root", "train_list", "eval_list")
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> None:
+  """Data paths given relative to the current directory become absolute in the run's config, so
+  `eval` / `predict` / a resume from another directory read the same data (and `./x` equals `x`
+  for the resume check)."""
+  def absolute(p):
+    return os.path.abspath(p) if isinstance(p, str) and p and not os.path.isabs(p) else p
+  d = config.data
+  for k in _PATH_FIELDS:
+    if k in d:
+      d[k] = absolute(d[k])
+  if d.get("features"):
+    d.features = [dict(f, path=absolute(f.get("path", ""))) if isinstance(f, dict) else f
+                  for f in d.features]
+  if config.get("init_from") and config.init_from.get("workdir"):
+    config.init_from.workdir = absolute(config.init_from.workdir)
 
 
 def _has_checkpoint(workdir: str) -> bool:
@@ -171,7 +206,8 @@ def _has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(cdir) and any(n.isdigit() for n in os.listdir(cdir))
 
 
-def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict[str, Any]:
+def _train(s: Setup, config, workdir: str, stop_after_steps: int | None,
+           flag: "_StopFlag") -> dict[str, Any]:
   eval_every = _period(config, "eval_every_steps", s.steps_per_epoch)
   ckpt_every = _period(config, "checkpoint.every_steps", eval_every)
   log_every = _period(config, "log_every_steps", min(50, eval_every))
@@ -205,51 +241,55 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None) -> dict
       progress = writer_lib.Progress(s.total_steps, start, config.batch_size)
       acc = None
       steps_run = 0
-      with _StopFlag() as flag:
-        for step in range(start, s.total_steps):
-          local = next(it)
-          batch = mesh_lib.global_batch_from_local(local, s.mesh)
-          t0 = time.time()
-          state, m = s.train_step(state, batch, step_rng)
-          if t_first is None:
-            jax.block_until_ready(state["step"])
-            t_first = time.time() - t0
-            progress.reset(step + 1)
-          acc = m if acc is None else acc.merge(m)
-          done = step + 1
-          steps_run += 1
-          if done % log_every == 0 or done == s.total_steps:
-            vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
-            vals["train/lr"] = float(s.schedule(step))
-            sps, cps = progress.rates(done)
-            vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
-            writer.scalars(done, vals)
-            shown = {"loss": vals.get("train/loss", float("nan"))}
-            shown.update({k: vals[f"train/{k}"] for k in s.task.progress_keys
-                          if f"train/{k}" in vals})
-            progress.update(done, shown)
-            acc = None
-          is_eval = done % eval_every == 0 or done == s.total_steps
-          killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
-          if is_eval:
-            last_eval = evaluate(s, state)
-            sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
-            writer.scalars(done, sc)
-            if jax.process_index() == 0:
-              for tag, img in s.task.eval_images(last_eval, config.data).items():
-                writer.image(done, tag, img)
-            if jax.process_index() == 0:
-              print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
-                    flush=True)
-            ckpt_lib.save(mngr, done, state, config, it,
-                          metrics={k.split("/", 1)[1]: v for k, v in sc.items()})
-          elif done % ckpt_every == 0 or killed:
-            ckpt_lib.save(mngr, done, state, config, it)
-          if killed:
-            log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
-            if flag.stop:
-              preempted = {"step": done, "signal": signal.Signals(flag.signum).name}
-            break
+      if flag.stop:                 # a signal during set-up (restore, init): nothing trained
+        return {"preempted": flag.preempted(start)}
+      if start >= s.total_steps:    # a rerun of a finished run
+        log.info("%s already finished at step %d", workdir, start)
+        return {"finished_before": start}
+      for step in range(start, s.total_steps):
+        local = next(it)
+        batch = mesh_lib.global_batch_from_local(local, s.mesh)
+        t0 = time.time()
+        state, m = s.train_step(state, batch, step_rng)
+        if t_first is None:
+          jax.block_until_ready(state["step"])
+          t_first = time.time() - t0
+          progress.reset(step + 1)
+        acc = m if acc is None else acc.merge(m)
+        done = step + 1
+        steps_run += 1
+        if done % log_every == 0 or done == s.total_steps:
+          vals = writer_lib.scalars_of({f"train/{k}": v for k, v in compute_metrics(acc).items()})
+          vals["train/lr"] = float(s.schedule(step))
+          sps, cps = progress.rates(done)
+          vals["train/steps_per_sec"], vals["train/clips_per_sec"] = sps, cps
+          writer.scalars(done, vals)
+          shown = {"loss": vals.get("train/loss", float("nan"))}
+          shown.update({k: vals[f"train/{k}"] for k in s.task.progress_keys
+                        if f"train/{k}" in vals})
+          progress.update(done, shown)
+          acc = None
+        is_eval = done % eval_every == 0 or done == s.total_steps
+        killed = flag.stop or (stop_after_steps is not None and steps_run >= stop_after_steps)
+        if is_eval:
+          last_eval = evaluate(s, state)
+          sc = writer_lib.scalars_of({f"eval/{k}": v for k, v in last_eval.items()})
+          writer.scalars(done, sc)
+          if jax.process_index() == 0:
+            for tag, img in s.task.eval_images(last_eval, config.data).items():
+              writer.image(done, tag, img)
+          if jax.process_index() == 0:
+            print("[eval] step %d %s" % (done, " ".join(f"{k}={v:.4f}" for k, v in sc.items())),
+                  flush=True)
+          ckpt_lib.save(mngr, done, state, config, it,
+                        metrics={k.split("/", 1)[1]: v for k, v in sc.items()})
+        elif done % ckpt_every == 0 or killed:
+          ckpt_lib.save(mngr, done, state, config, it)
+        if killed:
+          log.warning("stopping at step %d (signal or stop_after_steps); checkpoint saved", done)
+          if flag.stop:
+            preempted = flag.preempted(done)
+          break
   finally:                          # also on errors: no half-finished async save, no thread leak
     mngr.wait_until_finished()
     mngr.close()

@@ -80,3 +80,26 @@ def test_exports_have_the_usual_file_mode(tiny, tmp_path):
     os.umask(old)
   for p in (info["weights"], info["verify"]):
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o644, p
+
+
+def test_truncated_weight_files_are_one_line_errors(tiny, tmp_path):
+  """An interrupted download: `import` printed a SafetensorError / PytorchStreamReader traceback."""
+  model, variables = tiny
+  for name in ("w.safetensors", "w.pth"):
+    info = interop.export("former_dfer", model, variables, tmp_path / name, batch=1)
+    data = open(info["weights"], "rb").read()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=rf"cut_{name}: cannot read the .* file .*is it complete"):
+      interop.load_state_dict_file(cut)
+
+
+def test_export_side_files_follow_the_whole_name_and_content(tiny, tmp_path):
+  """`m.safetensors` and `m.pth` shared `m.verify.npz`; `w.txt --format pth` printed a
+  safetensors loader in its snippet."""
+  model, variables = tiny
+  a = interop.export("former_dfer", model, variables, tmp_path / "m.safetensors", batch=1)
+  b = interop.export("former_dfer", model, variables, tmp_path / "m.pth", batch=1)
+  assert a["verify"] != b["verify"] and os.path.exists(a["verify"]) and os.path.exists(b["verify"])
+  c = interop.export("former_dfer", model, variables, tmp_path / "w.txt", fmt="pth", batch=1)
+  assert 'torch.load("' in c["snippet"] and "load_file(" not in c["snippet"].split("import")[-1]

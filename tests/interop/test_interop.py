@@ -120,7 +120,7 @@ def small_export(tmp_path_factory):
 
 def test_export_writes_weights_and_verify_sample(small_export):
   model, variables, info = small_export
-  assert info["format"] == "safetensors" and info["verify"].endswith("fd.verify.npz")
+  assert info["format"] == "safetensors" and info["verify"].endswith("fd.safetensors.verify.npz")
   assert info["num_params"] == fd.num_params(variables["params"])
   sd = load_file(info["weights"])
   ref_sd = interop.to_torch_state_dict("former_dfer", variables)

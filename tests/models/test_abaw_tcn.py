@@ -381,7 +381,7 @@ def test_bad_configuration_errors():
   with pytest.raises(ValueError, match="outputs"):
     abaw_tcn.ABAWTCN(streams=(("x", (4,)),), outputs=("valence",), **SMALL).init(
         jax.random.key(0), feats)
-  with pytest.raises(KeyError, match="missing"):
+  with pytest.raises(ValueError, match="missing"):          # a UserError (one line in the CLI)
     abaw_tcn.ABAWTCN(streams=(("y", (4,)),), **SMALL).init(jax.random.key(0), feats)
   with pytest.raises(ValueError, match="identifier"):
     abaw_tcn.ABAWTCN(streams=(("a.b", (4,)),), **SMALL)

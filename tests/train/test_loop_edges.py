@@ -107,3 +107,49 @@ def test_config_error_leaves_no_workdir(tmp_path):
   with pytest.raises(ValueError, match="not divisible"):
     loop.train(c, str(wd), sources=random_sources(c))
   assert not wd.exists()
+
+
+def test_signal_during_start_up_stops_cleanly(tmp_path, monkeypatch):
+  """A SIGTERM while the run is being built (or restored) used to kill the process (no handler
+  yet) and leave an empty workdir: now the run reports `preempted` and leaves nothing behind; on
+  a resume it keeps the checkpoints and trains nothing."""
+  c = tiny_config(num_epochs=1, **{"data.num_train": 16})
+  src = random_sources(c)
+  real_build = loop.build
+
+  def build_then_signal(*a, **kw):
+    out = real_build(*a, **kw)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+  monkeypatch.setattr(loop, "build", build_then_signal)
+  wd = tmp_path / "run"
+  out = loop.train(c, str(wd), sources=src)
+  assert out == {"preempted": {"step": 0, "signal": "SIGTERM"}} and not wd.exists()
+  monkeypatch.setattr(loop, "build", real_build)
+  loop.train(c, str(wd), sources=src)                      # a full run: 2 steps
+  real_restore = loop.ckpt_lib.restore
+
+  def restore_then_signal(*a, **kw):
+    out = real_restore(*a, **kw)
+    os.kill(os.getpid(), signal.SIGINT)
+    return out
+  monkeypatch.setattr(loop.ckpt_lib, "restore", restore_then_signal)
+  c2 = tiny_config(num_epochs=2, **{"data.num_train": 16})
+  out = loop.train(c2, str(wd), sources=src)
+  assert out == {"preempted": {"step": 2, "signal": "SIGINT"}}
+  assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
+  monkeypatch.setattr(loop.ckpt_lib, "restore", real_restore)
+  assert loop.train(c, str(wd), sources=src) == {"finished_before": 2}
+
+
+def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+  """`shards=s_dfew` ran, but `eval` from another directory looked for `s_dfew/manifest.json`
+  there, and a resume with `./s_dfew` was refused as another run."""
+  c = tiny_config(**{"data.source": "list_file", "data.train_list": "lists/train.txt",
+                     "data.root": "./frames/", "init_from.workdir": ""})
+  monkeypatch.chdir(tmp_path)
+  loop.absolute_paths(c)
+  assert c.data.train_list == str(tmp_path / "lists" / "train.txt")
+  assert c.data.root == str(tmp_path / "frames")
+  saved = {"data": {"root": str(tmp_path / "frames")}}
+  assert loop.config_differences(saved, {"data": {"root": c.data.root}}, ("data",)) == []
