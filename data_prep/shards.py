@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -175,6 +176,8 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
     raise PrepFailed(f"data_prep: {e}") from e
   job = json.loads(json.dumps(_job_signature(args, source_name, recipe)))
   job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:24]
+  pinned_before = os.path.exists(os.path.join(out, JOB_FILE)) and not getattr(args, "overwrite",
+                                                                              False)
   pin = pin_job(out, job, overwrite=getattr(args, "overwrite", False), prog="data_prep",
                 extra_outputs=(SKIP_LOG,))
 
@@ -267,8 +270,19 @@ def _run_locked(source_name: str, args: argparse.Namespace, out: str) -> dict:
       res = staged[t["name"]]
       done[t["name"]] = commit_shard(res["staged"], res["final"], t, job_hash, pin=pin,
                                      **res["fields"])
-  pin.write()
   manifest = _manifest(source_name, job, tasks, done, skipped, template_split)
+  if not manifest["records"]:       # every item failed: nothing usable, so nothing is committed
+    for t in tasks:                 # (the job is not pinned; a fixed rerun is not refused)
+      for name in (t["name"], t["name"] + ".json"):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(out, name))
+    if not pinned_before:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, JOB_FILE))
+    why = "; ".join(str(x.get("reason", x)) for x in manifest["skipped"][:3])
+    raise PrepFailed(f"data_prep: no usable video: all {len(manifest['skipped'])} items failed "
+                     f"(e.g. {why}); nothing written to {out}")
+  pin.write()
   with open(os.path.join(out, SKIP_LOG + f".tmp-{os.getpid()}"), "w") as f:
     for s in manifest["skipped"] + manifest["frame_issues"]:
       f.write(json.dumps(s, sort_keys=True) + "\n")

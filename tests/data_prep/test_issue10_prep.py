@@ -440,3 +440,20 @@ def test_strict_success_commits_everything(tmp_path):
   a, b = schema.read_manifest(str(tmp_path / "o")), schema.read_manifest(str(tmp_path / "ref"))
   assert a["splits"] == b["splits"] and (tmp_path / "o" / shards.JOB_FILE).exists()
   assert not [n for n in os.listdir(tmp_path / "o") if ".tmp-" in n]
+
+
+def test_a_job_where_every_item_fails_commits_nothing_and_pins_nothing(tmp_path, capsys):
+  """Review of issue 10: `video --detector none` on intact videos (no dataset crops to resize)
+  failed every item, exited 0 with an empty manifest and pinned the settings, so the fixed
+  rerun (`--detector haar`) was refused."""
+  src = tmp_path / "vids"
+  for v in range(2):
+    fx.write_video(str(src / f"v{v}.mp4"), fx.video_frames(v, 6))
+  out = tmp_path / "o"
+  rc = prep_cli.main(["video", "--src", str(src), "--out", str(out), "--size", "32",
+                      "--detector", "none", "--quiet"])
+  err = capsys.readouterr().err
+  assert rc == 2 and "no usable video: all 2 items failed" in err and not out.exists(), err
+  assert prep_cli.main(["video", "--src", str(src), "--out", str(out), "--size", "32",
+                        "--detector", "haar", "--quiet"]) == 0
+  assert json.loads((out / "manifest.json").read_text())["totals"]["videos"] == 2
