@@ -13,14 +13,9 @@ from __future__ import annotations
 import ast
 import os
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("jaxaffect", "data_prep")
 MAX_LINES = 500
-# Modules others are splitting now (issue 11 item 8); the size check is strict once they are done.
-STILL_OVER = ("jaxaffect/metrics.py", "jaxaffect/data/synthetic.py", "jaxaffect/data/samplers.py",
-              "jaxaffect/bench.py", "jaxaffect/models/est.py")
 
 
 def _modules() -> dict[str, str]:
@@ -150,12 +145,23 @@ def _sizes() -> dict[str, int]:
   return out
 
 
-def test_no_module_over_500_lines_outside_those_being_split():
-  over = {p: n for p, n in _sizes().items() if n > MAX_LINES and p not in STILL_OVER}
-  assert not over, f"modules over {MAX_LINES} lines: {over}"
-
-
-@pytest.mark.xfail(strict=False, reason=f"being split now: {', '.join(STILL_OVER)}")
 def test_no_module_over_500_lines():
   over = {p: n for p, n in _sizes().items() if n > MAX_LINES}
   assert not over, f"modules over {MAX_LINES} lines: {over}"
+
+
+def test_jaxaffect_imports_data_prep_only_through_the_prep_command():
+  """DESIGN.md: data_prep may import jaxaffect (the shared schema), never the other way round,
+  except `jaxaffect prep`, which hands its arguments to `data_prep.cli` (lazily)."""
+  g = import_graph()
+  bad = {m: sorted(t for t in ts if t.split(".")[0] == "data_prep")
+         for m, ts in g.items() if m.startswith("jaxaffect")}
+  assert not {m: t for m, t in bad.items() if t}
+  lazy = []
+  for mod, path in _modules().items():
+    if mod.startswith("jaxaffect"):
+      with open(path) as f:
+        tree = ast.parse(f.read(), path)
+      lazy += [mod for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and (n.module or "").split(".")[0] == "data_prep"]
+  assert lazy == ["jaxaffect.cli"]

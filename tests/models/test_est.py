@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from jaxaffect import flops
 from jaxaffect.interop import est as est_map
 from jaxaffect.interop import mapping
 from jaxaffect.models import est
@@ -27,7 +28,7 @@ def test_official_param_count_and_table6_params():
   """42,779,345 = the official `sum(p.numel())` (PE table included); 42,775,761 trainable. The
   switches remove exactly the AA-SFE attention + LayerNorm and the SSOP head."""
   counts = {}
-  for name, (aasfe, ssop) in est.TABLE6_ROWS.items():
+  for name, (aasfe, ssop) in flops.TABLE6_ROWS.items():
     v = est.abstract_variables(est.EST(use_aasfe=aasfe, use_ssop=ssop))
     counts[name] = est.num_params(v["params"])
     assert v["constants"]["pos_enc"]["table"].shape == (7, 512)      # not a parameter
@@ -240,11 +241,11 @@ def test_table6_macs_and_params():
   ptflops-0.6.5 count reproduces the paper's three GFLOPs figures to the printed digit, and the
   paper's parameter figures come out with ptflops' convention (baseline keeps the idle AA-SFE);
   our core count is 0.44–0.45 % below the paper (BatchNorm, ReLU, pooling, biases, softmax)."""
-  rows = est.est_table6_rows()
+  rows = flops.est_table6_rows()
   assert [r["row"] for r in rows] == ["baseline", "+AA-SFE", "EST"]
   for r in rows:
     model = est.EST(use_aasfe=r["use_aasfe"], use_ssop=r["use_ssop"])
-    analytic = est.est_macs_analytic(model)["total"]
+    analytic = flops.est_macs_analytic(model)["total"]
     assert r["gmacs"] * 1e9 == pytest.approx(analytic["core"], abs=1)
     assert analytic["core"] == _torch_core_macs(use_aasfe=r["use_aasfe"], use_ssop=r["use_ssop"])
     assert round(r["gmacs_ptflops"], 2) == r["paper_gmacs"]
@@ -255,7 +256,7 @@ def test_table6_macs_and_params():
   assert by["baseline"]["params"] == 33_322_695 and by["baseline"]["params_paper_convention"] == \
       by["+AA-SFE"]["params"] == 34_374_343
   assert [round(r["gmacs"], 4) for r in rows] == [63.5630, 63.5999, 63.6082]
-  assert "63.85" in est.format_table6(rows)
+  assert "63.85" in flops.format_table6(rows)
 
 
 def test_bfloat16_compute_is_close_to_float32():

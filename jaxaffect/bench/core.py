@@ -1,39 +1,6 @@
-"""`jaxaffect bench MODEL`: compile time, train-step speed and FLOP rates of the real train step.
-
-  jaxaffect bench former_dfer [--json] [--config former_dfer:dfew] [--batch 4] [--steps 5]
-                              [--warmup 1] [--reference PATH_TO_OFFICIAL_CHECKOUT]
-                              [--peak-size 2048] [--init host|model] [--config.x=y ...]
-  jaxaffect bench former_dfer --table3 [--xla] [--json]
-
-What is measured (one process, the same batch shape for both frameworks):
-  * the train step that `jaxaffect train` runs (`train.loop.build`: task loss, optimizer, mesh
-    shardings), on random uint8 clips of the configured shape (`pipeline.InMemoryVideos`); the
-    input pipeline is not timed (one batch is made once and reused), nor is initialisation
-    (`--init host` fills the state on the host, `--init model` compiles the model's init_fn);
-  * compile: `lower` and `compile` seconds of the AOT path, and the first execution;
-  * steady state: median seconds per step over `--steps` steps after `--warmup` steps, each
-    followed by `block_until_ready`; clips/s = batch / median;
-  * FLOPs: XLA cost analysis of the compiled step (per device × devices), achieved FLOP/s, and the
-    ratio to a measured f32 matmul peak of this machine (a jitted `--peak-size`² matmul, median of
-    several runs); the model's forward matmul/conv GMACs per clip (torch convention) and params;
-  * device memory of the compiled step from `compiled.memory_analysis()` (arguments + outputs −
-    donated + temporaries, per device) when the backend reports it;
-  * `--reference PATH`: the official PyTorch model imported from that checkout, trained with the
-    same loss and optimizer family on the same batch (torch threads = CPUs JAX may use), its
-    median step and clips/s, and jax/torch throughput; JAX and torch steps alternate, so that
-    load changes on a shared machine affect both alike.
-`--table3` prints the paper-vs-ours compute table of the model instead (Former-DFER's Table 3).
-A readable table goes to stdout; with `--json` it goes to stderr and stdout gets one JSON line.
-
-Timings on shared machines vary with the load of other processes: compare ratios measured in one
-run (jax/torch, achieved/peak) rather than absolute numbers across runs.
-
-A model is benchmarked when its model module's `bench_model()` returns a `BenchModel` (default config,
-reference loader, optional paper table, random sources and the batch key of the model input, or a
-`cost` function for models fed a dict, e.g. ABAW's feature streams). `inference=True` also times
-the eval step (forward + metrics, `jaxaffect eval`) and the reference's no-grad eval forward, run
-interleaved with the train steps (`bench abaw_tcn` reports windows/s for both).
-"""
+"""The benchmark harness: the `BenchModel` / `Reference` records, timing of jitted train (and
+eval) steps beside a PyTorch reference in one run, matmul peaks, memory, the report and
+`jaxaffect bench` itself (`main`). Model references live in `bench/<model>.py`."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxaffect.bench.report import _fmt_table
 from jaxaffect.errors import UserError
 
 # -------------------------------------------------------------------------------------- registry
@@ -85,9 +53,6 @@ class BenchModel:
 # abaw_tcn.py.
 
 
-# ----------------------------------------------------------------------------------- Former-DFER
-
-
 def _import_official(path: str, module_file: str, repo: str, module: str, name: str):
   """`name` from `module` of an official checkout at `path` (its top-level `models` package),
   refusing a checkout without `module_file` or another `models` package already imported."""
@@ -105,228 +70,6 @@ def _import_official(path: str, module_file: str, repo: str, module: str, name: 
     return getattr(importlib.import_module(module), name)
   finally:
     sys.path.pop(0)
-
-
-def _former_dfer_reference(path: str, config) -> Reference:
-  """The official `models.ST_Former.GenerateModel` (zengqunzhao/Former-DFER) from a checkout."""
-  import torch
-  d, m = config.data, config.model
-  t = d.num_segments * d.duration
-  if (t, d.image_size) != (16, 112):
-    raise UserError(f"bench --reference: the official Former-DFER only runs 16×112² clips "
-                    f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"
-                    f"{d.image_size}² (use --config former_dfer:dfew)")
-  if (m.num_spatial_layers, m.num_temporal_layers, m.width, m.num_classes) != (1, 3, 64, 7):
-    raise UserError(f"bench --reference: the official GenerateModel is N=1, M=3, width 64, 7 "
-                    f"classes; the config has N={m.num_spatial_layers}, "
-                    f"M={m.num_temporal_layers}, width {m.width}, {m.num_classes} classes")
-  GenerateModel = _import_official(path, "models/ST_Former.py", "zengqunzhao/Former-DFER",
-                                   "models.ST_Former", "GenerateModel")
-
-  def to_inputs(batch):
-    # (B,T,H,W,3) uint8 → (B,T,3,H,W) float in [0,1] (official loader: /255, no normalisation).
-    v = torch.from_numpy(np.ascontiguousarray(batch["video"]))
-    return (v.permute(0, 1, 4, 2, 3).float().div_(255.0).contiguous(),)
-
-  return Reference("official Former-DFER (PyTorch)", GenerateModel(), to_inputs)
-
-
-def _former_dfer_table(xla: bool) -> tuple[str, Any]:
-  from jaxaffect import flops
-  rows = flops.former_dfer_table3(xla=xla)
-  return flops.format_table3(rows), {"table3": rows, "paper_source": flops.PAPER_TABLE3_SOURCE}
-
-
-FORMER_DFER = BenchModel("former_dfer", "former_dfer:dfew", _former_dfer_reference,
-                         _former_dfer_table)
-
-
-# ------------------------------------------------------------------------------------------- EST
-
-
-def _est_reference(path: str, config) -> Reference:
-  """The official `models.Model.resnet18_EST` (DreamMr/EST) from a checkout, as `main.py` builds it
-  (3 + 3 layers). Its `PosEncoding.forward` calls `.cuda()`: `torch.Tensor.cuda` is replaced by
-  the identity while it runs (CPU only). Both losses as the official `train()` does it: CE(class)
-  + 0.1428 CE(order) on the shuffled input, the positional encoding following the snippets."""
-  import torch
-  from jaxaffect.models import est
-  m = config.model
-  official = (m.width, m.d_model, m.num_heads, m.num_encoder_layers, m.num_decoder_layers,
-              m.dim_feedforward, m.num_snippets, m.frames_per_snippet, m.num_classes,
-              m.use_aasfe, m.use_ssop)
-  if official != (64, 512, 4, 3, 3, 2048, 7, 5, 7, True, True):
-    raise UserError(f"bench --reference: the official resnet18_EST is width 64, d 512, 4 heads, "
-                    f"3+3 layers, FF 2048, 7x5 frames, 7 classes, AA-SFE + SSOP; the config "
-                    f"gives {official} (use --config est:dfew)")
-  resnet18_EST = _import_official(path, "models/Model.py", "DreamMr/EST", "models.Model",
-                                  "resnet18_EST")
-  torch.Tensor.cuda = lambda self, *a, **k: self          # CPU: the official PE calls .cuda()
-  module = resnet18_EST(clips=7, img_num_per_clip=5, d_model=512, nhead=4, encoder_nums=3,
-                        decoder_nums=3, use_norm=True, per_classes=10, draw_weight=False)
-  rng = np.random.default_rng(config.seed)
-  state: dict[str, Any] = {}
-
-  def to_inputs(batch):
-    b = len(batch["label"])
-    p = rng.integers(0, 10, b)
-    perm = est.PERMUTATIONS_10[p]
-    v = np.asarray(batch["video"]).reshape(b, 7, 5, *np.shape(batch["video"])[2:])
-    v = np.take_along_axis(v, perm[:, :, None, None, None, None], axis=1)   # position i: snippet perm[i]
-    state["p"] = torch.from_numpy(p.astype(np.int64))
-    x = torch.from_numpy(np.ascontiguousarray(v)).permute(0, 1, 2, 5, 3, 4).float().div_(255.0)
-    return x.contiguous(), torch.from_numpy(perm.astype(np.int64))
-
-  ce = torch.nn.CrossEntropyLoss()
-
-  def loss_fn(out, labels):
-    logits, perm_logits = out
-    return ce(logits, labels) + 0.1428 * ce(perm_logits, state["p"])
-
-  return Reference("official EST (PyTorch)", module, to_inputs, loss_fn)
-
-
-def _est_table(xla: bool) -> tuple[str, Any]:
-  from jaxaffect.models import est
-  rows = est.est_table6_rows()
-  return est.format_table6(rows), {"table6": rows}
-
-
-EST = BenchModel("est", "est:dfew", _est_reference, _est_table)
-
-
-# -------------------------------------------------------------------------------------- ABAW TCN
-
-
-def _abaw_sources(config, n: int):
-  """n random windows (one `window`-frame video each) with the configured feature streams
-  (`config.data.features[*].dim`) and every label valid: VA U(−1, 1), EXPR uniform classes, AU
-  Bernoulli(½). Train source = eval source."""
-  from jaxaffect.data import features
-  d, m = config.data, config.model
-  w = int(d.window)
-  rng = np.random.default_rng(config.seed)
-  dims = {}
-  for s in d.features:
-    s = dict(s)
-    if int(s.get("dim", 0) or 0) <= 0:
-      raise UserError(f"bench abaw_tcn: config.data.features entry {s.get('name')!r} needs `dim`")
-    dims[s["name"]] = int(s["dim"])
-  num_au = int(d.get("num_au", 12))
-  videos = []
-  for i in range(n):
-    labels = {"va": rng.uniform(-1, 1, (w, 2)).astype(np.float32),
-              "va_mask": np.ones(w, np.float32),
-              "expr": rng.integers(0, m.num_expr_classes, w).astype(np.int32),
-              "expr_mask": np.ones(w, np.float32),
-              "au": rng.integers(0, 2, (w, num_au)).astype(np.float32),
-              "au_mask": np.ones((w, num_au), np.float32)}
-    streams = {k: rng.standard_normal((w, dd), dtype=np.float32) for k, dd in dims.items()}
-    videos.append(features.VideoFeatures(f"bench-{i}", streams, np.ones(w, bool), np.arange(w),
-                                         np.arange(w, dtype=np.float32) / 30.0, labels))
-  src = features.FeatureWindows(videos, w, w, "bench-random")
-  return src, src
-
-
-def _abaw_cost(module, batch_shapes) -> dict[str, Any]:
-  """Analytic forward MACs of one window (`abaw_tcn.forward_macs_per_frame` × T) and params."""
-  from jaxaffect.models import abaw_tcn
-  dims, t = {}, None
-  for name, _ in module.streams:
-    shape = batch_shapes[f"feat/{name}"].shape
-    dims[name], t = int(shape[-1]), int(shape[1])
-  macs = abaw_tcn.forward_macs_per_frame(module, t, dims)["total"] * t
-  return {"input_shape": [t, "+".join(str(v) for v in dims.values())],
-          "macs_per_example": macs, "params": abaw_tcn.param_count(module, dims)}
-
-
-def _abaw_reference(path: str, config) -> Reference:
-  """The ABAW team's `model.model.Model` from a checkout: upczww/abaw6 (`<path>/{EXPR,VA,AU}`,
-  one 768-d stream, joint head) or, for the six-stream split-VA config, upczww/abaw5
-  (`<path>/VA`). `munch` (imported, unused) is stubbed when missing. Trained with the paper's
-  loss for the output (VA: (1−CCC_v)+(1−CCC_a), ddof 1; EXPR: CE ignoring −1; AU: BCE over
-  fully-labelled rows) written here in torch, the official solvers' formulas."""
-  import types
-  import torch
-  from jaxaffect.interop import abaw_tcn as abaw_map
-  from jaxaffect.models import abaw_tcn, registry
-  module = registry.build_module(config)
-  if len(module.outputs) != 1:
-    raise UserError(f"bench --reference: the official models have one output; the config has "
-                    f"{module.outputs}")
-  out = module.outputs[0]
-  abaw5 = module.va_heads == "split"
-  if abaw5:
-    official = module.streams == abaw_tcn.ABAW5_VA_STREAMS and out == "va"
-    repo, task = "upczww/abaw5", "VA"
-  else:
-    official = abaw_map.is_official_config(module)
-    repo, task = "upczww/abaw6", {"va": "VA", "expr": "EXPR", "au": "AU"}[out]
-  if not official:
-    raise UserError("bench --reference: the config is not the official ABAW6 model (one 768-d "
-                    "stream, TCN [768,256,128] k5 PReLU, d 512, 8x4 heads, FF 512) nor the "
-                    "ABAW5 six-stream VA model (use --config abaw_tcn:expr / :va / :au / "
-                    ":abaw5_va)")
-  if "munch" not in sys.modules:
-    try:
-      import munch  # noqa: F401
-    except ImportError:
-      stub = types.ModuleType("munch")
-      stub.DefaultMunch = object
-      sys.modules["munch"] = stub
-  Model = _import_official(os.path.join(path, task), "model/model.py", repo, "model.model",
-                           "Model")
-  ns = types.SimpleNamespace
-  cfg = ns(Model=ns(kernel_size=module.kernel_size, num_head=module.num_heads,
-                    num_layer=module.num_layers, out_dim=module.d_model, bin_num=1),
-           Solver=ns(dropout=module.dropout))
-  torch_model = Model(cfg)
-  if abaw5:
-    class FreshDict(torch.nn.Module):
-      """ABAW5's `forward` overwrites the entries of its input dict: give it a copy each call."""
-
-      def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-      def forward(self, feats):
-        return self.inner(dict(feats))
-    torch_model = FreshDict(torch_model)
-  names = [n for n, _ in module.streams]
-  state: dict[str, Any] = {}
-
-  def to_inputs(batch):
-    for k in ("va", "va_mask", "expr", "expr_mask", "au", "au_mask"):
-      state[k] = torch.from_numpy(np.asarray(batch[k]))
-    feats = {n: torch.from_numpy(np.ascontiguousarray(batch[f"feat/{n}"])) for n in names}
-    return (feats,) if abaw5 else (feats[names[0]],)
-
-  def loss_fn(outputs, labels):
-    if abaw5:
-      outputs = torch.cat(outputs, dim=1)
-    if out == "va":
-      keep = state["va_mask"].reshape(-1) > 0
-      y, p = state["va"].reshape(-1, 2)[keep], outputs[keep]
-      loss = 0.0
-      for i in range(2):
-        x, z = p[:, i], y[:, i]
-        vx, vz = x - x.mean(), z - z.mean()
-        rho = (vx * vz).sum() / (vx.pow(2).sum().sqrt() * vz.pow(2).sum().sqrt() + 1e-8)
-        sx, sz = x.std(), z.std()
-        loss = loss + 1 - 2 * rho * sx * sz / (sx ** 2 + sz ** 2 + (x.mean() - z.mean()) ** 2)
-      return loss
-    if out == "expr":
-      lab = torch.where(state["expr_mask"] > 0, state["expr"].long(), -1).reshape(-1)
-      return torch.nn.functional.cross_entropy(outputs, lab, ignore_index=-1)
-    keep = (state["au_mask"] > 0).all(dim=-1).reshape(-1)
-    return torch.nn.functional.binary_cross_entropy_with_logits(
-        outputs[keep], state["au"].reshape(-1, outputs.shape[1])[keep].float())
-
-  return Reference(f"official {repo} {task} Model (PyTorch)", torch_model, to_inputs, loss_fn)
-
-
-ABAW_TCN = BenchModel("abaw_tcn", "abaw_tcn:expr", _abaw_reference, None, _abaw_sources,
-                      input_key="feat", cost=_abaw_cost, unit="windows", inference=True)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -611,53 +354,6 @@ def time_steps(runners: list, steps: int, warmup: int) -> list[list[float]]:
 
 
 # ---------------------------------------------------------------------------------------- report
-
-
-def _fmt_table(r: dict[str, Any]) -> str:
-  peak = r["peak_matmul"]["flops_per_s"]
-  lines = [
-      f"jaxaffect bench {r['model']}  config {r['config']}  batch {r['batch']}  input "
-      f"{'x'.join(map(str, r['input_shape']))}  backend {r['backend']} x{r['devices']}  "
-      f"{r['threads']} CPU threads",
-      f"{'':18}{'step ms':>10}{r.get('unit', 'clips') + '/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
-      f"{'1st step s':>12}",
-  ]
-
-  def row(name, d):
-    ach = r["train_step_flops"] / d["step_s"]
-    return (f"{name:18}{d['step_s'] * 1e3:>10.1f}{d['clips_per_s']:>10.2f}{ach / 1e9:>10.1f}"
-            f"{ach / peak:>9.1%}{d['first_step_s']:>12.2f}")
-
-  lines.append(row("jax (XLA)", r))
-  if r.get("reference"):
-    lines.append(row("torch (reference)", r["reference"]))
-    per = r["jax_over_torch_per_step"]
-    lines.append(f"jax/torch throughput: {r['jax_over_torch']:.2f}x (step by step: median "
-                 f"{statistics.median(per):.2f}x, {min(per):.2f}-{max(per):.2f}x)  "
-                 f"{r['reference']['name']}, {r['reference']['params']:,} params")
-  inf = r.get("inference")
-  if inf:
-    unit = r.get("unit", "clips")
-    text = (f"inference (eval step, no grad): jax {inf['step_s'] * 1e3:.1f} ms, "
-            f"{inf['per_s']:.2f} {unit}/s")
-    if inf.get("reference"):
-      ri = inf["reference"]
-      text += (f"; torch {ri['step_s'] * 1e3:.1f} ms, {ri['per_s']:.2f} {unit}/s; jax/torch "
-               f"{inf['jax_over_torch']:.2f}x")
-    lines.append(text)
-  mem = r["memory_bytes"]
-  lines += [
-      f"compile: lower {r['lower_s']:.2f} s + compile {r['compile_s']:.2f} s; first step "
-      f"{r['first_step_s']:.2f} s",
-      f"XLA train step {r['train_step_flops'] / 1e9:.1f} GFLOP; forward "
-      f"{r['fwd_gmacs_per_clip']:.3f} GMACs/example (torch convention); {r['params']:,} params; "
-      f"memory/device {'n/a' if mem is None else f'{mem / 2**20:.0f} MiB'}",
-      f"peak f32 matmul {r['peak_matmul']['size']}^2 (jax): {peak / 1e9:.1f} GFLOP/s"
-      + (f"; torch: {r['torch_peak_matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
-         if r.get("torch_peak_matmul") else ""),
-      "(timings vary with other load on this machine; compare the ratios of one run)",
-  ]
-  return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
