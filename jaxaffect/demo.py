@@ -16,12 +16,31 @@ import time
 import numpy as np
 
 
+def _check_workdir(workdir: str, config) -> None:
+  """A workdir holding another run is refused before the data are prepared (the trainer would
+  refuse it only after the shards were written into it)."""
+  import json
+  from jaxaffect.errors import UserError
+  from jaxaffect.train import loop
+  saved = os.path.join(workdir, "config.json")
+  if not os.path.exists(saved):
+    return
+  with open(saved) as f:
+    old = json.load(f)
+  diffs = loop.config_differences(old, json.loads(config.to_json_best_effort()),
+                                  ("model_name", "model", "task", "batch_size", "seed"))
+  if diffs:
+    raise UserError(f"demo --workdir {workdir} holds another run ({'; '.join(diffs[:4])}); use a "
+                    f"new --workdir")
+
+
 def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> dict:
   from jaxaffect import config_loader, interop, plots
   from jaxaffect.data import pipeline
   from jaxaffect.train import loop
 
   config = config_loader.load(config_spec, list(overrides or []))
+  _check_workdir(workdir, config)            # before minutes of data preparation
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   prep_info = None

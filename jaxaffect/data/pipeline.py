@@ -110,7 +110,10 @@ def local_batch_size(global_batch: int) -> int:
 def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, seed: int):
   """Infinite, reshuffled every epoch, this host's share of each global batch; checkpointable."""
   clip = make_clip(cfg, train=True)
-  if cfg.get("reader", "index") == "stream":
+  reader = cfg.get("reader", "index")
+  if reader not in ("index", "stream"):
+    raise UserError(f"config.data.reader={reader!r}: expected 'index' or 'stream'")
+  if reader == "stream":
     if not isinstance(source, ShardRecords):
       raise UserError("data.reader='stream' reads data_prep shards (data.source='shards')")
     return stream_iterator(source, cfg, clip, global_batch, seed)

@@ -153,3 +153,24 @@ def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
   assert c.data.root == str(tmp_path / "frames")
   saved = {"data": {"root": str(tmp_path / "frames")}}
   assert loop.config_differences(saved, {"data": {"root": c.data.root}}, ("data",)) == []
+
+
+def test_demo_refuses_another_run_s_workdir_before_preparing_data(tmp_path):
+  """`jaxaffect demo --workdir <another run>` spent a minute writing shards there first."""
+  from jaxaffect import demo
+  wd = tmp_path / "run"
+  wd.mkdir()
+  c = tiny_config()
+  (wd / "config.json").write_text(c.to_json_best_effort())
+  with pytest.raises(errors.UserError, match=r"holds another run \(config.model.width: 8 -> 16"):
+    demo.run(str(wd), "former_dfer:smoke")
+  assert sorted(os.listdir(wd)) == ["config.json"]
+
+
+def test_unknown_reader_is_an_error():
+  """`data.reader='strem'` trained silently with the index reader."""
+  from jaxaffect.data import pipeline
+  c = tiny_config(**{"data.reader": "strem"})
+  tr, _ = random_sources(c)
+  with pytest.raises(errors.UserError, match="config.data.reader='strem'"):
+    pipeline.train_iterator(tr, c.data, 8, 0)
