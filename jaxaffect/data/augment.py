@@ -23,6 +23,8 @@ with torchvision transforms on stacked frames). Semantics follow torchvision 0.2
 * `hflip`, `flip_landmarks`: horizontal flip of frames and of iBUG-68 landmarks (mirror permutation
   `IBUG68_MIRROR`). Clip labels and per-frame EXPR / AU / VA labels are unaffected by a flip (the
   ABAW AUs are not side-specific).
+* `transform_points`: landmarks moved exactly as `augment_clip` moved the image (its returned
+  `AugmentParams` carry the crop box, the flip and the output size).
 
 Boxes are torchvision's `(top, left, height, width)` in pixels. Landmarks are `(..., 2)` (x, y)
 with pixel (row i, column j) centred at (x=j, y=i) (OpenCV / dlib, as `jaxaffect.data.synthetic`).
@@ -177,6 +179,10 @@ def hflip(video: np.ndarray) -> np.ndarray:
 
 
 def _ibug68_mirror() -> np.ndarray:
+  # iBUG 300-W 68-point layout (Sagonas et al. 2013; 0-based as dlib): jaw 0-16, brows 17-21 /
+  # 22-26 (subject's right / left), nose bridge 27-30, nostrils 31-35, eyes 36-41 / 42-47 (36 and
+  # 45 the outer corners), outer lips 48-59, inner lips 60-67. Points on the midline (8, 27-30,
+  # 33, 51, 57, 62, 66) map to themselves.
   perm = np.arange(68)
   pairs = [(j, 16 - j) for j in range(8)]                       # jaw 0..16, 8 is the chin
   pairs += [(17 + j, 26 - j) for j in range(5)]                 # brows 17..21 <-> 26..22
@@ -357,6 +363,30 @@ class AugmentParams:
   box: Box | None
   flip: bool
   jitter: ColorJitterParams | None
+  size: tuple[int, int] | None = None    # (h, w) of the output (None: the box's own size)
+
+
+def transform_points(points: np.ndarray, params: AugmentParams, *,
+                     permute: bool = True) -> np.ndarray:
+  """Points `(..., N, 2)` (x, y; pixel centres at integers) mapped exactly as `augment_clip` mapped
+  the image: the crop + resize of `params.box` to `params.size` (`crop_landmarks`), then the
+  h-flip (x -> w - 1 - x). With 68 points and `permute`, a flip also renumbers them with
+  `IBUG68_MIRROR` (point 36 stays the image-left eye corner). Colour jitter moves nothing."""
+  pts = np.asarray(points, np.float32)
+  if pts.ndim < 2 or pts.shape[-1] != 2:
+    raise UserError(f"transform_points: expected (..., N, 2) points, got {pts.shape}.")
+  size = params.size
+  if params.box is not None:
+    size = size if size is not None else params.box[2:]
+    pts = crop_landmarks(pts, params.box, size)
+  if params.flip:
+    if size is None:
+      raise UserError("transform_points: a flip needs the output size (params.size).")
+    if permute and pts.shape[-2] == 68:
+      pts = pts[..., IBUG68_MIRROR, :]
+    pts = pts.copy()
+    pts[..., 0] = (_size_hw(size)[1] - 1) - pts[..., 0]
+  return pts
 
 
 def augment_clip(video: np.ndarray, rng: np.random.Generator, *, size: int | Sequence[int],
@@ -390,4 +420,4 @@ def augment_clip(video: np.ndarray, rng: np.random.Generator, *, size: int | Seq
          ((brightness, 0.0), (contrast, 0.0), (saturation, 0.0), (hue, 0.0))):
     jitter = color_jitter_params(rng, brightness, contrast, saturation, hue)
     video = color_jitter(video, jitter)
-  return video, AugmentParams(box, flip, jitter)
+  return video, AugmentParams(box, flip, jitter, _size_hw(size))

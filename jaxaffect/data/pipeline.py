@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxaffect.data import features, vocab
+from jaxaffect.data import features, frames, vocab
 # Re-exported: these were defined here (the training loop, data_prep, bench and tests use them).
 from jaxaffect.data.clips import (FrameSampler, VideoClip, crop_and_resize,  # noqa: F401
                                   frame_labels, sample_resized_crop_box)
@@ -43,6 +43,8 @@ def make_clip(cfg: ml_collections.ConfigDict, train: bool):
   if cfg.get("source", "") == "features":       # per-frame feature windows (data/features.py)
     return features.make_clip(cfg, train)
   kind = cfg.get("sampler", "former_dfer")
+  if kind == "frame_views":                     # single frames + landmarks (+ 2nd view; frames.py)
+    return frames.make_views(cfg, train)
   if kind == "former_dfer":
     if train:
       return VideoClip(cfg.num_segments, cfg.duration, cfg.image_size, train=True, hflip=cfg.hflip,
@@ -60,6 +62,9 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(train source, eval source) from `config.data`."""
   if cfg.source == "features":                  # per-frame feature windows (data/features.py)
     return features.build_sources(cfg)
+  if cfg.get("sampler", "") == "frame_views" and cfg.source != "shards":
+    raise UserError(f"config.data.sampler='frame_views' reads the landmarks of data_prep shards "
+                    f"(field 'frame/landmarks'): data.source={cfg.source!r} has none")
   if cfg.source == "synthetic":
     from jaxaffect.data import synthetic
     common = dict(num_frames=cfg.video_frames, size=cfg.image_size,
@@ -87,6 +92,9 @@ def build_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
            ShardRecords(cfg.shards, cfg.get("eval_select", "test"), **kw))
     for src in out:
       src.check_label_maps(cfg.get("expr_vocab", ""))
+    if cfg.get("sampler", "") == "frame_views":   # items are frames (data/frames.py)
+      k = frames.check_frames_per_video(cfg)
+      out = (frames.FrameRecords(out[0], k), frames.FrameRecords(out[1], 0))
     return out
   if cfg.source == "list_file":
     if not cfg.train_list or not cfg.eval_list:
