@@ -123,7 +123,9 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
     raise UserError(f"config.data.reader={reader!r}: expected 'index' or 'stream'")
   if reader == "stream":
     if not isinstance(source, ShardRecords):
-      raise UserError("data.reader='stream' reads data_prep shards (data.source='shards')")
+      raise UserError("data.reader='stream' streams whole shard records (data.source='shards' "
+                      "with a clip or window sampler); use data.reader='index' for "
+                      f"{type(source).__name__} (e.g. frame-level or feature sources)")
     return stream_iterator(source, cfg, clip, global_batch, seed)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Random transforms are seeded by the position in the global order, before the per-host split,
