@@ -85,6 +85,8 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
                           f"source with its --vocab)")
         try:
           vocab.convert(labels, rec.vocab, self.label_vocab)
+        except vocab.UnknownVocab:
+          raise
         except ValueError as e:
           raise UserError(f"{self.dir}: data.label_vocab={self.label_vocab!r} cannot hold the "
                           f"clip labels of select={self.select!r} (field 'video/label', vocabulary "
@@ -94,6 +96,8 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
       if expr_vocab and rec.expr_vocab and len(present):
         try:
           vocab.convert(present, rec.expr_vocab, expr_vocab)
+        except vocab.UnknownVocab:
+          raise
         except ValueError as e:
           raise UserError(f"{self.dir}: data.expr_vocab={expr_vocab!r} cannot hold the per-frame "
                           f"expressions of select={self.select!r} (field 'frame/expr', "
