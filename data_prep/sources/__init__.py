@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import types
 
-from data_prep.sources import (affectnet, afew, affwild2, dfew, folder, recola, sewa, synthetic,
-                               video)
+from data_prep.sources import (affectnet, afew, affwild2, dfew, fer2013, ferplus, folder, rafdb,
+                               recola, sewa, synthetic, video)
 
 SOURCES: dict[str, types.ModuleType] = {
     "dfew": dfew,
@@ -20,6 +20,9 @@ SOURCES: dict[str, types.ModuleType] = {
     "recola": recola,
     "sewa": sewa,
     "affectnet": affectnet,
+    "rafdb": rafdb,
+    "fer2013": fer2013,
+    "ferplus": ferplus,
     "folder": folder,
     "video": video,
     "synthetic": synthetic,

@@ -24,6 +24,15 @@ VOCABS: dict[str, tuple[str, ...]] = {
     # AffectNet `expression` column (8 None, 9 Uncertain, 10 Non-Face are not emotions).
     "affectnet11": ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt",
                     "None", "Uncertain", "Non-Face"),
+    # RAF-DB basic `EmoLabel/list_patition_label.txt`: 1 Surprise .. 7 Neutral; stored 0-based
+    # (label - 1). Maps by name: all 7 into abaw7/abaw8/dfew7/affectnet11/fer7/ferplus8.
+    "rafdb7": ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"),
+    # FER2013 `fer2013.csv` column `emotion` (0 Angry .. 6 Neutral), stored as it is.
+    "fer7": ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"),
+    # FER+ `fer2013new.csv` vote columns in file order (unknown / NF are not classes: the
+    # ferplus source drops or masks them); Contempt has no counterpart in the 7-class orders.
+    "ferplus8": ("Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear",
+                 "Contempt"),
 }
 
 # Names that denote the same emotion across vocabularies.

@@ -75,7 +75,7 @@ def check_frames_match_files(frames, paths):
 
 def test_registry_every_source_has_items_and_flags():
   assert sorted(SOURCES) == sorted(["dfew", "afew", "affwild2", "recola", "sewa", "affectnet",
-                                    "folder", "video", "synthetic"])
+                                    "rafdb", "fer2013", "ferplus", "folder", "video", "synthetic"])
   for name, mod in SOURCES.items():
     p = argparse.ArgumentParser()
     mod.add_arguments(p)
