@@ -27,6 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from jaxaffect.data import parts
 
 VARIANTS = ("va", "expr", "au", "abaw5_va", "smoke")
 ABAW5_STREAMS = (("wav_base", (512, 256, 128), 512), ("wav_emotion", (512, 256, 128), 512),
@@ -69,26 +70,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.loss_weights = ()        # () = 1 per output
   c.task.ccc_ddof = 1             # the team's CCC loss uses torch.std (ddof 1)
 
+  # The data config by parts (jaxaffect/data/parts.py): shared fields, then `source` and `sampler`.
   c.data = ml_collections.ConfigDict()
-  c.data.source = "features"
-  # Feature streams (see jaxaffect/data/features.py): kind 'npy' (per-frame files or per-video
-  # arrays), 'array' (per-video arrays, optionally at `rate_hz`) or 'shards' (data_prep features);
-  # `dim` (the width) lets a checkpoint be restored without reading data.
-  c.data.features = [{"name": "mae", "kind": "npy", "path": a.features, "dim": 768}]
-  c.data.labels = a.labels        # Aff-Wild2 annotation folder or face/feature shards
-  c.data.train_select = "train"
-  c.data.eval_select = "val"      # Aff-Wild2 validation set (test labels are not public)
+  c.data.image_size = 112         # unused by feature windows (the streams are features)
+  c.data.num_classes = c.model.get_ref("num_expr_classes")
+  c.data.class_names = ()
+  c.data.label_vocab = ""         # clip labels are not used
   c.data.expr_vocab = "abaw8"     # per-frame EXPR order (explicit map from the shards' vocabulary)
-  c.data.num_au = 12
-  c.data.fps = a.fps              # frame rate when the labels do not give frame times
-  c.data.window = 300             # training window (frames)
-  c.data.stride = 200             # training window stride
-  c.data.eval_stride = 0          # 0 = window: non-overlapping evaluation windows
-  c.data.feature_dropout = 0.0    # training-time dropout on the input features (0 = none)
   c.data.read_threads = 4
   c.data.prefetch_batches = 4
-  c.data.label_vocab = ""         # clip labels are not used
-  c.data.label_tasks = c.model.get_ref("outputs")  # annotation files read (of the tasks trained)
+  # Feature streams (see jaxaffect/data/features.py): kind 'npy' (per-frame files or per-video
+  # arrays), 'array' (per-video arrays, optionally at `rate_hz`) or 'shards' (data_prep features);
+  # `dim` (the width) lets a checkpoint be restored without reading data. `labels`: Aff-Wild2
+  # annotation folder or face/feature shards; eval on Aff-Wild2's validation set (test labels are
+  # not public); `fps` when the labels do not give frame times.
+  c.data.source = parts.source_config(
+      "features", features=[{"name": "mae", "kind": "npy", "path": a.features, "dim": 768}],
+      labels=a.labels, train_select="train", eval_select="val", fps=a.fps, num_au=12)
+  c.data.source.label_tasks = c.model.get_ref("outputs")  # annotation files read (tasks trained)
+  # training windows 300 / 200; eval_stride 0 = window: non-overlapping evaluation windows
+  c.data.sampler = parts.sampler_config("feature_windows", window=300, stride=200, eval_stride=0,
+                                        feature_dropout=0.0)
 
   c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adamw"
@@ -103,12 +105,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = "max"
 
   if a.variant == "expr":
-    c.data.window, c.data.stride = 100, 50
+    c.data.sampler.window, c.data.sampler.stride = 100, 50
   if a.variant == "abaw5_va":
     c.model.streams = tuple((n, ch) for n, ch, _ in ABAW5_STREAMS)
     c.model.va_heads = "split"
     c.model.dropout = 0.3
-    c.data.features = [
+    c.data.source.features = [
         {"name": n, "kind": "array" if n in AUDIO_STREAMS else "npy",
          "path": f"{a.features}/{n}" if a.features else "", "dim": dim,
          **({"rate_hz": a.audio_rate} if n in AUDIO_STREAMS else {})}
@@ -121,11 +123,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_layers = 2
     c.model.dim_feedforward = 128
     # the job names the stream after the image model (`data_prep features --stream` to change it)
-    c.data.features = [{"name": "frame", "kind": "shards", "path": a.features,
-                        "stream": "frame_resnet", "dim": 128}]
-    c.data.eval_select = "test"   # held-out generator seeds: unseen identities
+    c.data.source.features = [{"name": "frame", "kind": "shards", "path": a.features,
+                               "stream": "frame_resnet", "dim": 128}]
+    c.data.source.eval_select = "test"   # held-out generator seeds: unseen identities
     c.data.expr_vocab = "abaw7"
-    c.data.window, c.data.stride = 32, 16
+    c.data.sampler.window, c.data.sampler.stride = 32, 16
     c.optim.lr = 1e-3
     c.optim.warmup_epochs = 1
     c.batch_size = 32
@@ -133,8 +135,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 25
     c.checkpoint.best_metric = "va/p_va"
   if a.window:
-    c.data.window = a.window
+    c.data.sampler.window = a.window
   if a.stride:
-    c.data.stride = a.stride
+    c.data.sampler.stride = a.stride
   c.lock()
   return c

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from jaxaffect.data import parts
 
 VARIANTS = ("dfew", "afew", "bu3dfe", "mmi", "smoke")
 
@@ -61,35 +62,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.num_classes = c.model.get_ref("num_classes")
   c.task.ssop_weight = 0.1428     # λ of Eq. 7 as in the official code (0 = exactly 1/num_snippets)
 
+  # The data config by parts (jaxaffect/data/parts.py): shared fields, then `source` and `sampler`.
   c.data = ml_collections.ConfigDict()
-  # data_prep shards; only the smoke variant has an in-memory synthetic fallback (a dataset
-  # variant without `shards=` is an error naming data.shards, not an empty synthetic set)
-  c.data.source = "shards" if a.shards or a.variant != "smoke" else "synthetic"
-  c.data.shards = a.shards        # a data_prep output directory
-  c.data.train_select = {"dfew": f"{a.fold}:train", "afew": "train"}.get(a.variant, "train")
-  c.data.eval_select = {"dfew": f"{a.fold}:test", "afew": "val"}.get(a.variant, "test")
-  c.data.label_vocab = "basic6_alpha" if six else "dfew7_alpha"  # EST's alphabetical class order
-  c.data.reader = "index"         # 'index' (random access) or 'stream' (per-host files)
-  c.data.cycle_length = 4         # stream reader: files read concurrently per host
-  c.data.shuffle_window = 64      # stream reader: record shuffle window
-  c.data.sampler = "est"          # 7 snippets x 5 frames (samplers.est_indices)
-  c.data.image_size = 224         # frames resized to this square size (official 224)
-  c.data.crop = ""                # '' = resize only (official); 'resized_crop' or 'zoom'
-  c.data.hflip = False            # official EST: no flip
-  c.data.color_jitter = 0.0
   c.data.num_classes = c.model.get_ref("num_classes")
   c.data.class_names = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise") if six else (
       "Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
-  # `synthetic` source only (the smoke variant preps these into shards first):
-  c.data.video_frames = 0
-  c.data.num_train = 0
-  c.data.num_eval = 0
-  c.data.seed = 0
-  c.data.synthetic_pose = 1.0
-  c.data.synthetic_occlusion = 0.2
-  # Former-DFER sampler fields (unused by 'est', kept so every data config has them)
-  c.data.num_segments = 8
-  c.data.duration = 2
+  c.data.image_size = 224         # frames resized to this square size (official 224)
+  c.data.label_vocab = "basic6_alpha" if six else "dfew7_alpha"  # EST's alphabetical class order
+  c.data.expr_vocab = ""
+  c.data.read_threads = 4
+  c.data.prefetch_batches = 4
+  # data_prep shards; only the smoke variant has an in-memory synthetic fallback (a dataset
+  # variant without `shards=` is an error naming data.source.shards, not an empty synthetic set)
+  if a.shards or a.variant != "smoke":
+    c.data.source = parts.source_config(
+        "shards", shards=a.shards,
+        train_select={"dfew": f"{a.fold}:train", "afew": "train"}.get(a.variant, "train"),
+        eval_select={"dfew": f"{a.fold}:test", "afew": "val"}.get(a.variant, "test"))
+  else:                           # the smoke variant's videos (the same as frame_resnet:smoke's)
+    c.data.source = parts.source_config("synthetic", video_frames=48, num_train=1008, num_eval=140,
+                                        pose=0.3)
+  # 7 snippets x 5 frames (samplers.est_indices); official: resize only, no flip, no jitter
+  c.data.sampler = parts.sampler_config("est", crop="", hflip=False, color_jitter=0.0)
 
   c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adam"           # torch Adam (coupled L2 weight decay)
@@ -112,13 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.classifier_dims = (64, 32)
     c.model.ssop_dims = (256, 128)
     c.data.image_size = 64        # the trunk's training size (48 px loses the transfer)
-    c.data.video_frames = 48
-    c.data.num_train = 1008
-    c.data.num_eval = 140
-    c.data.synthetic_pose = 0.3
-    c.data.hflip = True
-    c.data.train_select = "train"
-    c.data.eval_select = "test"
+    c.data.sampler.hflip = True
     c.data.label_vocab = "dfew7_alpha"
     c.batch_size = 8              # the official batch size
     c.num_epochs = 2

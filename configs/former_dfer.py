@@ -15,13 +15,17 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from jaxaffect.data import parts
 
 DFEW_CLASSES = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
 
 
+VARIANTS = ("dfew", "paper", "smoke")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="dfew", fold=1, shards="")
-  if a.variant not in ("dfew", "paper", "smoke"):
+  if a.variant not in VARIANTS:
     raise ValueError(f"former_dfer config: unknown variant {a.variant!r} (dfew, paper, smoke)")
   c = common.base_config()
   c.variant = a.variant           # which variant built this config (informational)
@@ -40,32 +44,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.num_classes = c.model.get_ref("num_classes")
   c.task.label_smoothing = 0.0    # official: plain cross-entropy
 
+  # The data config by parts (jaxaffect/data/parts.py): shared fields, then `source` and `sampler`.
   c.data = ml_collections.ConfigDict()
-  # 'shards' (data_prep output), 'list_file' (official lists) or 'synthetic'
-  c.data.source = "shards" if a.shards else "list_file"
-  c.data.shards = a.shards        # shards: a data_prep output directory (manifest.json + shards)
-  c.data.train_select = f"{a.fold}:train"  # shards: split name ('train') or fold membership ('1:train')
-  c.data.eval_select = f"{a.fold}:test"    # shards: the held-out selection
-  c.data.label_vocab = "dfew7"    # shards: class order the model is trained in (labels converted, never silently)
-  c.data.reader = "index"         # shards: 'index' (random access, global shuffle) or 'stream' (per-host files)
-  c.data.cycle_length = 4         # stream reader: shard files read concurrently per host
-  c.data.shuffle_window = 64      # stream reader: record shuffle window
-  c.data.train_list = f"annotation/DFEW_set_{a.fold}_train.txt"  # official list file, train split
-  c.data.eval_list = f"annotation/DFEW_set_{a.fold}_test.txt"    # official list file, test split
-  c.data.root = ""                # replaces the absolute frame-dir prefix in the lists ('' = as is)
   c.data.num_classes = c.model.get_ref("num_classes")
   c.data.class_names = DFEW_CLASSES  # label order of the Former-DFER lists (DFEW label − 1)
   c.data.image_size = 112         # frames resized to this square size
-  c.data.num_segments = 8         # U: segments per clip (dynamic sampling)
-  c.data.duration = 2             # V: consecutive frames per segment
-  c.data.hflip = True             # random horizontal flip (same for all frames)
-  c.data.random_resized_crop = True  # official GroupRandomSizedCrop (area 0.08-1, ratio 3/4-4/3)
-  c.data.video_frames = 0         # synthetic only: frames per generated video
-  c.data.num_train = 0            # synthetic only: number of training videos
-  c.data.num_eval = 0             # synthetic only: number of held-out videos
-  c.data.seed = 0                 # synthetic only: generator seed
-  c.data.synthetic_pose = 1.0     # synthetic only: head-pose variation (0 frontal/static, 1 full)
-  c.data.synthetic_occlusion = 0.2  # synthetic only: probability of an occluded span of frames
+  c.data.label_vocab = "dfew7"    # shards: class order the model is trained in (labels converted, never silently)
+  c.data.expr_vocab = ""
+  c.data.read_threads = 4
+  c.data.prefetch_batches = 4
+  if a.shards:                    # data_prep output: split name or fold membership ('1:train')
+    c.data.source = parts.source_config("shards", shards=a.shards, train_select=f"{a.fold}:train",
+                                        eval_select=f"{a.fold}:test")
+  elif a.variant == "smoke":      # procedural face videos in memory (the demo preps them first)
+    c.data.source = parts.source_config("synthetic", video_frames=24, num_train=1344, num_eval=140,
+                                        pose=0.3)
+  else:                           # the official annotation lists (`root` replaces their prefix)
+    c.data.source = parts.source_config(
+        "list_file", train_list=f"annotation/DFEW_set_{a.fold}_train.txt",
+        eval_list=f"annotation/DFEW_set_{a.fold}_test.txt")
+  # U segments x V frames, flip, official GroupRandomSizedCrop (area 0.08-1, ratio 3/4-4/3)
+  c.data.sampler = parts.sampler_config("former_dfer", num_segments=8, duration=2, hflip=True,
+                                        random_resized_crop=True)
 
   c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "sgd"            # torch SGD semantics (coupled weight decay)
@@ -81,16 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if a.variant == "smoke":
     c.model.width = 16
-    c.data.source = "shards" if a.shards else "synthetic"
-    c.data.train_list = ""
-    c.data.eval_list = ""
+    # synthetic source above: 24 frames; 1344 training videos (many identities: memorising 448
+    # gave 0.65 held-out UAR); 140 held-out ones (other generator seeds, unseen identities);
+    # pose 0.3 (moderate head motion: learnable to UAR >= 0.9 within the demo budget)
     c.data.image_size = 64
-    c.data.video_frames = 24
-    c.data.duration = 1           # 8 segments x 1 frame: half the compute of 8 x 2 on the CPU
-    c.data.random_resized_crop = False  # synthetic clips are already face crops; the demo budget
-    c.data.num_train = 1344       # many identities (memorising 448 gave 0.65 held-out UAR)
-    c.data.num_eval = 140         # held-out: other generator seeds, so unseen identities
-    c.data.synthetic_pose = 0.3   # moderate head motion: learnable to UAR >= 0.9 within the demo budget
+    c.data.sampler.duration = 1   # 8 segments x 1 frame: half the compute of 8 x 2 on the CPU
+    c.data.sampler.random_resized_crop = False  # synthetic clips are already face crops
     c.batch_size = 16
     c.num_epochs = 6
     c.eval_every_steps = 168      # every 2 epochs

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from jaxaffect.data import parts
 
 VARIANTS = ("affwild2", "smoke")
 
@@ -49,33 +50,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.loss_weights = ()        # () = 1 for every output
   c.task.ccc_ddof = 1             # CCC loss std as torch.std (the ABAW6 code)
 
+  # The data config by parts (jaxaffect/data/parts.py): shared fields, then `source` and `sampler`.
   c.data = ml_collections.ConfigDict()
-  c.data.source = "shards"        # data_prep face shards
-  c.data.shards = a.shards        # a data_prep output directory
-  c.data.train_select = "train"
-  c.data.eval_select = "val"      # Aff-Wild2's validation split (test labels are not public)
-  c.data.label_vocab = ""         # clip labels are not used
-  c.data.expr_vocab = "abaw8"     # per-frame EXPR converted to this order (explicit map)
-  c.data.reader = "index"
-  c.data.cycle_length = 4
-  c.data.shuffle_window = 64
-  c.data.sampler = "frame"        # one frame with a face per video (random in training)
   c.data.image_size = 112         # Aff-Wild2 cropped_aligned size
-  c.data.crop = "zoom"            # random zoom 1.1-1.5 (same for all frames; here one frame)
-  c.data.hflip = True
-  c.data.color_jitter = 0.2
   c.data.num_classes = c.model.get_ref("num_expr")
   c.data.class_names = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise",
                         "Other")
-  # `synthetic` prep settings (smoke: the videos are prepped into shards first)
-  c.data.video_frames = 0
-  c.data.num_train = 0
-  c.data.num_eval = 0
-  c.data.seed = 0
-  c.data.synthetic_pose = 1.0
-  c.data.synthetic_occlusion = 0.2
-  c.data.num_segments = 8         # Former-DFER sampler fields (unused by 'frame')
-  c.data.duration = 2
+  c.data.label_vocab = ""         # clip labels are not used
+  c.data.expr_vocab = "abaw8"     # per-frame EXPR converted to this order (explicit map)
+  c.data.read_threads = 4
+  c.data.prefetch_batches = 4
+  # data_prep face shards; Aff-Wild2's validation split for eval (test labels are not public)
+  c.data.source = parts.source_config("shards", shards=a.shards, train_select="train",
+                                      eval_select="val")
+  if a.variant == "smoke" and not a.shards:
+    # the synthetic videos the smoke encoder trains on, to be written as shards first (the frame
+    # sampler reads data_prep records: `jaxaffect demo` and the tests prep them, then `shards=`)
+    c.data.source = parts.source_config("synthetic", video_frames=48, num_train=1008,
+                                        num_eval=140, pose=0.3)
+  # one frame with a face per video (random in training); random zoom 1.1-1.5, flip, jitter
+  c.data.sampler = parts.sampler_config("frame", crop="zoom", hflip=True, color_jitter=0.2)
 
   c.optim = common.optim_config()  # + rule fields (no_decay, frozen, lr_mults, layer_decay)
   c.optim.name = "adamw"
@@ -93,14 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 16
     c.data.expr_vocab = "abaw7"
     c.data.class_names = c.data.class_names[:7]
-    c.data.eval_select = "test"   # held-out generator seeds: unseen identities
+    if a.shards:
+      c.data.source.eval_select = "test"  # held-out generator seeds: unseen identities
     c.data.image_size = 64
-    c.data.crop = ""
-    c.data.color_jitter = 0.0
-    c.data.video_frames = 48
-    c.data.num_train = 1008
-    c.data.num_eval = 140
-    c.data.synthetic_pose = 0.3
+    c.data.sampler.crop = ""
+    c.data.sampler.color_jitter = 0.0
     c.optim.lr = 2e-3
     c.optim.weight_decay = 1e-4
     c.batch_size = 64

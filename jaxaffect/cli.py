@@ -99,13 +99,13 @@ def cmd_predict(argv: list[str]) -> int:
   p.add_argument("--select", default=None, help="split/fold of the data (default: eval_select)")
   p.add_argument("--best", action="store_true", help="the best checkpoint by the config's metric")
   p.add_argument("--step", type=int, default=None)
-  p.add_argument("--window", type=int, default=None, help="default: config.data.window")
-  p.add_argument("--stride", type=int, default=None, help="default: config.data.stride")
+  p.add_argument("--window", type=int, default=None, help="default: config.data.sampler.window")
+  p.add_argument("--stride", type=int, default=None, help="default: config.data.sampler.stride")
   p.add_argument("--plot", type=int, default=4, help="VA plots for the first N videos")
   p.add_argument("--frames-from", default=None, metavar="EXAMPLE",
                  help="ABAW example submission file: write exactly its frames (test sets)")
   p.add_argument("--labels", default=None,
-                 help="replace data.labels ('' = unlabelled, e.g. the test set; then --select all)")
+                 help="replace data.source.labels ('' = unlabelled, e.g. the test set; then --select all)")
   p.add_argument("--stream", action="append", default=[], metavar="NAME=PATH",
                  help="replace a feature stream's path (repeatable), e.g. mae=/feats/test/mae")
   p.add_argument("--json", action="store_true", help="print the summary as one JSON line")

@@ -1,13 +1,16 @@
 """One config loader for every command (`train`, `import`, `demo`, `bench`).
 
-  load("former_dfer:dfew,fold=2", ["--config.model.width=32", "--config.data.hflip=false"])
+  load("former_dfer:dfew,fold=2", ["--config.model.width=32", "--config.data.sampler.hflip=false"])
 
 `spec` is `configs/<file>.py[:arg]`, a path, or the short `<file>[:arg]`. Overrides are
 `--config.a.b=value` (or `--config.a.b value`): the value is parsed by the field's current type
 (bool: true/false/1/0/yes/no; int; float; str as given); lists, tuples, dicts and None take a
 JSON (or Python literal) value that replaces the whole field, e.g.
-`--config.data.features='[{"name": "mae", "kind": "npy", "path": "/f", "dim": 768}]'`.
+`--config.data.source.features='[{"name": "mae", "kind": "npy", "path": "/f", "dim": 768}]'`.
 A misspelt key, a value of the wrong type or a bad `:arg` is a `UserError` naming the key.
+`--config.data.source.name=NAME` (or `--config.data.source=NAME`; the same for `sampler`) switches a
+part of the data config: its sub-config is rebuilt with the new part's fields (jaxaffect/data/
+parts.py), keeping the values of the fields both parts have; later overrides set the new fields.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxaffect.data import parts
 from jaxaffect.errors import UserError
 
 
@@ -102,11 +106,17 @@ def apply_overrides(config: ml_collections.ConfigDict, pairs, where: str = "conf
     for p in parents + [last]:
       fields = list(node.keys()) if hasattr(node, "keys") else []
       if p not in fields:
-        close = difflib.get_close_matches(p, [str(f) for f in fields], n=1)
-        hint = f" (did you mean {path}.{close[0]}?)" if close else ""
-        raise UserError(f"--config.{key}: {path} has no field {p!r}{hint} ({where})")
+        raise UserError(f"--config.{key}: {path} has no field {p!r}{_hint(node, path, p)} "
+                        f"({where})")
       if p != last:
         node, path = node[p], f"{path}.{p}"
+    part = _part_switch(parents, last)
+    if part:                                   # data.source / data.sampler switched by name
+      group = node if last == "name" else node[last]
+      holder = config.data
+      with holder.ignore_type():
+        holder[part] = parts.switch(part, group, value)
+      continue
     old = node[last]
     if isinstance(old, ml_collections.ConfigDict):
       raise UserError(f"--config.{key}: a group of fields; set its fields ({sorted(old.keys())})")
@@ -116,6 +126,37 @@ def apply_overrides(config: ml_collections.ConfigDict, pairs, where: str = "conf
     except (TypeError, ValueError) as e:
       raise UserError(f"--config.{key}={value}: {e}") from None
   return config
+
+
+def _hint(node, path: str, p: str) -> str:
+  """` (did you mean ...?)`: the sub-group that has the field (the data config's parts:
+  `data.source.shards` -> `data.source.shards`), a close field name here, or the data part that would
+  have it (`data.source.name=shards` first)."""
+  fields = [str(f) for f in node.keys()] if hasattr(node, "keys") else []
+  for f in fields:
+    sub = node[f]
+    if isinstance(sub, ml_collections.ConfigDict) and p in sub.keys():
+      return f" (did you mean {path}.{f}.{p}?)"
+  close = difflib.get_close_matches(p, fields, n=1)
+  if close:
+    return f" (did you mean {path}.{close[0]}?)"
+  kind = path.rsplit(".", 1)[-1] if path.startswith("config.data.") else (
+      "" if path != "config.data" else None)
+  for k in ([kind] if kind in parts.KINDS else list(parts.KINDS) if kind is None else []):
+    owners = [n for n in parts.names(k) if p in parts.lookup(k, n).FIELDS]
+    if owners:
+      return (f" (a field of data.{k} {owners}: switch with --config.data.{k}.name="
+              f"{owners[0]} before setting it)")
+  return ""
+
+
+def _part_switch(parents: list[str], last: str) -> str:
+  """'source' / 'sampler' when the key names a data part (`data.source.name` or `data.source`)."""
+  if parents == ["data"] and last in parts.KINDS:
+    return last
+  if len(parents) == 2 and parents[0] == "data" and parents[1] in parts.KINDS and last == "name":
+    return parents[1]
+  return ""
 
 
 def load(spec: str, overrides: list[str] | list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:

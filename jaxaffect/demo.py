@@ -36,7 +36,7 @@ def _check_workdir(workdir: str, config) -> None:
 
 def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> dict:
   from jaxaffect import config_loader, interop, plots
-  from jaxaffect.data import pipeline
+  from jaxaffect.data import parts, pipeline
   from jaxaffect.train import loop
 
   config = config_loader.load(config_spec, list(overrides or []))
@@ -44,12 +44,11 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   prep_info = None
-  if config.data.source == "synthetic":
+  if config.data.source.name == "synthetic":
     prep_info = prep_synthetic(config.data, os.path.join(workdir, "shards"))
-    config.data.source = "shards"
-    config.data.shards = prep_info["out"]
-    config.data.train_select = "train"
-    config.data.eval_select = "test"          # another generator seed: unseen identities
+    with config.ignore_type():                # another generator seed: unseen identities
+      config.data.source = parts.source_config("shards", shards=prep_info["out"],
+                                               train_select="train", eval_select="test")
   sources = pipeline.build_sources(config.data)
   gen_seconds = time.time() - t0
   metrics = loop.train(config, workdir, sources=sources)
@@ -92,14 +91,16 @@ def run(workdir: str, config_spec: str, overrides: list[str] | None = None) -> d
 
 
 def prep_synthetic(d, out: str, workers: int | None = None) -> dict:
-  """Writes the config's synthetic videos as shards with the preprocessing job (a subprocess, so
-  its workers fork before JAX starts); a rerun finds the shards done."""
+  """Writes the synthetic videos of `config.data` (source `synthetic`) as shards with the
+  preprocessing job (a subprocess, so its workers fork before JAX starts); a rerun finds the
+  shards done."""
   workers = workers or min(2, os.cpu_count() or 1)
+  s = d.source
   cmd = [sys.executable, "-m", "data_prep", "synthetic", "--src", "-", "--out", out,
-         "--num-videos", str(d.num_train), "--heldout-videos", str(d.num_eval),
-         "--num-frames", str(d.video_frames), "--render-size", str(d.image_size),
-         "--size", str(d.image_size), "--pose", str(d.synthetic_pose),
-         "--occlusion", str(d.synthetic_occlusion), "--seed", str(d.seed),
+         "--num-videos", str(s.num_train), "--heldout-videos", str(s.num_eval),
+         "--num-frames", str(s.video_frames), "--render-size", str(d.image_size),
+         "--size", str(d.image_size), "--pose", str(s.pose),
+         "--occlusion", str(s.occlusion), "--seed", str(s.seed),
          "--workers", str(workers), "--shards", str(max(2, workers))]
   t = time.time()
   subprocess.run(cmd, check=True)

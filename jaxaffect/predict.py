@@ -159,7 +159,7 @@ def _predict(workdir: str, out_dir: str, *, select: str | None = None, step: int
   """See the module docstring. `frames_from`: an ABAW example submission file listing every
   frame of every test video; the submission then has exactly those lines, in that order (frames
   the reader lacks, e.g. trailing frames without a face, take the nearest frame's prediction).
-  `labels` / `stream_paths` ({stream: path}) replace the run's `data.labels` / stream paths (the
+  `labels` / `stream_paths` ({stream: path}) replace the run's `data.source.labels` / stream paths (the
   test set's features, with no labels: `labels=""`, `select="all"`)."""
   from jaxaffect import plots
   from jaxaffect.data import features
@@ -168,30 +168,32 @@ def _predict(workdir: str, out_dir: str, *, select: str | None = None, step: int
   step = loop.resolve_step(workdir, step, best)
   config, setup, variables, step = loop.restore_state(workdir, step)
   task = setup.task
-  if config.data.get("source", "") != "features" or getattr(task, "input", "") != "features":
+  src = config.data.source
+  if src.name != "features" or getattr(task, "input", "") != "features":
     raise UserError(f"jaxaffect predict: {workdir} holds a {config.model_name!r} run on "
-                    f"data.source={config.data.get('source')!r}; predict runs sequence models "
-                    f"over feature streams (data.source='features', task.input='features')")
+                    f"data.source {src.name!r}; predict runs sequence models over feature "
+                    f"streams (config.data.source.name='features', task.input='features')")
   if labels is not None or stream_paths:
     config.unlock()
     if labels is not None:
-      config.data.labels = labels
+      src.labels = labels
     if stream_paths:
-      specs = [dict(x) for x in config.data.features]
+      specs = [dict(x) for x in src.features]
       names = [x["name"] for x in specs]
       unknown = sorted(set(stream_paths) - set(names))
       if unknown:
         raise UserError(f"jaxaffect predict: stream(s) {unknown} are not in the run's "
-                        f"data.features {names}")
+                        f"config.data.source.features {names}")
       for x in specs:
         x["path"] = stream_paths.get(x["name"], x["path"])
-      config.data.features = specs
-  select = select or config.data.eval_select
-  features.check_window(int(window or config.data.window), int(stride or config.data.stride),
-                        "--window" if window else "config.data.window",
-                        "--stride" if stride else "config.data.stride")
-  window = int(window or config.data.window)
-  stride = int(stride or config.data.stride)
+      src.features = specs
+  select = select or src.eval_select
+  smp = config.data.sampler
+  features.check_window(int(window or smp.window), int(stride or smp.stride),
+                        "--window" if window else "config.data.sampler.window",
+                        "--stride" if stride else "config.data.sampler.stride")
+  window = int(window or smp.window)
+  stride = int(stride or smp.stride)
   bs = int(batch_size or config.batch_size)
   runner = _windows_fn(task, variables)
   outputs = tuple(task.outputs)

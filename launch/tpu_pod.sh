@@ -3,7 +3,7 @@
 # on all of them; jax.distributed.initialize() detects the pod topology by itself.
 #   TPU_NAME=my-pod ZONE=us-central2-b bash launch/tpu_pod.sh \
 #     train --config configs/former_dfer.py:dfew --workdir gs://bucket/runs/fdfer \
-#     --config.data.train_list=/mnt/data/DFEW_set_1_train.txt ...
+#     --config.data.source.train_list=/mnt/data/DFEW_set_1_train.txt ...
 # Data: each host reads its own share of the files (per-host split by process index).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}"; : "${ZONE:?set ZONE}"

@@ -16,15 +16,15 @@ from jaxaffect.errors import UserError
 from tests.train.helpers import random_sources, tiny_config
 
 TINY = ["--config", "former_dfer:smoke", "--batch", "8", "--steps", "2", "--peak-size", "128",
-        "--config.model.width=8", "--config.data.image_size=32", "--config.data.num_segments=2",
-        "--config.data.duration=2", "--config.data.video_frames=4",
+        "--config.model.width=8", "--config.data.image_size=32", "--config.data.sampler.num_segments=2",
+        "--config.data.sampler.duration=2", "--config.data.source.video_frames=4",
         "--config.model.num_temporal_layers=1"]
 
 
 def _tiny_reference(path, config):
   """A small PyTorch classifier standing in for an official checkout (CI has none)."""
   d = config.data
-  t = d.num_segments * d.duration
+  t = d.sampler.num_segments * d.sampler.duration
   torch.manual_seed(0)
   module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(t * 3 * d.image_size ** 2, 7))
   to_inputs = lambda batch: (torch.from_numpy(batch["video"]).permute(0, 1, 4, 2, 3).float() / 255,)
@@ -97,8 +97,8 @@ def test_bad_override_is_rejected():
   with pytest.raises(UserError, match="config.model has no field .no_such_field."):
     bench.load_config("former_dfer:smoke", ["--config.model.no_such_field=1"])
   c = bench.load_config("former_dfer:smoke",
-                        ["--config.model.width=8", "--config.data.hflip=false"])
-  assert c.model.width == 8 and c.data.hflip is False
+                        ["--config.model.width=8", "--config.data.sampler.hflip=false"])
+  assert c.model.width == 8 and c.data.sampler.hflip is False
 
 
 def test_table3_json(capsys, monkeypatch):
@@ -172,7 +172,7 @@ def test_bench_abaw_tcn_reports_windows_per_second_for_train_and_inference(capsy
   from jaxaffect.models import abaw_tcn
 
   def tiny_ref(path, config):
-    w, d = config.data.window, config.data.features[0]["dim"]
+    w, d = config.data.sampler.window, config.data.source.features[0]["dim"]
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(d, config.model.num_expr_classes))
     to_inputs = lambda batch: (torch.from_numpy(np.asarray(batch["feat/mae"])).float(),)
@@ -182,7 +182,7 @@ def test_bench_abaw_tcn_reports_windows_per_second_for_train_and_inference(capsy
   spec = dataclasses.replace(bench.ABAW_TCN, reference=tiny_ref)
   monkeypatch.setattr(abaw_tcn, "bench_model", lambda: spec)
   args = ["abaw_tcn", "--config", "abaw_tcn:expr", "--batch", "8", "--steps", "2",
-          "--peak-size", "128", "--json", "--config.data.window=16",
+          "--peak-size", "128", "--json", "--config.data.sampler.window=16",
           "--config.model.num_layers=1", "--config.model.d_model=32",
           "--config.model.dim_feedforward=32", "--config.model.streams=(('mae',(16,8)),)"]
   assert bench.main(args + ["--reference", "/nowhere"]) == 0

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "former_dfer:smoke", "--config.model.width=8", "--config.data.image_size=32",
-        "--config.data.video_frames=10", "--config.data.num_segments=4",
-        "--config.data.num_train=16", "--config.data.num_eval=10", "--config.batch_size=8",
+        "--config.data.source.video_frames=10", "--config.data.sampler.num_segments=4",
+        "--config.data.source.num_train=16", "--config.data.source.num_eval=10", "--config.batch_size=8",
         "--config.num_steps=4", "--config.eval_every_steps=2", "--config.log_every_steps=1"]
 
 

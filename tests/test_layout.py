@@ -126,7 +126,8 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_import_graph_sees_known_edges():
   g = import_graph()
   assert "jaxaffect.data.schema" in g["jaxaffect.data.records"]
-  assert "jaxaffect.data.features" in g["jaxaffect.data.pipeline"]
+  assert "jaxaffect.data.parts" in g["jaxaffect.data.pipeline"]
+  assert "jaxaffect.data.parts" in g["jaxaffect.data.source_parts"]
   assert "data_prep.shard_pool" in g["data_prep.shards"]
   assert "data_prep.sources.base" in g["data_prep.faces"]
   assert "jaxaffect.data.pipeline" not in g["jaxaffect.data.features"]

@@ -42,11 +42,11 @@ def run(tmp_path_factory):
       np.save(root / "feats" / vid / f"{i:05d}.npy", r.normal(size=(1, 6)).astype(np.float32))
   c = abaw_tcn.get_config("smoke")
   c.unlock()
-  c.data.features = [{"name": "frame", "kind": "npy", "path": str(root / "feats"), "dim": 6}]
-  c.data.labels = str(root / "ann")
-  c.data.eval_select = "val"
+  c.data.source.features = [{"name": "frame", "kind": "npy", "path": str(root / "feats"), "dim": 6}]
+  c.data.source.labels = str(root / "ann")
+  c.data.source.eval_select = "val"
   c.data.expr_vocab = ""
-  c.data.window, c.data.stride = 8, 4
+  c.data.sampler.window, c.data.sampler.stride = 8, 4
   c.model.streams = (("frame", (8, 8)),)
   c.model.num_expr_classes = 8
   c.model.d_model, c.model.num_layers, c.model.dim_feedforward = 16, 1, 16

@@ -17,19 +17,19 @@ from jaxaffect.errors import UserError
 
 def _abaw_sources(config, n: int):
   """n random windows (one `window`-frame video each) with the configured feature streams
-  (`config.data.features[*].dim`) and every label valid: VA U(−1, 1), EXPR uniform classes, AU
+  (`config.data.source.features[*].dim`) and every label valid: VA U(−1, 1), EXPR uniform classes, AU
   Bernoulli(½). Train source = eval source."""
   from jaxaffect.data import features
   d, m = config.data, config.model
-  w = int(d.window)
+  w = int(d.sampler.window)
   rng = np.random.default_rng(config.seed)
   dims = {}
-  for s in d.features:
+  for s in d.source.features:
     s = dict(s)
     if int(s.get("dim", 0) or 0) <= 0:
-      raise UserError(f"bench abaw_tcn: config.data.features entry {s.get('name')!r} needs `dim`")
+      raise UserError(f"bench abaw_tcn: config.data.source.features entry {s.get('name')!r} needs `dim`")
     dims[s["name"]] = int(s["dim"])
-  num_au = int(d.get("num_au", 12))
+  num_au = int(d.source.get("num_au", 12))
   videos = []
   for i in range(n):
     labels = {"va": rng.uniform(-1, 1, (w, 2)).astype(np.float32),

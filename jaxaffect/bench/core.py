@@ -96,9 +96,9 @@ def load_config(spec: str, overrides: list[str]):
 
 def random_sources(config, n: int):
   """Random uint8 videos of the configured clip shape (train source = eval source)."""
-  from jaxaffect.data import pipeline
+  from jaxaffect.data import parts, pipeline
   d = config.data
-  t = max(d.get("video_frames", 0) or 0, d.num_segments * d.duration)
+  t = max(d.source.get("video_frames", 0) or 0, parts.sampler(d).min_frames())
   rng = np.random.default_rng(config.seed)
   frames = rng.integers(0, 256, (n, t, d.image_size, d.image_size, 3), np.uint8)
   labels = rng.integers(0, config.model.num_classes, (n,)).astype(np.int32)

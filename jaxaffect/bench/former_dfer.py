@@ -17,7 +17,7 @@ def _former_dfer_reference(path: str, config) -> Reference:
   """The official `models.ST_Former.GenerateModel` (zengqunzhao/Former-DFER) from a checkout."""
   import torch
   d, m = config.data, config.model
-  t = d.num_segments * d.duration
+  t = d.sampler.num_segments * d.sampler.duration
   if (t, d.image_size) != (16, 112):
     raise UserError(f"bench --reference: the official Former-DFER only runs 16×112² clips "
                     f"(`view(-1,3,112,112)`, `view(-1,16,512)`); the config gives {t}×"

@@ -1,5 +1,5 @@
 """Aff-Wild2 (ABAW) per-frame annotation files: the one parser of the official VA / EXPR / AU text
-files, shared by the feature reader (`jaxaffect.data.features`, `data.labels` = an annotation
+files, shared by the feature reader (`jaxaffect.data.features`, `data.source.labels` = an annotation
 folder) and the shard writer (`data_prep.sources.affwild2`, which turns `AnnotationError` into its
 `PrepError`).
 
@@ -84,7 +84,7 @@ def track_of(video_id: str) -> tuple[str, str]:
 
 def annotation_folders(root: str, *, option: str = "the annotation root") -> dict[str, str]:
   """{task: folder} found under `root` or `root/annotations`; several folders for one task raise
-  (`option` names what the user should point at one edition, e.g. "--src", "data.labels")."""
+  (`option` names what the user should point at one edition, e.g. "--src", "data.source.labels")."""
   found: dict[str, list[str]] = {}
   for base in (root, os.path.join(root, "annotations")):
     for task, aliases in TASK_FOLDERS.items():

@@ -190,7 +190,7 @@ class FrameSampler:
       idx = samplers.frame_index(n, rng if self.train else None, train=self.train,
                                  valid_mask=face if face.any() else None)
       return idx, np.ones(1, bool)
-    raise UserError(f"data.sampler={self.kind!r}: expected former_dfer, est, window, sequence "
+    raise UserError(f"data.sampler {self.kind!r}: expected former_dfer, est, window, sequence "
                     f"or frame")
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None):
@@ -209,7 +209,7 @@ class FrameSampler:
       idx, valid = np.zeros(1, np.int64), np.ones(1, bool)
       video = record["frames"][idx]
     else:
-      raise UserError(f"data.sampler={self.kind!r} reads data_prep shards (data.source='shards')")
+      raise UserError(f"data.sampler {self.kind!r} reads data_prep shards (data.source 'shards')")
     aug = self.train and rng is not None
     video, _ = augment.augment_clip(
         video, rng if aug else np.random.default_rng(0), size=self.image_size,

@@ -89,14 +89,20 @@ def _as_dict(x) -> dict:
   return x.to_dict() if hasattr(x, "to_dict") else dict(x)
 
 
+def fields(cfg):
+  """The flat fields of a `config.data` (by parts: `parts.view`), or `cfg` if already flat."""
+  from jaxaffect.data import parts
+  return parts.view(cfg) if hasattr(cfg.get("source", None), "keys") else cfg
+
+
 def stream_specs(cfg) -> list[StreamSpec]:
-  """`config.data.features` as `StreamSpec`s (checked: names unique, kinds known, paths exist)."""
-  raw = cfg.get("features", None) or []
+  """`config.data.source.features` as `StreamSpec`s (checked: names unique, kinds known, paths exist)."""
+  raw = fields(cfg).get("features", None) or []
   specs, names = [], set()
   for i, s in enumerate(raw):
     d = _as_dict(s)
     unknown = set(d) - {f.name for f in dataclasses.fields(StreamSpec)}
-    where = f"config.data.features[{i}]"
+    where = f"config.data.source.features[{i}]"
     if unknown:
       raise UserError(f"{where}: unknown keys {sorted(unknown)}")
     for k in ("name", "kind", "path"):
@@ -116,7 +122,7 @@ def stream_specs(cfg) -> list[StreamSpec]:
     names.add(d["name"])
     specs.append(StreamSpec(**d))
   if not specs:
-    raise UserError("config.data.source='features' needs data.features (a list of streams "
+    raise UserError("data.source 'features' needs config.data.source.features (a list of streams "
                     "{name, kind: shards|npy|array, path, rate_hz?})")
   return specs
 
@@ -236,7 +242,7 @@ def read_stream(spec: StreamSpec, tl: _Timeline, shard_dirs: dict[str, _ShardDir
     return arr, np.ones((t,), bool), None
   if not np.all(np.isfinite(tl.t_sec)):
     raise UserError(f"stream {spec.name!r} (rate_hz={spec.rate_hz}): video {vid!r} has unknown "
-                    f"frame times (t_sec NaN; set data.fps or data.fps_csv, or prep with a known "
+                    f"frame times (t_sec NaN; set data.source.fps or data.source.fps_csv, or prep with a known "
                     f"frame rate)")
   times = np.arange(len(arr), dtype=np.float64) / spec.rate_hz
   ft = np.clip(tl.t_sec.astype(np.float64), times[0], times[-1])    # ends held, as np.interp
@@ -271,7 +277,7 @@ class FeatureReader:
   """The videos of `select` with their joined streams, from `config.data` (see module doc)."""
 
   def __init__(self, cfg):
-    self.cfg = cfg
+    self.cfg = cfg = fields(cfg)
     self.specs = stream_specs(cfg)
     self.shard_dirs = {s.name: _ShardDir(os.path.abspath(s.path)) for s in self.specs
                        if s.kind == "shards"}
@@ -285,7 +291,7 @@ class FeatureReader:
       same = [sd for sd in self.shard_dirs.values() if sd.path == os.path.abspath(labels)]
       self.label_shards = same[0] if same else _ShardDir(os.path.abspath(labels))
     elif labels and not os.path.isdir(labels):
-      raise MissingFile(f"data.labels={labels}: no such directory")
+      raise MissingFile(f"data.source.labels={labels}: no such directory")
 
   def timelines(self, select: str) -> Iterator[_Timeline]:
     if self.label_shards is not None:
@@ -300,11 +306,11 @@ class FeatureReader:
     """No labels: the videos and frames of the first stream (per-frame folders: frames 1..last
     file; arrays: one frame per row, numbered from 1)."""
     if select != "all":
-      raise UserError(f"data.labels is empty (unlabelled streams): select={select!r}, only "
+      raise UserError(f"data.source.labels is empty (unlabelled streams): select={select!r}, only "
                       f"'all' is possible")
     spec = self.specs[0]
     if spec.rate_hz is not None:
-      raise UserError(f"data.labels is empty and the first stream {spec.name!r} has a rate: "
+      raise UserError(f"data.source.labels is empty and the first stream {spec.name!r} has a rate: "
                       f"the frames are unknown (put a per-frame stream first or give labels)")
     fps = _Fps(self.cfg)
     num_au = int(self.cfg.get("num_au", DEFAULT_NUM_AU))
@@ -339,5 +345,5 @@ def iter_videos(cfg, select: str) -> Iterator[VideoFeatures]:
 def load_videos(cfg, select: str) -> list[VideoFeatures]:
   videos = list(iter_videos(cfg, select))
   if not videos:
-    raise UserError(f"data.source='features': no video for select={select!r}")
+    raise UserError(f"data.source 'features': no video for select={select!r}")
   return videos

@@ -53,21 +53,21 @@ class _Fps:
 def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
   """Videos of an Aff-Wild2 annotation folder in `select` ("train", "val" or "all"): frames
   1..T with T the most label lines over the video's tasks (shorter tasks padded with their
-  sentinels, as `data_prep.sources.affwild2`), t_sec = (i - 1) / fps (`data.fps`, `data.fps_csv`;
+  sentinels, as `data_prep.sources.affwild2`), t_sec = (i - 1) / fps (`data.source.fps`, `data.source.fps_csv`;
   unknown: NaN)."""
-  folders = affwild2.annotation_folders(root, option="data.labels")
+  folders = affwild2.annotation_folders(root, option="data.source.labels")
   if not folders:
-    raise UserError(f"data.labels={root}: neither a shard directory (manifest.json) nor an "
+    raise UserError(f"data.source.labels={root}: neither a shard directory (manifest.json) nor an "
                     f"Aff-Wild2 annotation folder (VA_Set, EXPR_*, AU_* ...)")
   if select not in ("train", "val", "all"):
-    raise UserError(f"data.labels={root} (Aff-Wild2 annotations): select={select!r}, expected "
+    raise UserError(f"data.source.labels={root} (Aff-Wild2 annotations): select={select!r}, expected "
                     f"'train', 'val' or 'all'")
   expr_vocab = cfg.get("expr_vocab", "") or ""
   num_au = int(cfg.get("num_au", DEFAULT_NUM_AU))
   fps = _Fps(cfg)
   files = affwild2.annotation_files(folders, None if select == "all" else (select,))
   if not files:
-    raise UserError(f"data.labels={root}: no annotation file for select={select!r}")
+    raise UserError(f"data.source.labels={root}: no annotation file for select={select!r}")
   tasks = tuple(cfg.get("label_tasks", ()) or ())   # () = every task's files
   out = []
   for (split, vid), paths in sorted(files.items()):
@@ -97,7 +97,7 @@ def affwild2_timelines(root: str, select: str, cfg) -> list[_Timeline]:
       au = affwild2.padded(parsed, "au", t)
       if au.shape[1] != num_au:
         raise UserError(f"{paths['au']}: {au.shape[1]} action units "
-                        f"({','.join(parsed['au'].names)}), config data.num_au={num_au}")
+                        f"({','.join(parsed['au'].names)}), config data.source.num_au={num_au}")
       labels["au"], labels["au_mask"] = np.maximum(au, 0).astype(np.float32), \
           (au >= 0).astype(np.float32)
     f = fps(vid)
@@ -167,7 +167,7 @@ def shard_timeline(sd: _ShardDir, key: tuple[str, str], cfg) -> _Timeline:
     got.pop("face", None)
     if "au" in got and got["au"].shape[1] != num_au:
       raise UserError(f"{sd.path}: record {rec.video_id}: field 'frame/au' has "
-                      f"{got['au'].shape[1]} units, config data.num_au={num_au}")
+                      f"{got['au'].shape[1]} units, config data.source.num_au={num_au}")
     lab.update(got)
     if "va" in got:                    # -5 sentinels -> 0 under a zero mask (as the txt reader)
       lab["va"] = (got["va"] * (got["va_mask"][:, None] > 0)).astype(np.float32)

@@ -4,7 +4,7 @@ whole-video inference helpers.
 Every reader produces the same per-video form, `VideoFeatures`: the video's frames (frame numbers,
 times, a face flag) with one `(T, D)` float32 array per stream and the per-frame labels with masks.
 
-Streams (`config.data.features`, a list of specs `{name, kind, path, rate_hz?, key?, stream?,
+Streams (`config.data.source.features`, a list of specs `{name, kind, path, rate_hz?, key?, stream?,
 dim?, fill?}`):
 
 * `kind="shards"`: feature shards written by `python -m data_prep features` (records of the face
@@ -21,7 +21,7 @@ dim?, fill?}`):
   `np.interp` does); frames with unknown times (NaN) are an error. Two-person Aff-Wild2 videos
   (`..._left`, `..._right`) fall back to the array of the shared name (one audio track).
 
-Labels (`config.data.labels`): a shard directory (face or feature shards: `manifest.json`; the
+Labels (`config.data.source.labels`): a shard directory (face or feature shards: `manifest.json`; the
 frames, labels, clip label, split and folds of each record; segments of one video are joined), an
 Aff-Wild2 annotation folder (any ABAW edition's `VA_*`, `EXPR_*`, `AU_*` folders with
 `Train_Set`/`Validation_Set` of `<video>.txt`, parsed by `jaxaffect.data.affwild2` -- the parser
@@ -45,8 +45,8 @@ every frame and never clear it). A frame's flag is the AND over all streams, so 
 per-frame stream also fills the other streams' rows at that frame.
 
 Windows: `FeatureWindows`, a grain source of (video, window) items (train `w=300, s=200`; eval
-non-overlapping, so masked per-frame metrics count every frame once), dispatched from
-`pipeline.build_sources` / `make_clip` when `config.data.source == "features"`. Whole-video
+non-overlapping, so masked per-frame metrics count every frame once), made by the
+`feature_windows` sampler over the `features` source (data/sampler_parts.py, source_parts.py). Whole-video
 inference: `iter_videos`, `video_windows`, `merge`.
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ import numpy as np
 from jaxaffect.data import samplers
 # Re-exported: the readers and timelines were defined here (predict, bench and tests use them).
 from jaxaffect.data.feature_readers import (KINDS, FeatureReader, StreamSpec, _as_dict,  # noqa: F401
-                                            VideoFeatures, fill_nearest, iter_videos, join,
+                                            VideoFeatures, fields, fill_nearest, iter_videos,
+                                            join,
                                             load_videos, read_stream, stream_specs)
 from jaxaffect.data.feature_timelines import (DEFAULT_NUM_AU, LABEL_KEYS,  # noqa: F401
                                               _empty_labels, affwild2_timelines,
@@ -146,10 +147,6 @@ class FeatureClip:
     return out
 
 
-def make_clip(cfg, train: bool) -> FeatureClip:
-  return FeatureClip(train, float(cfg.get("feature_dropout", 0.0) or 0.0) if train else 0.0)
-
-
 def check_window(window: int, stride: int, window_name: str, stride_name: str) -> None:
   """Windows must cover every frame: 1 <= stride <= window (errors name the user's setting)."""
   if window < 1:
@@ -159,34 +156,17 @@ def check_window(window: int, stride: int, window_name: str, stride_name: str) -
                     f"window (a larger stride leaves frames between windows unpredicted)")
 
 
-def build_sources(cfg) -> tuple[FeatureWindows, FeatureWindows]:
-  """(train, eval) window sources of `config.data`: `train_select` windows `window`/`stride`
-  (300/200), `eval_select` windows `window`/`eval_stride` (default: `window`, non-overlapping)."""
-  w = int(cfg.get("window", 300))
-  check_window(w, int(cfg.get("stride", 200)), "config.data.window", "config.data.stride")
-  check_window(w, int(cfg.get("eval_stride", 0) or w), "config.data.window",
-               "config.data.eval_stride")
-  reader = FeatureReader(cfg)
-  tr_sel, ev_sel = cfg.get("train_select", "train"), cfg.get("eval_select", "val")
-  tr = list(reader.videos(tr_sel))
-  ev = list(reader.videos(ev_sel))
-  for sel, vids in ((tr_sel, tr), (ev_sel, ev)):
-    if not vids:
-      raise UserError(f"data.source='features': no video for select={sel!r}")
-  return (FeatureWindows(tr, w, int(cfg.get("stride", 200)), f"features-{tr_sel}"),
-          FeatureWindows(ev, w, int(cfg.get("eval_stride", 0) or w), f"features-{ev_sel}"))
-
-
 def spec_source(cfg, num_frames: int | None = None) -> FeatureWindows:
   """A one-video stand-in with the configured shapes (every stream needs its `dim`), to build a
   model or restore a checkpoint without reading data."""
+  cfg = fields(cfg)
   w = int(cfg.get("window", 300))
   t = num_frames or w
   streams = {}
   for i, s in enumerate(cfg.get("features", None) or []):
     d = _as_dict(s)
     if int(d.get("dim", 0) or 0) <= 0:
-      raise UserError(f"config.data.features[{i}] ({d.get('name')}): field 'dim' is needed to "
+      raise UserError(f"config.data.source.features[{i}] ({d.get('name')}): field 'dim' is needed to "
                       f"build shapes without reading data")
     streams[d["name"]] = np.zeros((t, int(d["dim"])), np.float32)
   vf = VideoFeatures("spec", streams, np.ones((t,), bool), np.arange(t), np.zeros(t, np.float32),

@@ -12,7 +12,7 @@ Items are `record_to_example` dicts plus `item` (the item index) and `candidates
 indices the item may take), so grain's index reader (`pipeline.train_iterator`, `eval_batches`)
 shuffles, splits and pads them like videos.
 
-`FrameViews` (`data.sampler="frame_views"`) samples one frame of an item and returns
+`FrameViews` (sampler `frame_views`) samples one frame of an item and returns
 `image` (H, W, 3) uint8 and its `landmarks` (68, 2) float32 (x, y in output pixels, moved with the
 crop, resize and flip; `augment.transform_points`), with `data.num_views=2` a second, independent
 augmentation `view_2` / `landmarks_2` of the same frame (momentum-contrast pairs), the frame's
@@ -40,7 +40,7 @@ class FrameRecords(grain.sources.RandomAccessDataSource):
   def __init__(self, records: ShardRecords, frames_per_video: int = 0):
     k = int(frames_per_video)
     if k < 0:
-      raise UserError(f"config.data.frames_per_video={frames_per_video}: expected 0 (every face "
+      raise UserError(f"config.data.sampler.frames_per_video={frames_per_video}: expected 0 (every face "
                       f"frame) or K > 0 frames per video")
     self.records, self.k = records, k
     faces = np.asarray([int(r.get("face_found", r.get("num_frames", 0)))
@@ -100,7 +100,7 @@ class FrameViews:
 
   def __post_init__(self):
     if self.num_views not in (1, 2):
-      raise UserError(f"config.data.num_views={self.num_views}: expected 1 or 2")
+      raise UserError(f"config.data.sampler.num_views={self.num_views}: expected 1 or 2")
 
   def _view(self, frame: np.ndarray, lm: np.ndarray, rng):
     aug = self.train and rng is not None
@@ -120,7 +120,7 @@ class FrameViews:
       lms = np.asarray(rec.landmarks, np.float32)
       if lms.ndim != 3 or lms.shape[1:] != (68, 2) or (
           rec.landmark_scheme and rec.landmark_scheme != "ibug68"):
-        raise UserError(f"{where}: data.sampler='frame_views' needs iBUG-68 landmarks (field "
+        raise UserError(f"{where}: data.sampler 'frame_views' needs iBUG-68 landmarks (field "
                         f"'frame/landmarks' has shape {lms.shape}, 'video/landmark_scheme' "
                         f"{rec.landmark_scheme!r}); prep the source with a 68-point landmarker")
       if "candidates" in example:
@@ -136,7 +136,7 @@ class FrameViews:
     elif "frames" in example:                # in-memory stand-in (shapes only): the first frame
       i, frame, lm, labels = 0, np.asarray(example["frames"][0]), np.zeros((68, 2), np.float32), {}
     else:
-      raise UserError("data.sampler='frame_views' reads data_prep shards (data.source='shards')")
+      raise UserError("data.sampler 'frame_views' reads data_prep shards (data.source 'shards')")
     ok = bool(np.all(np.isfinite(lm)))
     lm = lm if ok else np.zeros_like(lm)
     out["image"], out["landmarks"] = self._view(frame, lm, rng)
@@ -161,6 +161,6 @@ def make_views(cfg, train: bool) -> FrameViews:
 def check_frames_per_video(cfg) -> int:
   k = cfg.get("frames_per_video", 0) or 0
   if not isinstance(k, (int, np.integer)) or k < 0:
-    raise UserError(f"config.data.frames_per_video={k!r}: expected 0 (every face frame) or an "
+    raise UserError(f"config.data.sampler.frames_per_video={k!r}: expected 0 (every face frame) or an "
                     f"integer K > 0 (frames per video per epoch)")
   return int(k)

@@ -88,7 +88,7 @@ class ListFileVideos(grain.sources.RandomAccessDataSource):
       if os.path.isdir(cand):
         return cand
     raise UserError(f"{where}: field 'frame dir' {listed!r}: no tail of it is a folder under "
-                    f"data.root={root!r} (tried {os.path.join(root, *parts[-2:])!r}, ...)")
+                    f"data.source.root={root!r} (tried {os.path.join(root, *parts[-2:])!r}, ...)")
 
   def __len__(self) -> int:
     return len(self.items)

@@ -184,7 +184,7 @@ class ABAWTCN(nn.Module):
     missing = [n for n, _ in self.streams if n not in features]
     if missing:
       raise UserError(f"ABAWTCN: feature stream(s) {missing} of config.model.streams missing "
-                      f"from the input (config.data.features gives {sorted(features)})")
+                      f"from the input (config.data.source.features gives {sorted(features)})")
     xs, bt = [], None
     for name, chans in self.streams:
       x = jnp.asarray(features[name])

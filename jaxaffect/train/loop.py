@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxaffect.data import pipeline
+from jaxaffect.data import parts, pipeline
 from jaxaffect.errors import MissingFile, UserError
 from jaxaffect.models import registry
 from jaxaffect.train import checkpoint as ckpt_lib
@@ -181,22 +181,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sources=None,
     return out
 
 
-_PATH_FIELDS = ("shards", "labels", "root", "train_list", "eval_list")
-
-
 def absolute_paths(config: ml_collections.ConfigDict) -> None:
   """Data paths given relative to the current directory become absolute in the run's config, so
   `eval` / `predict` / a resume from another directory read the same data (and `./x` equals `x`
-  for the resume check)."""
+  for the resume check). The source part knows which of its fields are paths."""
   def absolute(p):
     return os.path.abspath(p) if isinstance(p, str) and p and not os.path.isabs(p) else p
-  d = config.data
-  for k in _PATH_FIELDS:
-    if k in d:
-      d[k] = absolute(d[k])
-  if d.get("features"):
-    d.features = [dict(f, path=absolute(f.get("path", ""))) if isinstance(f, dict) else f
-                  for f in d.features]
+  parts.source(config.data).absolute_paths(absolute)
   if config.get("init_from") and config.init_from.get("workdir"):
     config.init_from.workdir = absolute(config.init_from.workdir)
 

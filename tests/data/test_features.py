@@ -14,7 +14,7 @@ import pytest
 
 from jaxaffect.data import affwild2
 from jaxaffect.data import features as F
-from jaxaffect.data import pipeline
+from jaxaffect.data import parts, pipeline
 
 AU12 = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
 EXPR8 = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
@@ -101,15 +101,16 @@ def abaw(tmp_path):
 
 
 def _cfg(abaw, **kw):
-  c = ml_collections.ConfigDict(dict(
-      source="features", labels=abaw["ann"], fps=30.0, window=4, stride=2, eval_stride=0,
+  c = dict(
+      source="features", sampler="feature_windows", labels=abaw["ann"], fps=30.0, window=4,
+      stride=2, eval_stride=0,
       train_select="train", eval_select="val", expr_vocab="", num_au=12, fps_csv="",
       feature_dropout=0.0,
       features=[dict(name="mae", kind="npy", path=abaw["mae"]),
                 dict(name="arcface", kind="npy", path=abaw["arc"], key="feats"),
-                dict(name="wav", kind="array", path=abaw["wav"], rate_hz=50.0)]))
+                dict(name="wav", kind="array", path=abaw["wav"], rate_hz=50.0)])
   c.update(kw)
-  return c
+  return parts.from_flat(c)
 
 
 # ---------------------------------------------------------------------------------------- readers
@@ -169,7 +170,7 @@ def test_audio_interpolated_at_video_fps_and_ends_held(abaw):
 
 def test_unlabelled_streams(abaw):
   cfg = _cfg(abaw, labels="")
-  cfg.features = [dict(name="mae", kind="npy", path=abaw["mae"])]
+  cfg.source.features = [dict(name="mae", kind="npy", path=abaw["mae"])]
   vids = {v.video_id: v for v in F.iter_videos(cfg, "all")}
   assert sorted(vids) == ["vidA", "vidB_left", "vidC"]
   assert vids["vidA"].num_frames == 7 and not vids["vidA"].labels["va_mask"].any()
@@ -210,7 +211,7 @@ def test_affwild2_labels_of_every_edition(tmp_path):
   np.testing.assert_array_equal(w.labels["au_mask"], np.asarray(au8) >= 0)
   assert np.isnan(w.t_sec).all()                                    # not in the fps table
   with pytest.raises(ValueError, match=r"w.txt: 8 action units \(AU1,.*AU25\), config "
-                                       r"data.num_au=12"):
+                                       r"data.source.num_au=12"):
     F.affwild2_timelines(str(old), "val", dict(cfg, num_au=12))
   # ABAW6's EXPR folder name; 8 classes
   new = tmp_path / "abaw6"
@@ -221,7 +222,7 @@ def test_affwild2_labels_of_every_edition(tmp_path):
   np.testing.assert_array_equal(x.labels["expr_mask"], [1, 0])
   _write_txt(str(new / "annotations" / "EXPR_Classification_Challenge" / "Train_Set" / "x.txt"),
              EXPR8, ["1"])
-  with pytest.raises(ValueError, match=r"several EXPR annotation folders .* point data.labels at "
+  with pytest.raises(ValueError, match=r"several EXPR annotation folders .* point data.source.labels at "
                                        r"one ABAW edition"):
     F.affwild2_timelines(str(new), "val", cfg)
 
@@ -239,14 +240,14 @@ def test_errors_name_stream_video_file_field(abaw):
   np.savez(os.path.join(abaw["arc"], "vidA.npz"), a=np.zeros((7, 3)), b=np.zeros((7, 3)))
   with pytest.raises(ValueError, match=r"holds arrays \['a', 'b'\]"):
     cfg = _cfg(abaw)
-    cfg.features[1]["key"] = ""
+    cfg.source.features[1]["key"] = ""
     list(F.iter_videos(cfg, "train"))
   # frame times unknown: a rate stream cannot be placed
   with pytest.raises(ValueError, match=r"stream 'wav' \(rate_hz=50.0\): video 'vidC' has unknown "
                                        r"frame times"):
     list(F.iter_videos(_cfg(abaw, fps=0.0), "val"))
   cfg = _cfg(abaw)
-  cfg.features[0]["dim"] = 7
+  cfg.source.features[0]["dim"] = 7
   with pytest.raises(ValueError, match=r"stream 'mae': video 'vidC' has 6-wide features, the "
                                        r"config says dim=7"):
     list(F.iter_videos(cfg, "val"))
@@ -330,7 +331,7 @@ def test_eval_windows_count_every_frame_once():
   for c in counts:
     np.testing.assert_array_equal(c, 1)
   # the trainer's masked sums over eval batches see each labelled frame once
-  cfg = ml_collections.ConfigDict(dict(source="features", feature_dropout=0.0))
+  cfg = parts.data_config("features", "feature_windows")
   total = 0.0
   for b in pipeline.eval_batches(src, cfg, 8):
     total += float((b["va_mask"] * b["valid"]).sum())
@@ -373,7 +374,8 @@ def test_pipeline_dispatch_and_feature_dropout(abaw):
   b = next(it)
   assert b["feat/arcface"].shape == (8, 4, 3) and b["video_index"].shape == (8,)
   # spec_source: shapes without data
-  cfg.features[0]["dim"], cfg.features[1]["dim"], cfg.features[2]["dim"] = 6, 3, 4
+  f = cfg.source.features
+  f[0]["dim"], f[1]["dim"], f[2]["dim"] = 6, 3, 4
   s = F.spec_source(cfg)
   spec2 = pipeline.batch_spec(s, cfg, 8)
   assert {k: (v.shape, v.dtype) for k, v in spec2.items()} == \
@@ -405,33 +407,33 @@ def test_only_the_trained_tasks_annotation_files_are_read(abaw):
   with pytest.raises(ValueError, match=r"vidC.txt:3 field 'expression'"):
     list(F.iter_videos(_cfg(abaw, label_tasks=("va", "expr")), "val"))
   from configs import abaw_tcn
-  assert tuple(abaw_tcn.get_config("va").data.label_tasks) == ("va",)
-  assert tuple(abaw_tcn.get_config("smoke").data.label_tasks) == ("va", "expr", "au")
+  assert tuple(abaw_tcn.get_config("va").data.source.label_tasks) == ("va",)
+  assert tuple(abaw_tcn.get_config("smoke").data.source.label_tasks) == ("va", "expr", "au")
 
 
 @pytest.mark.parametrize("kw,needle", [
-    (dict(window=4, stride=5), r"config.data.stride=5 with config.data.window=4: expected 1 <= "),
-    (dict(window=4, stride=0), r"config.data.stride=0 with config.data.window=4"),
-    (dict(window=4, stride=2, eval_stride=6), r"config.data.eval_stride=6"),
-    (dict(window=0, stride=1), r"config.data.window=0"),
+    (dict(window=4, stride=5), r"config.data.sampler.stride=5 with config.data.sampler.window=4: expected 1 <= "),
+    (dict(window=4, stride=0), r"config.data.sampler.stride=0 with config.data.sampler.window=4"),
+    (dict(window=4, stride=2, eval_stride=6), r"config.data.sampler.eval_stride=6"),
+    (dict(window=0, stride=1), r"config.data.sampler.window=0"),
 ])
 def test_window_stride_errors_name_the_config_field(abaw, kw, needle):
   """stride > window used to say "use tail='drop'", an option no user can set."""
   from jaxaffect.errors import UserError
   with pytest.raises(UserError, match=needle):
-    F.build_sources(_cfg(abaw, **kw))
+    pipeline.build_sources(_cfg(abaw, **kw))
 
 
 def test_features_list_is_overridden_whole_from_the_command_line(abaw):
-  """`config.data.features` (a list) took no command-line value, and a new key in `[0]` raised
+  """`config.data.source.features` (a list) took no command-line value, and a new key in `[0]` raised
   KeyError: a JSON value replaces the whole list."""
   import json
   from jaxaffect import config_loader
   streams = [dict(name="mae", kind="npy", path=abaw["mae"], dim=6)]
   c = config_loader.load(f"abaw_tcn:va,labels={abaw['ann']}",
-                         [f"--config.data.features={json.dumps(streams)}",
+                         [f"--config.data.source.features={json.dumps(streams)}",
                           "--config.model.streams=[[\"mae\", [6, 4]]]",
-                          "--config.data.window=4", "--config.data.stride=2"])
-  assert c.data.features == streams and c.model.streams == (("mae", (6, 4)),)
-  tr, ev = F.build_sources(c.data)
+                          "--config.data.sampler.window=4", "--config.data.sampler.stride=2"])
+  assert c.data.source.features == streams and c.model.streams == (("mae", (6, 4)),)
+  tr, ev = pipeline.build_sources(c.data)
   assert len(tr) > 0 and len(ev) > 0 and tr[0]["feat/mae"].shape == (4, 6)

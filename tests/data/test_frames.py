@@ -6,7 +6,7 @@ import pytest
 
 from data_prep import cli as prep_cli
 from data_prep import shards
-from jaxaffect.data import augment, frames, pipeline
+from jaxaffect.data import augment, frames, parts, pipeline
 from jaxaffect.errors import UserError
 
 
@@ -25,7 +25,7 @@ def _cfg(shard_dir, **kw):
            train_select="train", eval_select="train", num_views=2, frames_per_video=0,
            crop="resized_crop", hflip=True, color_jitter=0.0, read_threads=1, prefetch_batches=1)
   d.update(kw)
-  return ml_collections.ConfigDict(d)
+  return parts.from_flat(d)
 
 
 # ------------------------------------------------------------------------------ augment params
@@ -96,7 +96,8 @@ def test_every_face_frame_and_k_per_video(shard_dir):
     frames.FrameRecords(recs, -1)
   with pytest.raises(UserError, match="frames_per_video"):
     pipeline.build_sources(_cfg(shard_dir, frames_per_video=-2))
-  with pytest.raises(UserError, match="frame/landmarks"):
+  with pytest.raises(UserError, match=r"sampler.name='frame_views' reads only data.source "
+                                      r"\['shards'\], not 'synthetic'"):
     pipeline.build_sources(_cfg(shard_dir, source="synthetic"))
   with pytest.raises(UserError, match="num_views"):
     pipeline.make_clip(_cfg(shard_dir, num_views=3), train=True)

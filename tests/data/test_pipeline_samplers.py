@@ -5,7 +5,7 @@ import pytest
 
 from data_prep import cli as prep_cli
 from data_prep import shards
-from jaxaffect.data import pipeline, samplers, schema, vocab
+from jaxaffect.data import parts, pipeline, samplers, schema, vocab
 from tests.data.test_schema import make_record
 
 
@@ -101,8 +101,8 @@ def test_expr_vocabulary_mismatch_is_an_error():
 
 def test_eval_padding_rows_carry_no_labels(shard_dir):
   import ml_collections
-  cfg = ml_collections.ConfigDict(dict(sampler="window", image_size=48, window=12, stride=12,
-                                       hflip=False, expr_vocab="", crop=""))
+  cfg = parts.from_flat(dict(sampler="window", image_size=48, window=12, stride=12,
+                             hflip=False, expr_vocab="", crop=""))
   src = pipeline.ShardRecords(shard_dir, "train")
   (b,) = list(pipeline.eval_batches(src, cfg, 8))          # 4 videos + 4 padding rows
   np.testing.assert_array_equal(b["mask"], [1, 1, 1, 1, 0, 0, 0, 0])
@@ -129,13 +129,13 @@ def test_synthetic_in_memory_source_converts_labels_like_shards():
   from configs import est as est_cfg
   from jaxaffect.data import synthetic
   c = est_cfg.get_config("smoke")
-  assert c.data.source == "synthetic" and c.data.label_vocab == "dfew7_alpha"
+  assert c.data.source.name == "synthetic" and c.data.label_vocab == "dfew7_alpha"
   c.unlock()
-  c.data.num_train, c.data.num_eval, c.data.video_frames, c.data.image_size = 14, 7, 4, 16
+  c.data.source.num_train, c.data.source.num_eval, c.data.source.video_frames, c.data.image_size = 14, 7, 4, 16
   tr, ev = pipeline.build_sources(c.data)
-  common = dict(num_frames=4, size=16, pose_amount=c.data.synthetic_pose,
-                occlusion_prob=c.data.synthetic_occlusion)
-  gen = synthetic.generate_dataset(14, seed=c.data.seed, **common)["label"]
+  common = dict(num_frames=4, size=16, pose_amount=c.data.source.pose,
+                occlusion_prob=c.data.source.occlusion)
+  gen = synthetic.generate_dataset(14, seed=c.data.source.seed, **common)["label"]
   shown = [synthetic.EXPRESSIONS[int(g)] for g in gen]
   assert len(set(shown)) > 3
   assert [c.data.class_names[int(tr[i]["label"])] for i in range(14)] == shown
@@ -156,12 +156,12 @@ def test_impossible_vocabulary_map_is_refused_at_start_up(shard_dir):
   assert 2 in labels or any(r["expr_hist"][2] for r in m["records"])   # Neutral (dfew7) present
   base = dict(source="shards", shards=shard_dir, train_select="train", eval_select="train")
   if 2 in labels:
-    cfg = ml_collections.ConfigDict(dict(base, label_vocab="basic6_alpha"))
+    cfg = parts.from_flat(dict(base, label_vocab="basic6_alpha"))
     with pytest.raises(ValueError, match=r"label_vocab='basic6_alpha'.*\['Neutral'\]"):
       pipeline.build_sources(cfg)
-  cfg = ml_collections.ConfigDict(dict(base, expr_vocab="basic6_alpha"))
+  cfg = parts.from_flat(dict(base, expr_vocab="basic6_alpha"))
   with pytest.raises(ValueError, match=r"expr_vocab='basic6_alpha'.*'frame/expr'"):
     pipeline.build_sources(cfg)
   for ok in (dict(base, label_vocab="dfew7_alpha", expr_vocab="abaw8"), dict(base)):
-    tr, _ = pipeline.build_sources(ml_collections.ConfigDict(ok))
+    tr, _ = pipeline.build_sources(parts.from_flat(ok))
     assert len(tr) == 4

@@ -312,11 +312,11 @@ def test_cli_parses_and_refuses_missing_shards(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- readers over shards
 def _cfg(**kw):
-  c = ml_collections.ConfigDict(dict(source="features", labels="", window=4, stride=2,
-                                     eval_stride=0, train_select="train", eval_select="test",
-                                     expr_vocab="", num_au=12, fps=0.0, fps_csv=""))
-  c.update(kw)
-  return c
+  from jaxaffect.data import parts
+  return parts.from_flat(dict(dict(source="features", sampler="feature_windows", labels="",
+                                   window=4, stride=2, eval_stride=0, train_select="train",
+                                   eval_select="test", expr_vocab="", num_au=12, fps=0.0,
+                                   fps_csv=""), **kw))
 
 
 def test_readers_over_feature_shards(face_shards, model, tmp_path):

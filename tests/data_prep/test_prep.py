@@ -168,13 +168,11 @@ def test_strict_stops_with_the_location_and_leaves_nothing(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ readers
 def _data_cfg(out, reader="index", **kw):
-  import ml_collections
-  c = ml_collections.ConfigDict(dict(
+  from jaxaffect.data import parts
+  return parts.from_flat(dict(dict(
       source="shards", shards=str(out), train_select="train", eval_select="test",
       label_vocab="dfew7", reader=reader, cycle_length=2, shuffle_window=4, num_segments=4,
-      duration=1, image_size=48, hflip=True, random_resized_crop=True))
-  c.update(kw)
-  return c
+      duration=1, image_size=48, hflip=True, random_resized_crop=True), **kw))
 
 
 @pytest.mark.parametrize("reader", ["index", "stream"])
@@ -286,11 +284,11 @@ def test_training_from_shards_resumes_without_loss_or_duplication(syn_shards, tm
   from tests.train.helpers import tiny_config
   from tests.train.test_parallel import _jsonl_losses
   out, _ = syn_shards
-  config = tiny_config(**{"data.source": "shards", "data.shards": str(out),
-                          "data.train_select": "train", "data.eval_select": "test",
-                          "data.reader": reader, "data.cycle_length": 2,
-                          "data.shuffle_window": 4, "batch_size": 8, "num_epochs": 6,
-                          "data.num_segments": 4, "data.duration": 2})
+  config = tiny_config(**{"data.source": "shards", "data.source.shards": str(out),
+                          "data.source.train_select": "train", "data.source.eval_select": "test",
+                          "data.source.reader": reader, "data.source.cycle_length": 2,
+                          "data.source.shuffle_window": 4, "batch_size": 8, "num_epochs": 6,
+                          "data.sampler.num_segments": 4, "data.sampler.duration": 2})
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   loop.train(config, full)
   loop.train(config, cut, stop_after_steps=3)

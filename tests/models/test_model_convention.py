@@ -62,6 +62,7 @@ PACKAGE = {
 CONFIG = '''
     import ml_collections
     from configs import common
+    from jaxaffect.data import parts
 
 
     def get_config(arg=None):
@@ -69,11 +70,12 @@ CONFIG = '''
       c.model_name = "toyaffect_pkg.tiny"      # a model outside jaxaffect, by module path
       c.model = ml_collections.ConfigDict(dict(num_classes=7, hidden=16))
       c.task = ml_collections.ConfigDict(dict(name="clip_classification", num_classes=7))
-      c.data = ml_collections.ConfigDict(dict(
-          source="synthetic", num_train=64, num_eval=32, video_frames=4, image_size=32, seed=0,
-          synthetic_pose=0.3, synthetic_occlusion=0.0, num_segments=2, duration=1, hflip=False,
-          label_vocab="", class_names=("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust",
-                                       "Fear")))
+      c.data = parts.data_config(
+          dict(name="synthetic", num_train=64, num_eval=32, video_frames=4, seed=0, pose=0.3,
+               occlusion=0.0),
+          dict(name="former_dfer", num_segments=2, duration=1, hflip=False),
+          image_size=32, num_classes=7, class_names=("Happy", "Sad", "Neutral", "Angry",
+                                                     "Surprise", "Disgust", "Fear"))
       c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=3e-2, weight_decay=0.0,
                                                schedule="constant", warmup_epochs=0))
       c.batch_size = 16

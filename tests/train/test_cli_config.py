@@ -25,11 +25,11 @@ def test_variants_follow_the_official_code_and_the_paper():
   assert (d.optim.name, d.optim.lr, d.optim.momentum, d.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
   assert (d.optim.schedule, d.optim.decay_epochs, d.optim.decay_factor) == ("step", 40, 0.1)
   assert (d.num_epochs, d.batch_size, d.data.image_size) == (100, 32, 112)
-  assert (d.data.num_segments, d.data.duration) == (8, 2)
+  assert (d.data.sampler.num_segments, d.data.sampler.duration) == (8, 2)
   assert (d.model.num_spatial_layers, d.model.num_temporal_layers) == (1, 3)
   p = former_dfer.get_config("paper")
   assert (p.model.num_spatial_layers, p.model.num_temporal_layers) == (3, 3)
-  assert former_dfer.get_config("dfew,fold=3").data.train_list.endswith("DFEW_set_3_train.txt")
+  assert former_dfer.get_config("dfew,fold=3").data.source.train_list.endswith("DFEW_set_3_train.txt")
   with pytest.raises(ValueError, match="unknown variant"):
     former_dfer.get_config("dfw")
 
@@ -183,9 +183,10 @@ def test_group_random_resized_crop_is_one_box_for_all_frames():
 
 def test_shards_argument_selects_the_fold():
   c = former_dfer.get_config("dfew,fold=3,shards=/data/dfew_shards")
-  assert (c.data.source, c.data.shards, c.data.train_select, c.data.eval_select) == (
+  s = c.data.source
+  assert (s.name, s.shards, s.train_select, s.eval_select) == (
       "shards", "/data/dfew_shards", "3:train", "3:test")
-  assert former_dfer.get_config("dfew").data.source == "list_file"
+  assert former_dfer.get_config("dfew").data.source.name == "list_file"
 
 
 def test_cosine_epoch_schedule_matches_torch_cosine_annealing_with_linear_warmup():
@@ -212,7 +213,7 @@ def test_cosine_epoch_schedule_matches_torch_cosine_annealing_with_linear_warmup
 
 def test_list_file_root_keeps_nested_split_folders(tmp_path):
   """Issue 10, bug 6: AFEW lists name `.../AFEW_Face/{train,validation}/<Emotion>/<clip>`;
-  `data.root` replaced all but the basename, so `train/Happiness/` was lost and every clip was
+  `data.source.root` replaced all but the basename, so `train/Happiness/` was lost and every clip was
   missing. The root now replaces the prefix: the longest tail of the listed path found under it."""
   from PIL import Image
   faces = tmp_path / "AFEW_Face"
@@ -236,7 +237,7 @@ def test_list_file_root_keeps_nested_split_folders(tmp_path):
   flat = _write_list_fixture(str(tmp_path / "dfew"))
   assert len(pipeline.ListFileVideos(flat, root=str(tmp_path / "dfew" / "DFEW_Face"))) == 3
   lst.write_text("/home/user/datasets/AFEW_Face/train/Anger/999 2 0\n")
-  with pytest.raises(ValueError, match=r"AFEW_all.txt:1: field 'frame dir'.*data.root="):
+  with pytest.raises(ValueError, match=r"AFEW_all.txt:1: field 'frame dir'.*data.source.root="):
     pipeline.ListFileVideos(str(lst), root=str(faces))
 
 

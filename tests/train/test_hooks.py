@@ -17,7 +17,7 @@ from tests.train.helpers import random_sources, tiny_config
 
 
 def _config(**kw):
-  c = tiny_config(num_steps=5, eval_every_steps=5, **{"data.num_train": 40}, **kw)
+  c = tiny_config(num_steps=5, eval_every_steps=5, **{"data.source.num_train": 40}, **kw)
   c.unlock()
   c.model_name = "tests.train.ema_queue_model"
   c.checkpoint.keep = 10

@@ -21,7 +21,7 @@ def _flat(tree):
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory):
-  c = tiny_config(num_epochs=1, **{"data.num_train": 16})
+  c = tiny_config(num_epochs=1, **{"data.source.num_train": 16})
   wd = str(tmp_path_factory.mktemp("src") / "run")
   loop.train(c, wd, sources=random_sources(c))
   _, _, variables, step = loop.restore_state(wd)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxaffect import cli, errors
 from jaxaffect.train import loop
-from tests.train.helpers import random_sources, tiny_config
+from tests.train.helpers import random_sources, set_fields, tiny_config
 
 
 def _rows(workdir):
@@ -22,7 +22,7 @@ def _rows(workdir):
 def test_period_fields_zero_mean_default_and_negative_is_an_error(tmp_path):
   """Bug 8: `log_every_steps=0` crashed with ZeroDivisionError after the first step and wrote no
   checkpoint; 0 means "default" as for the other period fields (here: every evaluation)."""
-  c = tiny_config(log_every_steps=0, num_epochs=1, **{"data.num_train": 24})   # 3 steps/epoch
+  c = tiny_config(log_every_steps=0, num_epochs=1, **{"data.source.num_train": 24})   # 3 steps/epoch
   src = random_sources(c)
   wd = str(tmp_path / "zero")
   ev = loop.train(c, wd, sources=src)
@@ -57,7 +57,7 @@ class _SignalAfter:
 def test_signal_saves_a_checkpoint_and_reports_preemption(tmp_path, sig):
   """A SIGTERM (or a first Ctrl-C) stops at a step boundary with a checkpoint, and the result says
   the run was preempted (it used to look like a finished run); rerunning resumes to the end."""
-  c = tiny_config(num_epochs=3, **{"data.num_train": 32})      # 4 steps/epoch, 12 steps
+  c = tiny_config(num_epochs=3, **{"data.source.num_train": 32})      # 4 steps/epoch, 12 steps
   tr, ev = random_sources(c)
   wd = str(tmp_path / "run")
   out = loop.train(c, wd, sources=(_SignalAfter(tr, 9, sig), ev))
@@ -82,16 +82,16 @@ def test_cli_train_exits_with_preempted_status(monkeypatch, capsys, tmp_path):
 
 
 def test_resume_into_another_run_names_the_keys_and_ignores_trailing_slash(tmp_path):
-  c = tiny_config(num_epochs=1, **{"data.num_train": 16})
+  c = tiny_config(num_epochs=1, **{"data.source.num_train": 16})
   src = random_sources(c)
   wd = str(tmp_path / "run")
   loop.train(c, wd, sources=src)
-  c2 = tiny_config(num_epochs=2, **{"data.num_train": 16, "model.width": 16,
-                                     "data.duration": 1})
+  c2 = tiny_config(num_epochs=2, **{"data.source.num_train": 16, "model.width": 16,
+                                     "data.sampler.duration": 1})
   with pytest.raises(errors.UserError) as e:
     loop.train(c2, wd, sources=src)
   msg = str(e.value)
-  assert "config.model.width: 8 -> 16" in msg and "config.data.duration: 2 -> 1" in msg
+  assert "config.model.width: 8 -> 16" in msg and "config.data.sampler.duration: 2 -> 1" in msg
   assert "{" not in msg                                  # names keys, no dumped dicts
   saved = {"data": {"shards": "/x/shards/", "list": ["a/", "b"]}, "seed": 0}
   new = {"data": {"shards": "/x/shards", "list": ["a", "b"]}, "seed": 0}
@@ -113,7 +113,7 @@ def test_signal_during_start_up_stops_cleanly(tmp_path, monkeypatch):
   """A SIGTERM while the run is being built (or restored) used to kill the process (no handler
   yet) and leave an empty workdir: now the run reports `preempted` and leaves nothing behind; on
   a resume it keeps the checkpoints and trains nothing."""
-  c = tiny_config(num_epochs=1, **{"data.num_train": 16})
+  c = tiny_config(num_epochs=1, **{"data.source.num_train": 16})
   src = random_sources(c)
   real_build = loop.build
 
@@ -134,7 +134,7 @@ def test_signal_during_start_up_stops_cleanly(tmp_path, monkeypatch):
     os.kill(os.getpid(), signal.SIGINT)
     return out
   monkeypatch.setattr(loop.ckpt_lib, "restore", restore_then_signal)
-  c2 = tiny_config(num_epochs=2, **{"data.num_train": 16})
+  c2 = tiny_config(num_epochs=2, **{"data.source.num_train": 16})
   out = loop.train(c2, str(wd), sources=src)
   assert out == {"preempted": {"step": 2, "signal": "SIGINT"}}
   assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
@@ -145,14 +145,14 @@ def test_signal_during_start_up_stops_cleanly(tmp_path, monkeypatch):
 def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
   """`shards=s_dfew` ran, but `eval` from another directory looked for `s_dfew/manifest.json`
   there, and a resume with `./s_dfew` was refused as another run."""
-  c = tiny_config(**{"data.source": "list_file", "data.train_list": "lists/train.txt",
-                     "data.root": "./frames/", "init_from.workdir": ""})
+  c = tiny_config(**{"data.source": "list_file", "data.source.train_list": "lists/train.txt",
+                     "data.source.root": "./frames/", "init_from.workdir": ""})
   monkeypatch.chdir(tmp_path)
   loop.absolute_paths(c)
-  assert c.data.train_list == str(tmp_path / "lists" / "train.txt")
-  assert c.data.root == str(tmp_path / "frames")
+  assert c.data.source.train_list == str(tmp_path / "lists" / "train.txt")
+  assert c.data.source.root == str(tmp_path / "frames")
   saved = {"data": {"root": str(tmp_path / "frames")}}
-  assert loop.config_differences(saved, {"data": {"root": c.data.root}}, ("data",)) == []
+  assert loop.config_differences(saved, {"data": {"root": c.data.source.root}}, ("data",)) == []
 
 
 def test_demo_refuses_another_run_s_workdir_before_preparing_data(tmp_path):
@@ -168,9 +168,10 @@ def test_demo_refuses_another_run_s_workdir_before_preparing_data(tmp_path):
 
 
 def test_unknown_reader_is_an_error():
-  """`data.reader='strem'` trained silently with the index reader."""
+  """`data.source.reader='strem'` trained silently with the index reader."""
   from jaxaffect.data import pipeline
-  c = tiny_config(**{"data.reader": "strem"})
+  c = tiny_config()
   tr, _ = random_sources(c)
-  with pytest.raises(errors.UserError, match="config.data.reader='strem'"):
+  set_fields(c, {"data.source": "shards", "data.source.reader": "strem"})
+  with pytest.raises(errors.UserError, match="config.data.source.reader='strem'"):
     pipeline.train_iterator(tr, c.data, 8, 0)

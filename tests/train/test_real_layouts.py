@@ -20,6 +20,7 @@ from jaxaffect.data import vocab as vocab_lib
 from jaxaffect.models import tasks
 from jaxaffect.train import loop
 from tests.data_prep import fixtures_sources as fx
+from tests.train.helpers import set_fields
 
 # Label lines (line i = frame i + 1), with the ABAW sentinels on a few frames: VA -5, EXPR -1,
 # AU -1 (a whole row, as the challenge files have them).
@@ -67,21 +68,15 @@ def _toy_frame_config(shards: str, **over):
   c.unlock()
   c.model.width = 4
   c.data.image_size = 16
-  c.data.crop = ""
-  c.data.color_jitter = 0.0
+  c.data.sampler.crop = ""
+  c.data.sampler.color_jitter = 0.0
   c.batch_size = 8
   c.num_steps = 3
   c.log_every_steps = 1
   c.eval_every_steps = 3
   c.optim.warmup_epochs = 0
   c.checkpoint.async_save = False
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, over)
 
 
 @pytest.fixture(scope="module")
