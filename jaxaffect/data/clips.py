@@ -171,6 +171,7 @@ class FrameSampler:
   flip_prob: float = 0.5
   color_jitter: float = 0.0
   expr_vocab: str = ""
+  crop_scale: tuple[float, float] = (0.08, 1.0)
 
   def indices(self, n: int, rec: schema.VideoRecord, rng) -> tuple[np.ndarray, np.ndarray]:
     if self.kind == "est":
@@ -214,6 +215,7 @@ class FrameSampler:
     video, _ = augment.augment_clip(
         video, rng if aug else np.random.default_rng(0), size=self.image_size,
         crop=self.crop if aug else None, flip_prob=self.flip_prob if aug else 0.0,
+        scale=tuple(self.crop_scale),
         brightness=self.color_jitter if aug else 0.0, contrast=self.color_jitter if aug else 0.0,
         saturation=self.color_jitter if aug else 0.0)
     # `mask`: a real example (0 only for eval padding); `label_mask`: it has a clip label. Per-frame

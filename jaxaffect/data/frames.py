@@ -97,6 +97,8 @@ class FrameViews:
   flip_prob: float = 0.5
   color_jitter: float = 0.0
   expr_vocab: str = ""
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  landmarks: bool = True            # False: images (and labels) only, no landmark fields needed
 
   def __post_init__(self):
     if self.num_views not in (1, 2):
@@ -108,7 +110,7 @@ class FrameViews:
     img, params = augment.augment_clip(
         frame[None], rng if aug else np.random.default_rng(0), size=self.image_size,
         crop=self.crop if aug else None, flip_prob=self.flip_prob if aug else 0.0,
-        brightness=j, contrast=j, saturation=j)
+        scale=tuple(self.crop_scale), brightness=j, contrast=j, saturation=j)
     return img[0], augment.transform_points(lm, params).astype(np.float32)
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator | None = None):
@@ -118,7 +120,9 @@ class FrameViews:
       rec = example["record"]
       where = f"record {rec.dataset}/{rec.split}/{rec.video_id}"
       lms = np.asarray(rec.landmarks, np.float32)
-      if lms.ndim != 3 or lms.shape[1:] != (68, 2) or (
+      if not self.landmarks:
+        lms = np.zeros((rec.num_frames, 68, 2), np.float32)
+      elif lms.ndim != 3 or lms.shape[1:] != (68, 2) or (
           rec.landmark_scheme and rec.landmark_scheme != "ibug68"):
         raise UserError(f"{where}: data.sampler 'frame_views' needs iBUG-68 landmarks (field "
                         f"'frame/landmarks' has shape {lms.shape}, 'video/landmark_scheme' "
@@ -143,6 +147,9 @@ class FrameViews:
     if self.num_views == 2:
       out["view_2"], out["landmarks_2"] = self._view(frame, lm, rng)
     out["landmarks_mask"] = np.float32(ok)
+    if not self.landmarks:
+      for k in ("landmarks", "landmarks_2", "landmarks_mask"):
+        out.pop(k, None)
     out["frame"] = np.int32(i)
     out["index"] = np.int32(example.get("index", -1))
     out.update(labels)
@@ -155,7 +162,9 @@ def make_views(cfg, train: bool) -> FrameViews:
                     crop=cfg.get("crop", "resized_crop") or None,
                     flip_prob=0.5 if cfg.get("hflip", True) else 0.0,
                     color_jitter=cfg.get("color_jitter", 0.0),
-                    expr_vocab=cfg.get("expr_vocab", ""))
+                    expr_vocab=cfg.get("expr_vocab", ""),
+                    crop_scale=tuple(cfg.get("crop_scale", (0.08, 1.0))),
+                    landmarks=bool(cfg.get("landmarks", True)))
 
 
 def check_frames_per_video(cfg) -> int:

@@ -4,7 +4,7 @@ owned by a small class found by its `name`.
   config.data                  what every part shares: the examples' shape and label space
     image_size, num_classes, class_names, label_vocab, expr_vocab, read_threads, prefetch_batches
   config.data.source           where the records come from: `name` + the fields of that source
-    shards | synthetic | list_file | features                          (data/source_parts.py)
+    shards | mixture | synthetic | list_file | features                (data/source_parts.py)
   config.data.sampler          how one example is made of a record: `name` + that sampler's fields
     former_dfer | est | frame | window | sequence | frame_views | feature_windows
                                                                        (data/sampler_parts.py)

@@ -65,7 +65,10 @@ def train_iterator(source, cfg: ml_collections.ConfigDict, global_batch: int, se
                       "window sampler); use reader='index' for "
                       f"{type(source).__name__} (e.g. the frame_views sampler's frames)")
     return stream_iterator(source, cfg, clip, global_batch, seed)
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  if hasattr(source, "map_dataset"):          # a source that orders itself (data/mixture.py)
+    ds = source.map_dataset(seed)
+  else:
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Random transforms are seeded by the position in the global order, before the per-host split,
   # so any number of hosts sees the same clips (and augmentations) in each global batch.
   ds = ds.random_map(lambda r, rng: clip(r, rng))

@@ -15,6 +15,7 @@ from jaxaffect.data import parts
 
 _AUGMENT = dict(
     crop="",                      # '' = resize only; 'resized_crop' (torchvision) or 'zoom' (1.1-1.5)
+    crop_scale=(0.08, 1.0),       # resized_crop: area fraction range (MAE pretraining: 0.2-1)
     hflip=True,                   # random horizontal flip (same for all frames of a clip)
     color_jitter=0.0,             # brightness/contrast/saturation strength (0 = none)
 )
@@ -51,6 +52,7 @@ class _Frames(parts.Sampler):
     c = self.cfg
     return FrameSampler(self.NAME, self.data.image_size, train, window=c.get("window", 300),
                         stride=c.get("stride", 200), crop=c.crop or None,
+                        crop_scale=tuple(c.crop_scale),
                         flip_prob=0.5 if c.hflip else 0.0, color_jitter=c.color_jitter,
                         expr_vocab=self.data.get("expr_vocab", ""))
 
@@ -68,7 +70,7 @@ class Frame(_Frames):
   """One frame with a face per video (random in training, the middle one in evaluation) -> image
   (H, W, 3) with its per-frame labels (frame encoders on Aff-Wild2)."""
   NAME = "frame"
-  SOURCES = ("shards",)                # the face flags of data_prep records
+  SOURCES = ("shards", "mixture")      # the face flags of data_prep records
   FIELDS = dict(_AUGMENT)
 
 
@@ -94,10 +96,12 @@ class Sequence(_Frames):
 class FrameViews(parts.Sampler):
   """Items are frames (`frames.FrameRecords`): every face frame of every record, or
   `frames_per_video` per record per epoch; each gives the image, its landmarks moved with the
-  augmentation and, with `num_views=2`, a second view of the same frame."""
+  augmentation (`landmarks=False`: none, for shards without them, e.g. Aff-Wild2 cropped_aligned
+  frames for an image model's fine-tuning) and, with `num_views=2`, a second view of the frame."""
   NAME = "frame_views"
   SOURCES = ("shards",)
-  FIELDS = dict(_AUGMENT, crop="resized_crop", num_views=1, frames_per_video=0)
+  FIELDS = dict(_AUGMENT, crop="resized_crop", num_views=1, frames_per_video=0,
+                landmarks=True)          # False: image models on face frames without landmarks
 
   def make(self, train: bool):
     from jaxaffect.data import frames

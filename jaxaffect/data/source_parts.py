@@ -2,6 +2,7 @@
 
   shards     data_prep face shards (TFRecord + manifest), selected by split or fold; index or
              stream reader                                          (data/records.py)
+  mixture    several shard directories mixed with weights          (data/mixture.py)
   synthetic  procedural face videos generated in memory             (data/synthetic.py)
   list_file  Former-DFER annotation lists over folders of frames    (data/sources.py)
   features   per-frame feature streams + labels, for sequence models (data/features.py)
@@ -47,6 +48,60 @@ class Shards(parts.Source):
     if r not in ("index", "stream"):
       raise UserError(f"{self.field('reader')}={r!r}: expected 'index' or 'stream'")
     return r
+
+
+class Mixture(parts.Source):
+  """Several data_prep shard directories as one source (`data/mixture.py`): training interleaves
+  them in the proportions of their weights, evaluation reads every component's held-out records.
+  `sources`: [{"shards": DIR, "weight": w, "train_select": "train", "eval_select": "val"}, ...]
+  (weight default 1, selects default to this part's `train_select` / `eval_select`)."""
+  NAME = "mixture"
+  FIELDS = dict(
+      sources=[],                 # components: {shards, weight?, train_select?, eval_select?}
+      train_select="train",       # default selection of a component
+      eval_select="val",
+      labels="keep",              # 'keep' (converted to data.label_vocab) or 'drop' (none)
+  )
+  KEYS = ("shards", "weight", "train_select", "eval_select")
+
+  def components(self) -> list[dict]:
+    c, out = self.cfg, []
+    if not c.sources:
+      raise UserError(f"data.source 'mixture' needs {self.field('sources')} (a list of "
+                      f"{{shards, weight}} components)")
+    if c.labels not in ("keep", "drop"):
+      raise UserError(f"{self.field('labels')}={c.labels!r}: expected 'keep' or 'drop'")
+    for i, comp in enumerate(c.sources):
+      comp = dict(comp) if hasattr(comp, "keys") else None
+      where = f"{self.field('sources')}[{i}]"
+      if comp is None or not comp.get("shards"):
+        raise UserError(f"{where}: expected a dict with 'shards' (a data_prep output directory)")
+      unknown = sorted(set(comp) - set(self.KEYS))
+      if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown} (keys: {list(self.KEYS)})")
+      out.append(dict(shards=comp["shards"], weight=float(comp.get("weight", 1.0)),
+                      train_select=comp.get("train_select", c.train_select),
+                      eval_select=comp.get("eval_select", c.eval_select)))
+    return out
+
+  def build(self):
+    from jaxaffect.data import mixture
+    from jaxaffect.data.records import ShardRecords
+    comps = self.components()
+    vocab_name, drop = self.data.get("label_vocab", ""), self.cfg.labels == "drop"
+    kw = dict(label_vocab="" if drop else vocab_name)
+    tr = [ShardRecords(x["shards"], x["train_select"], **kw) for x in comps]
+    ev = [ShardRecords(x["shards"], x["eval_select"], **kw) for x in comps]
+    for src in tr + ev:
+      src.check_label_maps(self.data.get("expr_vocab", ""))
+    if not drop and not vocab_name:
+      mixture.check_vocabularies(tr, [x["shards"] for x in comps])
+    return (mixture.MixtureRecords(tr, [x["weight"] for x in comps], drop_labels=drop),
+            mixture.ConcatRecords(ev, drop_labels=drop, name="mixture-eval"))
+
+  def absolute_paths(self, absolute) -> None:
+    self.cfg.sources = [dict(x, shards=absolute(x.get("shards", ""))) if hasattr(x, "keys") else x
+                        for x in self.cfg.sources]
 
 
 class Synthetic(parts.Source):

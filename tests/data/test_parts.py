@@ -20,7 +20,7 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 
 
 def test_builtin_parts_are_found_by_name_and_declare_disjoint_fields():
-  assert parts.names("source") == ["features", "list_file", "shards", "synthetic"]
+  assert parts.names("source") == ["features", "list_file", "mixture", "shards", "synthetic"]
   assert parts.names("sampler") == ["est", "feature_windows", "former_dfer", "frame",
                                     "frame_views", "sequence", "window"]
   # `view` flattens shared + source + sampler: a field name declared by a source and by a sampler
@@ -40,8 +40,11 @@ def test_every_config_variant_has_the_data_by_parts(name):
   for v in mod.VARIANTS:
     c = config_loader.load(f"{name}:{v}")
     assert set(c.data.keys()) == set(parts.SHARED_FIELDS) | set(parts.KINDS), (name, v)
-    if (name, v) == ("frame_resnet", "smoke"):   # synthetic videos for the prep step only
-      with pytest.raises(UserError, match=r"'frame' reads only data.source \['shards'\], not "
+    smp_cls = parts.lookup("sampler", c.data.sampler.name)
+    if c.data.source.name == "synthetic" and smp_cls.SOURCES and "shards" in smp_cls.SOURCES:
+      # synthetic videos named for the prep step only (frame_resnet:smoke): a clear error, then
+      # the variant runs on the prepped shards
+      with pytest.raises(UserError, match=r"reads only data.source \['shards', 'mixture'\], not "
                                           r"'synthetic' \(write the synthetic videos as shards"):
         parts.check(c.data)
       c = config_loader.load(f"{name}:{v},shards=/s")
@@ -54,7 +57,7 @@ def test_command_line_switches_a_part_keeping_common_fields():
   c = config_loader.load("frame_resnet:affwild2", ["--config.data.sampler.name=window",
                                                    "--config.data.sampler.window=12"])
   assert dict(c.data.sampler) == dict(name="window", crop="zoom", hflip=True, color_jitter=0.2,
-                                      window=12, stride=200)
+                                      crop_scale=(0.08, 1.0), window=12, stride=200)
   c = config_loader.load("former_dfer:smoke", ["--config.data.source=shards",
                                                "--config.data.source.shards=/s"])
   assert dict(c.data.source)["shards"] == "/s" and c.data.source.train_select == "train"
