@@ -37,7 +37,7 @@ def to_torch_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[s
   """Flax variables (`params` + `batch_stats`) → official PyTorch `state_dict` (numpy, float32;
   BatchNorm `num_batches_tracked` = 0)."""
   mapping = get_mapping(model_name)
-  return _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
+  return _after_export(mapping, _to_torch(mapping, variables, model_name))
 
 
 def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
@@ -50,7 +50,16 @@ def from_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
   mapping = get_mapping(model_name)
   if mapping.before_import is not None:
     state_dict = mapping.before_import(state_dict)
+  if mapping.from_state_dict is not None:
+    return mapping.from_state_dict(state_dict, like_variables, partial)
   return from_torch(mapping.rules, state_dict, like_variables, where=model_name, partial=partial)
+
+
+def _to_torch(mapping: ModelMapping, variables, model_name: str) -> dict[str, np.ndarray]:
+  """The rule table, or the mapping's own `to_state_dict` (layouts a table cannot express)."""
+  if mapping.to_state_dict is not None:
+    return mapping.to_state_dict(variables)
+  return to_torch(mapping.rules, variables, where=model_name)
 
 
 def _after_export(mapping: ModelMapping, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -154,7 +163,7 @@ def export(model_name: str, module, variables: Mapping[str, Any], out_path: str 
   mapping = get_mapping(model_name)
   variables = {k: v for k, v in dict(variables).items()
                if k in ("params", "batch_stats", "constants")}
-  sd = _after_export(mapping, to_torch(mapping.rules, variables, where=model_name))
+  sd = _after_export(mapping, _to_torch(mapping, variables, model_name))
   out_path = Path(out_path)
   try:
     out_path.parent.mkdir(parents=True, exist_ok=True)

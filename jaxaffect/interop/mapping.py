@@ -306,6 +306,10 @@ class ModelMapping:
   after_export / before_import: optional state-dict hooks around the one-to-one rule table, for
     layouts a rule cannot express (the ABAW team's state dict holds each weight-normed conv under
     two names: `after_export` adds the second, `before_import` checks the copies and folds them).
+  to_state_dict / from_state_dict: optional replacements of `to_torch(rules, variables)` /
+    `from_torch(rules, sd, like, partial=)` for variable layouts a static table cannot express
+    (a scanned ViT's stacked blocks, a position table that is a constant or a parameter):
+    `to_state_dict(variables) -> sd`, `from_state_dict(sd, like_variables, partial) -> variables`.
   """
   name: str
   rules: tuple[Rule, ...]
@@ -315,6 +319,8 @@ class ModelMapping:
   description: str = ""
   after_export: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
   before_import: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+  to_state_dict: Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None = None
+  from_state_dict: Callable[..., dict[str, Any]] | None = None
 
 
 # ------------------------------------------------------------------------------------------------

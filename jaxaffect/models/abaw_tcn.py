@@ -274,11 +274,13 @@ def va_ccc_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, ddof: int =
   return loss, jnp.where(ok, ccc, jnp.nan)
 
 
-def expr_ce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+def expr_ce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array,
+                 label_smoothing: float = 0.0) -> jax.Array:
   """EXPR loss: cross-entropy averaged over the valid frames of the (global) batch — torch
-  `CrossEntropyLoss(ignore_index=-1)` on the flattened `(B·T, C)` logits, as the official EXPR
-  solver (labels −1 dropped). `logits (..., C)`, integer `labels (...)`, float `mask (...)`; a
-  frame counts when mask = 1 and label ≠ −1. With no valid frame the loss is 0 (torch: NaN)."""
+  `CrossEntropyLoss(ignore_index=-1, label_smoothing=ε)` on the flattened `(B·T, C)` logits, as
+  the official EXPR solver (labels −1 dropped; ε = 0 there, MAE fine-tuning uses 0.1: target
+  (1 − ε)·onehot + ε/C). `logits (..., C)`, integer `labels (...)`, float `mask (...)`; a frame
+  counts when mask = 1 and label ≠ −1. With no valid frame the loss is 0 (torch: NaN)."""
   if logits.shape[:-1] != labels.shape or mask.shape != labels.shape:
     raise UserError(f"expr_ce_loss: logits {logits.shape}, labels {labels.shape}, mask "
                     f"{mask.shape}: expected (..., C), (...), (...)")
@@ -287,6 +289,8 @@ def expr_ce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.A
   valid = mask.astype(f) * (labels != -1).astype(f)
   safe = jnp.clip(labels, 0, logits.shape[-1] - 1).astype(jnp.int32)
   ce = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    ce = (1.0 - label_smoothing) * ce - label_smoothing * jnp.mean(logp, axis=-1)
   return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 

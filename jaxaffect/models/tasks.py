@@ -270,8 +270,11 @@ class FrameLabelsTask:
   input: str = "features"
   loss_weights: tuple = ()        # per output; () = all 1
   ccc_ddof: int = 1
+  label_smoothing: float = 0.0    # EXPR cross-entropy (torch CrossEntropyLoss label_smoothing)
 
   def __post_init__(self):
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise UserError(f"task.label_smoothing={self.label_smoothing}: expected a value in [0, 1)")
     bad = [o for o in self.outputs if o not in PER_FRAME_OUTPUTS]
     if bad or not self.outputs:
       raise UserError(f"task.outputs={tuple(self.outputs)}: expected a non-empty subset of "
@@ -324,7 +327,8 @@ class FrameLabelsTask:
       if o == "va":
         parts[o], _ = abaw_tcn.va_ccc_loss(out["va"], batch["va"], masks["va"], ddof=self.ccc_ddof)
       elif o == "expr":
-        parts[o] = abaw_tcn.expr_ce_loss(out["expr"], batch["expr"], masks["expr"])
+        parts[o] = abaw_tcn.expr_ce_loss(out["expr"], batch["expr"], masks["expr"],
+                                          self.label_smoothing)
       else:
         parts[o] = abaw_tcn.au_bce_loss(out["au"], batch["au"], masks["au"])
     total = sum(weights[o] * parts[o] for o in self.outputs)
