@@ -373,6 +373,11 @@ def _parser() -> argparse.ArgumentParser:
                  help="initial state: filled on the host (no compile) or the model's init_fn")
   p.add_argument("--table3", action="store_true", help="print the paper's compute table only")
   p.add_argument("--xla", action="store_true", help="with --table3: add XLA cost analysis column")
+  p.add_argument("--plan", action="store_true", help="per-device bytes, FLOPs, collectives and "
+                 "projected step time of the sharded step at scale (bench/plan.py)")
+  p.add_argument("--plan-configs", default="", help="with --plan: config specs separated by ';'")
+  p.add_argument("--plan-fsdp", default="1,8,64,256", help="with --plan: fsdp sizes")
+  p.add_argument("--plan-batch", type=int, default=8, help="with --plan: per-device batch")
   return p
 
 
@@ -383,6 +388,9 @@ def main(argv: list[str]) -> int:
   if argv and argv[0] == "encoder":       # looped vs scanned encoder (jaxaffect/bench_encoder.py)
     from jaxaffect import bench_encoder
     return bench_encoder.main(argv[1:])
+  if argv and argv[0] == "ops":           # per-op forward/gradient vs torch (bench/ops.py)
+    from jaxaffect.bench import ops
+    return ops.main(argv[1:])
   p = _parser()
   args, rest = p.parse_known_args(argv)
   from jaxaffect.models import registry
@@ -393,6 +401,10 @@ def main(argv: list[str]) -> int:
       return 2
     text, data = spec.table(args.xla)
     return _emit(text, data, args.json)
+  if args.plan:                           # compiled-step plan at scale (jaxaffect/bench/plan.py)
+    from jaxaffect.bench import plan
+    args.default_config = spec.default_config
+    return plan.main(args, rest)
   if args.steps < 1 or args.batch < 1:
     p.error("--steps and --batch must be positive")
   if args.reference and spec.reference is None:

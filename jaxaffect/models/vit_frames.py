@@ -119,25 +119,20 @@ def bench_model():
   """`jaxaffect bench vit_frames [--plan]` (no PyTorch reference: timm's ViT is the reference of
   the encoder's equivalence tests)."""
   from jaxaffect.bench.core import BenchModel
-  return BenchModel("vit_frames", "vit_frames:smoke", sources=_bench_sources, input_key="image",
+  return BenchModel("vit_frames", "vit_frames:b16", input_key="image",
                     unit="images")
 
 
-class _Repeated:
-  """A one-record source (the config's stand-in record, `pipeline.spec_sources`) seen n times."""
-
-  def __init__(self, base, n: int):
-    self.base, self.n = base, n
-
-  def __len__(self) -> int:
-    return self.n
-
-  def __getitem__(self, i):
-    return self.base[0]
-
-
-def _bench_sources(config, n: int):
-  """n copies of the data config's stand-in record (a black face crop; shapes as configured)."""
-  from jaxaffect.data import pipeline
-  src, _ = pipeline.spec_sources(config.data), None
-  return _Repeated(src, n), _Repeated(src, n)
+def plan_batch(config, shapes: dict) -> dict:
+  """`bench --plan`: the batch of the data config's stand-in record plus the per-frame labels of
+  `config.model.outputs` (shapes only)."""
+  b = shapes["image"].shape[0]
+  f32, i32 = jnp.float32, jnp.int32
+  extra = {"va": ((b, 2), f32), "va_mask": ((b,), f32), "expr": ((b,), i32),
+           "expr_mask": ((b,), f32), "au": ((b, config.model.num_au), f32),
+           "au_mask": ((b, config.model.num_au), f32)}
+  out = {k: v for k, v in shapes.items() if k in ("image", "mask")}
+  for o in config.model.outputs:
+    for k in (o, f"{o}_mask"):
+      out[k] = jax.ShapeDtypeStruct(*extra[k])
+  return out
