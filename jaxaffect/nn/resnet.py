@@ -10,6 +10,8 @@ use kaiming-normal(fan_out) init, BN scale 1 / bias 0, `fc` the torch Linear def
 Pieces: `ResNetStem` (conv1, bn1, ReLU, maxpool) and `ResNetStage` (torch `layerN`, blocks named
 `block_0`, …) can be composed freely (Former-DFER puts a transformer between layer3 and layer4).
 `width` is the stem/layer1 channel count (64 = torchvision); stage i has `width·2^i` channels.
+`fast_grads` (every piece): the `jaxaffect.nn.fast_grads` switch for the max-pool and conv
+gradients (None: the backend's measured default; False: exactly the plain flax ops).
 """
 from __future__ import annotations
 
@@ -20,15 +22,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxaffect.nn import fast_grads as fg
 from jaxaffect.nn.layers import BatchNorm, Dense, conv_kaiming_fan_out
 
 Dtype = Any
 
 
-def _conv(features: int, kernel: int, stride: int, pad: int, dtype, param_dtype, name: str):
+def _conv(features: int, kernel: int, stride: int, pad: int, dtype, param_dtype, name: str,
+          fast_grads: Any = None):
+  # fast_grads: `nn.fast_grads` switch (None: backend default); off = flax's own convolution.
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=conv_kaiming_fan_out, dtype=dtype, param_dtype=param_dtype, name=name)
+                 kernel_init=conv_kaiming_fan_out, dtype=dtype, param_dtype=param_dtype, name=name,
+                 conv_general_dilated=fg.conv_fn(fast_grads))
 
 
 class BasicBlock(nn.Module):
@@ -39,10 +45,12 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  fast_grads: Any = None          # nn.fast_grads switch: None = backend default, bool, op names
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                             fast_grads=self.fast_grads)
     bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
                            param_dtype=self.param_dtype)
     y = conv(self.features, 3, self.strides, 1, name="conv1")(x)
@@ -61,15 +69,17 @@ class ResNetStem(nn.Module):
   features: int = 64
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  fast_grads: Any = None          # nn.fast_grads switch: None = backend default, bool, op names
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = _conv(self.features, 7, 2, 3, self.dtype, self.param_dtype, "conv1")(x.astype(self.dtype))
+    x = _conv(self.features, 7, 2, 3, self.dtype, self.param_dtype, "conv1",
+              self.fast_grads)(x.astype(self.dtype))
     x = BatchNorm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="bn1")(x)
     x = nn.relu(x)
     # lax.reduce_window pads with the init value -inf, like torch MaxPool2d(3, 2, padding=1).
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return fg.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), flag=self.fast_grads)
 
 
 class ResNetStage(nn.Module):
@@ -79,12 +89,14 @@ class ResNetStage(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  fast_grads: Any = None          # nn.fast_grads switch: None = backend default, bool, op names
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
       x = BasicBlock(self.features, self.strides if i == 0 else 1, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=f"block_{i}")(x, train=train)
+                     param_dtype=self.param_dtype, fast_grads=self.fast_grads,
+                     name=f"block_{i}")(x, train=train)
     return x
 
 
@@ -99,17 +111,18 @@ class ResNet(nn.Module):
   num_classes: int | None = 1000
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  fast_grads: Any = None          # nn.fast_grads switch: None = backend default, bool, op names
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, fast_grads=self.fast_grads)
     x = ResNetStem(self.width, name="stem", **kw)(x, train=train)
     for i, n in enumerate(self.stage_sizes):
       x = ResNetStage(self.width * 2 ** i, n, 1 if i == 0 else 2, name=f"layer{i + 1}",
                       **kw)(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes:
-      x = Dense(self.num_classes, name="fc", **kw)(x)
+      x = Dense(self.num_classes, name="fc", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x
 
 
