@@ -27,6 +27,10 @@ bandwidth, sources beside the numbers): step ≈ max(compute, collectives) — p
 compute = hw FLOPs per device / peak and collectives = ring traffic per device / link bandwidth;
 MFU = model FLOPs per device / (step · peak). This is an upper bound (100 % of peak, no kernel
 inefficiency, no exposed latency); it says where a configuration turns communication-bound.
+Finding (vit_frames B/L/H, jax 0.12 CPU partitioner, Auto axes): the step's collectives are all
+all-gathers that grow with the global batch (no reduce-scatter): the partitioner gathers
+activations rather than weights. A weight-gathering FSDP step (parameters constrained to
+replicated inside the loss, gradients reduce-scattered by out_shardings) is the next change.
 """
 from __future__ import annotations
 
