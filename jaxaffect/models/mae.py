@@ -124,20 +124,17 @@ def masked_patch_loss(pred, target, mask, weight=None) -> jax.Array:
 
 
 def mean_baseline_pred(imgs: jax.Array, mask: jax.Array, p: int, norm_pix_loss: bool) -> jax.Array:
-  """The reference predictor of the learning test: every patch = the per-channel mean of the image's
-  VISIBLE pixels (normalised image, as the target), mapped to target space by the same transform
-  the target patch went through (with `norm_pix_loss`: minus the target patch's mean, over its
-  sqrt(unbiased var + 1e-6)). Returns (B, L, p·p·3)."""
+  """The reference predictor of the learning test: every patch = the mean of the image's VISIBLE
+  pixel values (one number per image, over rows, columns and channels of the normalised image, as
+  the target), put through the target's own transform (`patch_target`): without `norm_pix_loss`
+  that constant; with it, a constant patch minus its mean is 0 (so the baseline predicts 0, the
+  mean of every standardised patch, loss ≈ (n − 1)/n). Returns (B, L, p·p·3)."""
   t = patchify(imgs.astype(jnp.float32), p)
-  b, length, _ = t.shape
-  c = imgs.shape[-1]
-  vis = (1.0 - mask)[:, :, None, None]
-  pix = t.reshape(b, length, p * p, c)
-  colour = jnp.sum(pix * vis, axis=(1, 2)) / jnp.maximum(jnp.sum(vis, axis=(1, 2)) * p * p, 1.0)
-  base = jnp.broadcast_to(colour[:, None, None, :], pix.shape).reshape(t.shape)
-  if norm_pix_loss:
-    mean, var = patch_stats(t)
-    base = (base - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+  vis = (1.0 - mask)[:, :, None]
+  mean = jnp.sum(t * vis, axis=(1, 2)) / jnp.maximum(jnp.sum(vis, axis=(1, 2)) * t.shape[-1], 1.0)
+  base = jnp.broadcast_to(mean[:, None, None], t.shape)
+  if norm_pix_loss:                 # (c − mean(c)) / sqrt(0 + 1e-6) = 0 exactly
+    base = jnp.zeros_like(t)
   return base
 
 

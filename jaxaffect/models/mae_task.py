@@ -5,7 +5,7 @@
               (a sibling of the step's `dropout` key); padding rows weigh 0.
   metrics     (train and eval, bare keys) `loss` = Σ patch loss · mask / Σ mask over everything seen,
               `mean_baseline_loss` = the same for `mae.mean_baseline_pred` (every patch predicted as
-              the mean colour of the image's visible pixels, in target space), `loss_ratio` =
+              the mean of the image's visible pixel values, in target space: 0 with norm_pix_loss), `loss_ratio` =
               loss / mean_baseline_loss (the learning test asks ≤ 0.5 on held-out images).
   evaluation  masking from the fixed key `eval_seed` (deterministic; the same noise for every
               batch); the first `num_samples` images of the first batch give `eval_images`:

@@ -54,8 +54,14 @@ class MetricWriter:
     self._jsonl.flush()
 
   def image(self, step: int, tag: str, image_hwc: np.ndarray):
+    """TensorBoard image and a PNG `<logdir>/images/<tag with '/' -> '_'>_<step>.png` (uint8)."""
     if self.enabled:
       self._tb.add_image(tag, image_hwc, step, dataformats="HWC")
+      from PIL import Image
+      d = os.path.join(self.logdir, "images")
+      os.makedirs(d, exist_ok=True)
+      Image.fromarray(np.asarray(image_hwc, np.uint8)).save(
+          os.path.join(d, f"{tag.replace('/', '_')}_{int(step):08d}.png"))
 
   def text(self, step: int, tag: str, text: str):
     if self.enabled:
