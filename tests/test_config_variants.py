@@ -24,7 +24,7 @@ from jaxaffect.train import loop
 from tests.data_prep import fixtures_sources as fx
 from tests.train.test_real_layouts import affwild2_layout
 
-CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames")
+CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames", "mae")
 RUN = ["--config.num_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=2",
        "--config.batch_size=8", "--config.checkpoint.async_save=false"]
 FD = ["--config.model.width=8", "--config.data.image_size=32", "--config.data.sampler.num_segments=2",
@@ -35,6 +35,8 @@ EST = ["--config.model.width=8", "--config.model.d_model=64", "--config.model.di
 FRAME = ["--config.model.width=4", "--config.data.image_size=16"]
 VIT = ["--config.data.image_size=16", "--config.model.patch_size=8", "--config.model.embed_dim=16",
        "--config.model.depth=2", "--config.model.num_heads=2"]
+MAE = VIT + ["--config.model.decoder_embed_dim=16", "--config.model.decoder_depth=1",
+             "--config.model.decoder_num_heads=2", "--config.model.dtype=float32"]
 TCN = ["--config.model.d_model=8", "--config.model.num_layers=1",
        "--config.model.dim_feedforward=8", "--config.model.kernel_size=3",
        "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
@@ -190,6 +192,12 @@ CASES = [
     ("vit_frames:l16,shards={aw2_shards}", lambda d: VIT),
     ("vit_frames:h14,shards={aw2_shards}", lambda d: VIT),
     ("vit_frames:smoke,shards={syn_shards}", lambda d: VIT),
+    ("mae:pretrain_b,shards={syn_shards}", lambda d: MAE + ["--config.data.source.eval_select=test"]),
+    ("mae:pretrain_l,shards={syn_shards}", lambda d: MAE + ["--config.data.source.eval_select=test"]),
+    ("mae:pretrain_h,shards={syn_shards}", lambda d: MAE + ["--config.data.source.eval_select=test"]),
+    ("mae:abaw6,rafdb={syn_shards},ferplus={syn_shards}",
+     lambda d: MAE + ["--config.data.source.eval_select=test"]),
+    ("mae:smoke,shards={syn_shards}", lambda d: MAE),
     ("abaw_tcn:va,labels={aw2_labels}",
      lambda d: TCN + _tcn_streams([{"name": "mae", "kind": "npy", "path": d["mae"] + "/mae",
                                     "dim": 6}])),
