@@ -152,10 +152,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.data.sampler.crop = ""      # synthetic crops are aligned already; flip only
     c.data.read_threads = 2
-    c.optim.blr = 1e-3            # lr = 1e-3 x 64 / 256
+    c.optim.blr = 3e-3            # lr = 3e-3 x 64 / 256 = 7.5e-4
     c.optim.warmup_epochs = 2
     c.batch_size = 64
-    c.num_epochs = 60
+    c.num_epochs = 120            # one frame per video per epoch: 120 x 6 steps
     c.eval_every_steps = 100
     c.log_every_steps = 25
   c.lock()
