@@ -52,7 +52,7 @@ class _Frames(parts.Sampler):
     c = self.cfg
     return FrameSampler(self.NAME, self.data.image_size, train, window=c.get("window", 300),
                         stride=c.get("stride", 200), crop=c.crop or None,
-                        crop_scale=tuple(c.crop_scale),
+                        crop_scale=tuple(c.get("crop_scale", (0.08, 1.0))),
                         flip_prob=0.5 if c.hflip else 0.0, color_jitter=c.color_jitter,
                         expr_vocab=self.data.get("expr_vocab", ""))
 

@@ -131,7 +131,8 @@ def test_a_model_package_outside_jaxaffect_trains_evaluates_and_exports(toy_pack
 
 def test_the_package_s_models_are_found_without_a_table(toy_package):
   assert {"abaw_tcn", "est", "former_dfer", "frame_resnet", "resnet"} <= set(registry.available())
-  assert set(registry.available("bench_model")) == {"abaw_tcn", "est", "former_dfer"}
+  assert set(registry.available("bench_model")) == {"abaw_tcn", "est", "former_dfer", "mae",
+                                                    "vit_frames"}
   from jaxaffect.models import tasks
   assert tasks.by_name("frame_labels") is tasks.FrameLabelsTask
   with pytest.raises(UserError, match=r"model 'nope' \(config.model_name\): no module "
