@@ -31,7 +31,9 @@ def _example_input(module, variables, batch, rng, input_shape=None):
   return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), x
 
 
-def _run_eval(module, variables, x):
+def run_eval_heads(module, variables, x):
+  """Eval forward of a per-frame model with `outputs` heads, concatenated in `module.outputs`
+  order (va, expr, au as the snippet's torch model returns them; shared by vit_frames)."""
   out = jax.jit(lambda v, a: module.apply(v, a, train=False))(variables, x)
   return np.concatenate([np.asarray(out[o], np.float32) for o in module.outputs], axis=1)
 
@@ -76,5 +78,5 @@ print("max |diff|:", np.abs(out - ref["output"]).max())
 
 MAPPING = ModelMapping(
     name="frame_resnet", rules=RULES, example_input=_example_input, snippet=_snippet,
-    run_eval=_run_eval,
+    run_eval=run_eval_heads,
     description="FrameResNet ↔ torchvision resnet18 trunk + va/expr/au Linear heads (B,3,H,W)")

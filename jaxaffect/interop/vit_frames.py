@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 from flax import traverse_util
 
 from jaxaffect.interop import vit as vit_interop
+from jaxaffect.interop.frame_resnet import run_eval_heads
 from jaxaffect.interop.mapping import (ModelMapping, from_torch, linear, strip_prefix, to_torch,
                                        torch_load_expr)
 
@@ -71,11 +71,6 @@ def _example_input(module, variables, batch, rng, input_shape=None):
   return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), x
 
 
-def _run_eval(module, variables, x):
-  out = jax.jit(lambda v, a: module.apply(v, a, train=False))(variables, x)
-  return np.concatenate([np.asarray(out[o], np.float32) for o in module.outputs], axis=1)
-
-
 def _snippet(weights: str, verify: str, module) -> str:
   load = torch_load_expr(weights)
   dims = {"va": 2, "expr": module.num_expr, "au": module.num_au}
@@ -118,6 +113,6 @@ print("max |diff|:", np.abs(out - ref["output"]).max())
 
 MAPPING = ModelMapping(
     name="vit_frames", rules=RULES, example_input=_example_input, snippet=_snippet,
-    run_eval=_run_eval, to_state_dict=to_state_dict, from_state_dict=from_state_dict,
+    run_eval=run_eval_heads, to_state_dict=to_state_dict, from_state_dict=from_state_dict,
     description="ViTFrames ↔ timm VisionTransformer(global_pool='avg', num_classes=0) + "
                 "va/expr/au Linear heads (B,3,H,W)")
