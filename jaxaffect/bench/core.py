@@ -381,6 +381,12 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+# `jaxaffect bench NAME ...` for these names runs `jaxaffect.bench.NAME.main(argv)`: benches of ops or
+# layers rather than of a model's train step (ops: per-op forward/gradient vs torch; sampling:
+# grid_sample forms vs torch; swin: Swin-T vs timm).
+STANDALONE = ("ops", "sampling", "swin")
+
+
 def main(argv: list[str]) -> int:
   if argv and argv[0] == "data":          # input pipeline + preprocessing (jaxaffect/bench_data.py)
     from jaxaffect import bench_data
@@ -388,9 +394,9 @@ def main(argv: list[str]) -> int:
   if argv and argv[0] == "encoder":       # looped vs scanned encoder (jaxaffect/bench_encoder.py)
     from jaxaffect import bench_encoder
     return bench_encoder.main(argv[1:])
-  if argv and argv[0] == "ops":           # per-op forward/gradient vs torch (bench/ops.py)
-    from jaxaffect.bench import ops
-    return ops.main(argv[1:])
+  if argv and argv[0] in STANDALONE:      # op-level benches with their own flags (bench/NAME.py)
+    import importlib
+    return importlib.import_module(f"jaxaffect.bench.{argv[0]}").main(argv[1:])
   p = _parser()
   args, rest = p.parse_known_args(argv)
   from jaxaffect.models import registry
