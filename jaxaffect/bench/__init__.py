@@ -40,3 +40,4 @@ from jaxaffect.bench.core import (BenchModel, JaxInfer, JaxStep, Reference, Torc
 from jaxaffect.bench.abaw_tcn import ABAW_TCN  # noqa: F401,E402
 from jaxaffect.bench.est import EST  # noqa: F401,E402
 from jaxaffect.bench.former_dfer import FORMER_DFER  # noqa: F401,E402
+from jaxaffect.bench.mae import MAE_BENCH  # noqa: F401,E402

@@ -349,9 +349,9 @@ def torch_mapping():
 
 
 def bench_model():
-  """`jaxaffect bench mae [--plan]` (no PyTorch reference here yet)."""
-  from jaxaffect.bench.core import BenchModel
-  return BenchModel("mae", "mae:pretrain_b", input_key="image", unit="images")
+  """`jaxaffect bench mae [--plan] [--reference MAE_CHECKOUT]` (`jaxaffect.bench.mae`)."""
+  from jaxaffect import bench
+  return bench.MAE_BENCH
 
 
 def plan_batch(config, shapes: dict) -> dict:
