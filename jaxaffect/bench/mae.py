@@ -194,6 +194,148 @@ MAE_BENCH = BenchModel("mae", "mae:pretrain_b", reference=_reference, sources=ma
                        input_key="image", unit="images")
 
 
+# ------------------------------------------------------------------ equivalence with the checkout
+
+
+def _perturbed(tree, seed: int, scale: float = 0.02):
+  """Every leaf + N(0, scale²): MAE's init has zero biases and unit LayerNorms, which would leave
+  those paths untested."""
+  import jax
+  leaves, treedef = jax.tree.flatten(tree)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(treedef, [np.asarray(a, np.float32)
+                                      + rng.normal(0, scale, np.shape(a)).astype(np.float32)
+                                      for a in leaves])
+
+
+def _diff(ours, ref) -> dict[str, float]:
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  d = float(np.abs(ours - ref).max(initial=0.0))
+  scale = float(np.abs(ref).max(initial=0.0))
+  return {"max_abs": d, "ref_max": scale, "rel": d / max(scale, 1e-30)}
+
+
+def _grad_report(ours_sd: dict, model) -> dict[str, Any]:
+  """Per-tensor |Δ| of our gradients (in the torch layout) vs `p.grad`; every trained torch
+  parameter must have ours (and no other)."""
+  trained = {k: p for k, p in model.named_parameters() if p.requires_grad}
+  if set(trained) != set(ours_sd):
+    raise AssertionError(f"gradient keys differ: torch only {sorted(set(trained) - set(ours_sd))}"
+                         f", ours only {sorted(set(ours_sd) - set(trained))}")
+  per = {k: _diff(ours_sd[k], trained[k].grad.numpy()) for k in trained}
+  worst = max(per, key=lambda k: per[k]["rel"])
+  return {"tensors": len(per), "max_abs": max(v["max_abs"] for v in per.values()),
+          "max_rel": per[worst]["rel"], "worst": worst, "worst_detail": per[worst]}
+
+
+def mae_equivalence(path: str, img: int = 224, batch: int = 2, norm_pix_loss: bool = True,
+                    seed: int = 0) -> dict[str, Any]:
+  """Our MAE ViT-B/16 (MAE's init, perturbed) exported → `models_mae.mae_vit_base_patch16(
+  norm_pix_loss=…)` strict load; the same images and masking noise; loss, pred, mask and the
+  gradient of every trained parameter compared (float32 both)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from jaxaffect.interop import mae as mae_map
+  from jaxaffect.interop.mapping import to_torch
+  from jaxaffect.models import mae as mae_lib
+  models_mae, _ = official_modules(path)
+  module = mae_lib.MAE(img_size=img, norm_pix_loss=norm_pix_loss)
+  rng = np.random.default_rng(seed)
+  x = rng.random((batch, img, img, 3), dtype=np.float32)
+  noise = rng.random((batch, (img // 16) ** 2), dtype=np.float32)
+  v = mae_lib.init_variables(module, jax.random.key(seed), jnp.zeros((1, img, img, 3)))
+  v = {"params": _perturbed(v["params"], seed), "constants": jax.device_get(v["constants"])}
+  with _np_float():
+    model = models_mae.mae_vit_base_patch16(norm_pix_loss=norm_pix_loss, img_size=img)
+  sd = mae_map.to_state_dict(v)
+  model.load_state_dict({k: torch.from_numpy(a) for k, a in sd.items()}, strict=True)
+
+  @jax.jit
+  def ours(params, x, noise):
+    def loss(params):
+      out = module.apply({"params": params, "constants": v["constants"]}, x, noise=noise)
+      return mae_lib.masked_patch_loss(out["pred"], out["target"], out["mask"]), out
+    return jax.value_and_grad(loss, has_aux=True)(params)
+  (loss, out), grads = ours(v["params"], x, noise)
+  g_sd = to_torch(mae_map.RULES, {"params": mae_lib.to_looped(grads),
+                                  "constants": v["constants"]}, where="mae grads")
+  g_sd = {k: a for k, a in g_sd.items() if "pos_embed" not in k}          # constants
+  model.train()
+  with injected_noise(torch.from_numpy(noise)):
+    t_loss, t_pred, t_mask = model(normalise_nchw(x), mask_ratio=module.mask_ratio)
+  t_loss.backward()
+  return {"model": f"mae_vit_base_patch16(norm_pix_loss={norm_pix_loss})", "img": img,
+          "batch": batch, "loss": float(loss), "torch_loss": float(t_loss),
+          "loss_diff": _diff(loss, t_loss.item()), "pred": _diff(out["pred"], t_pred.detach()),
+          "mask_equal": bool(np.array_equal(np.asarray(out["mask"]), t_mask.numpy())),
+          "masked_per_image": int(t_mask[0].sum()), "grads": _grad_report(g_sd, model)}
+
+
+def vit_equivalence(path: str, img: int = 224, batch: int = 2, num_classes: int = 8,
+                    seed: int = 0) -> dict[str, Any]:
+  """Our `ViTFrames` ViT-B/16 with an EXPR head (learned table) exported in MAE's fine-tuned layout
+  → `models_vit.vit_base_patch16(global_pool=True, num_classes)` strict load; logits, the
+  cross-entropy and the gradient of every parameter (eval mode: no drop path)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from jaxaffect.interop import vit_frames as vf_map
+  from jaxaffect.models.vit_frames import ViTFrames
+  _, models_vit = official_modules(path)
+  module = ViTFrames(outputs=("expr",), num_expr=num_classes, img_size=img, pos_embed="learn",
+                     drop_path_rate=0.0)
+  rng = np.random.default_rng(seed)
+  x = rng.random((batch, img, img, 3), dtype=np.float32)
+  labels = rng.integers(0, num_classes, batch)
+  v = module.init(jax.random.key(seed), jnp.zeros((1, img, img, 3)), train=False)
+  v = {"params": _perturbed(v["params"], seed)}
+  model = models_vit.vit_base_patch16(global_pool=True, num_classes=num_classes, img_size=img,
+                                      drop_path_rate=0.0)
+  model.load_state_dict({k: torch.from_numpy(a) for k, a in vf_map.to_mae_state_dict(v).items()},
+                        strict=True)
+
+  @jax.jit
+  def ours(params):
+    def loss(params):
+      logits = module.apply({"params": params}, x, train=False)["expr"]
+      lp = jax.nn.log_softmax(logits)
+      return -jnp.mean(jnp.take_along_axis(lp, jnp.asarray(labels)[:, None], 1)), logits
+    return jax.value_and_grad(loss, has_aux=True)(params)
+  (loss, logits), grads = ours(v["params"])
+  g_sd = vf_map.to_mae_state_dict({"params": grads})
+  model.eval()
+  t_logits = vit_forward(model, normalise_nchw(x))
+  t_loss = torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(labels))
+  t_loss.backward()
+  return {"model": f"vit_base_patch16(global_pool=True, num_classes={num_classes})", "img": img,
+          "batch": batch, "loss": float(loss), "loss_diff": _diff(loss, t_loss.item()),
+          "logits": _diff(logits, t_logits.detach()), "grads": _grad_report(g_sd, model)}
+
+
+def main(argv: list[str]) -> int:
+  import argparse
+  import json
+  p = argparse.ArgumentParser(prog="python -m jaxaffect.bench.mae")
+  p.add_argument("--equivalence", required=True, metavar="MAE_CHECKOUT")
+  p.add_argument("--img", type=int, default=224)
+  p.add_argument("--batch", type=int, default=2)
+  a = p.parse_args(argv)
+  import jax
+  jax.config.update("jax_default_matmul_precision", "highest")
+  results = [mae_equivalence(a.equivalence, a.img, a.batch, npl) for npl in (True, False)]
+  results.append(vit_equivalence(a.equivalence, a.img, a.batch))
+  for r in results:
+    g = r["grads"]
+    head = {k: r[k] for k in ("loss_diff", "pred", "logits", "mask_equal") if k in r}
+    print(f"{r['model']} @ {r['img']} px, batch {r['batch']}: loss {r['loss']:.6f}", file=sys.stderr)
+    for k, d in head.items():
+      print(f"  {k}: {d}", file=sys.stderr)
+    print(f"  grads of {g['tensors']} tensors: max |diff| {g['max_abs']:.3g}, worst relative "
+          f"{g['max_rel']:.3g} ({g['worst']}: {g['worst_detail']})", file=sys.stderr)
+  print(json.dumps(results))
+  return 0
+
+
 if __name__ == "__main__":              # python -m jaxaffect.bench.mae --equivalence PATH
-  from jaxaffect.bench import mae_equivalence
-  sys.exit(mae_equivalence.main(sys.argv[1:]))
+  sys.exit(main(sys.argv[1:]))

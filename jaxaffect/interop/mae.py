@@ -48,6 +48,33 @@ def decoder_rules() -> list[Rule]:
 RULES = (*vit_interop.vit_rules("encoder", "", "sincos"), *decoder_rules())
 
 
+def module_grid(table) -> tuple[int, int]:
+  """The (square) patch grid of a `(1, 1 + g·g, D)` position table."""
+  side = int(round(np.sqrt(table.shape[1] - 1)))
+  return side, side
+
+
+def encoder_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The encoder alone in MAE's released pretraining layout (`mae_pretrain_vit_base.pth`: timm
+  `VisionTransformer` keys cls_token, pos_embed, patch_embed.proj, blocks.i, norm; no decoder and
+  no mask_token), which timm `VisionTransformer(global_pool='token', num_classes=0)` loads
+  strictly and `models_vit` fine-tuning loads with strict=False (`norm` unused, fc_norm + head
+  fresh)."""
+  v = _keep(variables)
+  enc = {"params": {"encoder": v["params"]["encoder"]}}
+  if "encoder" in v.get("constants", {}):
+    enc["constants"] = {"encoder": v["constants"]["encoder"]}
+  return vit_interop.to_timm(enc, jp="encoder")
+
+
+def save_official(state_dict: Mapping[str, Any], path: str) -> None:
+  """`torch.save({'model': state_dict}, path)`: the container of MAE's checkpoints (what
+  `main_finetune.py` reads as `checkpoint['model']`; `jaxaffect import` unwraps it)."""
+  import torch
+  torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}},
+             str(path))
+
+
 def _keep(variables):
   return {k: v for k, v in dict(variables).items() if k in ("params", "constants")}
 
@@ -83,9 +110,7 @@ def from_state_dict(state_dict: Mapping[str, Any], like: Mapping[str, Any] | Non
   for key, table in (("pos_embed", consts.get("encoder", {}).get("pos_embed")),
                      ("decoder_pos_embed", consts.get("decoder_pos_embed"))):
     if key in sd and table is not None and tuple(np.shape(sd[key])) != tuple(table.shape):
-      n = table.shape[1] - 1
-      side = int(round(np.sqrt(n)))
-      sd[key] = vit_lib.sincos_2d_pos_embed(table.shape[-1], (side, side))[None]
+      sd[key] = vit_interop.sincos_for_grid(sd[key], table.shape[-1], module_grid(table), key)
   params = like["params"]
   enc_scanned = vit_lib.is_scanned(params["encoder"])
   dec_scanned = mae_lib.DEC_SCAN in params

@@ -13,7 +13,8 @@ The table is written for the looped layout; `to_timm` / `from_timm` convert a sc
 (`params/blocks`, leading layer axis) through `jaxaffect.nn.vit.to_looped` / `to_scanned`, and
 `from_timm` resizes a checkpoint's position table to the model's grid (`interpolate_pos_embed`,
 MAE util/pos_embed.py: bicubic, align_corners=False; for a fixed sin-cos table the table of the
-new grid is computed instead). `vit_rules(jp, tp)` places the table under a Flax module path / a
+new grid is computed instead, `sincos_for_grid`, with a warning when the checkpoint's table was not
+a sin-cos table). `vit_rules(jp, tp)` places the table under a Flax module path / a
 torch prefix, for models that hold a ViT (MAE's encoder).
 """
 from __future__ import annotations
@@ -103,6 +104,37 @@ def interpolate_pos_embed(pos_embed: Any, new_grid: int | tuple[int, int], *,
   return out[None].astype(arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float32)
 
 
+SINCOS_ATOL = 1e-5     # a float32 copy of MAE's float64 table differs by < 1e-7
+
+
+def sincos_deviation(table: Any, num_extra_tokens: int = 1) -> float:
+  """max |table − the fixed 2-D sin-cos table of its own (square) grid| (inf if not square)."""
+  arr = np.asarray(table, np.float64)
+  n = arr.shape[1] - num_extra_tokens
+  side = int(round(math.sqrt(n)))
+  if arr.ndim != 3 or side * side != n or arr.shape[-1] % 4:
+    return float("inf")
+  ref = vit_lib.sincos_2d_pos_embed(arr.shape[-1], side, cls_token=False)
+  return float(np.abs(arr[0, num_extra_tokens:] - ref).max(initial=0.0))
+
+
+def sincos_for_grid(table: Any, dim: int, grid: tuple[int, int], key: str = "pos_embed"):
+  """The table a model with a FIXED sin-cos `pos_embed` gets from a checkpoint table of another
+  grid: the sin-cos table of the model's grid (a fixed function of the grid; MAE's pretraining
+  tables are exactly that). Checked: a checkpoint table that is not the sin-cos table of its own
+  grid (a fine-tuned, learned table) is replaced all the same, with a warning naming `key` and
+  the deviation: keep it with a learned table (`pos_embed='learn'`), which is resized bicubically
+  as MAE's `interpolate_pos_embed`."""
+  dev = sincos_deviation(table)
+  if dev > SINCOS_ATOL:
+    import warnings
+    warnings.warn(f"{key}: the checkpoint's table {tuple(np.shape(table))} is not a fixed sin-cos "
+                  f"table (max |diff| {dev:.3g}); the model's fixed table of grid {tuple(grid)} "
+                  f"replaces it. Use a learned table (pos_embed='learn') to resize it "
+                  f"bicubically as MAE's interpolate_pos_embed.", UserWarning, stacklevel=3)
+  return vit_lib.sincos_2d_pos_embed(dim, grid)[None]
+
+
 # ------------------------------------------------------------------------------------------------
 # Whole-model conversion (looped or scanned)
 
@@ -159,7 +191,7 @@ def from_timm(state_dict: Mapping[str, Any], like_variables: Mapping[str, Any], 
     n = like_pos.shape[1] - 1
     new = grid or (int(round(math.sqrt(n))),) * 2
     if mode == "sincos":
-      sd[key] = vit_lib.sincos_2d_pos_embed(like_pos.shape[-1], new)[None]
+      sd[key] = sincos_for_grid(sd[key], like_pos.shape[-1], new, key)
     else:
       sd[key] = interpolate_pos_embed(np.asarray(sd[key], np.float32), new)
   scanned = vit_lib.is_scanned(_at(like["params"], jp))

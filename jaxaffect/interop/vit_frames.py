@@ -13,14 +13,25 @@ looped layout (`interop.vit.to_timm` / `from_timm`), and the position table goes
 another grid is resized). Verification sample: `input` (B, 3, H, W) pixels in [0, 1]; `output` the
 heads concatenated in `outputs` order (va after tanh). The torch model normalises with ImageNet
 mean/std as ours does inside the model (`model.normalize`).
+
+facebookresearch/mae checkpoints (`{'model': state_dict}`, unwrapped by `jaxaffect import`):
+`mae_finetuned_vit_base.pth` (fc_norm + `head`: the head becomes `heads_expr` when its classes are
+`num_expr`, else `--partial` starts it fresh), `mae_pretrain_vit_base.pth` (encoder + `norm`, which
+avg pooling does not use; fc_norm and heads start fresh: `--partial`), a full pretraining
+checkpoint with the decoder (decoder keys ignored with `--partial`). A learned `pos_embed` of
+another grid is resized bicubically (MAE `interpolate_pos_embed`); into a fixed sin-cos table the
+model's own table is used (warned if the checkpoint's was not sin-cos). `to_mae_state_dict`
+exports MAE's fine-tuned layout (`head` = the EXPR head).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import numpy as np
 from flax import traverse_util
 
+from jaxaffect.errors import UserError
 from jaxaffect.interop import vit as vit_interop
 from jaxaffect.interop.frame_resnet import run_eval_heads
 from jaxaffect.interop.mapping import (ModelMapping, from_torch, linear, strip_prefix, to_torch,
@@ -41,11 +52,60 @@ def to_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return sd
 
 
+def to_mae_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """MAE's fine-tuned layout (`mae_finetuned_vit_base.pth`, `models_vit.VisionTransformer(
+  global_pool=True, num_classes=num_expr)`): timm keys with `fc_norm`, and the EXPR head as
+  `head`. Only a model whose one head is `expr` fits that model (`load_state_dict(strict=True)`)."""
+  sd = to_state_dict(variables)
+  heads = sorted(k for k in sd if k.split(".")[0].endswith("_head"))
+  if any(not k.startswith("expr_head.") for k in heads) or not heads:
+    raise UserError(f"vit_frames: MAE's fine-tuning layout has one `head` (the EXPR head); this "
+                    f"model's heads are {sorted({k.split('.')[0] for k in heads})}")
+  for k in heads:
+    sd["head." + k.split(".", 1)[1]] = sd.pop(k)
+  return sd
+
+
+def _official_head(sd: dict[str, Any], like: Mapping[str, Any], partial: bool) -> None:
+  """MAE / timm classifier keys in place: `head.*` → `expr_head.*` when the model's EXPR head has
+  its shape; a head of other classes (ImageNet's 1000) is dropped with `partial` (the EXPR head
+  starts fresh) and refused without. `norm.*` (the pretraining encoder's final norm, which MAE's
+  fine-tuning deletes when it pools: `global_pool=True`) is dropped when the model pools with
+  `fc_norm`, as MAE's `load_state_dict(strict=False)` ignores it."""
+  enc_like = like["params"]["encoder"]
+  if "norm" not in enc_like and "norm.weight" in sd:
+    for k in ("norm.weight", "norm.bias"):
+      sd.pop(k, None)
+    logging.getLogger(__name__).info("vit_frames: the checkpoint's norm.* (MAE pretraining "
+                                     "encoder's final norm) is unused by avg pool + fc_norm")
+  if "head.weight" not in sd:
+    return
+  expr = like["params"].get("heads_expr")
+  rows = tuple(np.shape(sd["head.weight"]))
+  want = None if expr is None else tuple(np.shape(expr["kernel"]))[::-1]
+  if want == rows:
+    for k in ("weight", "bias"):
+      sd[f"expr_head.{k}"] = sd.pop(f"head.{k}")
+  elif partial:
+    for k in ("head.weight", "head.bias"):
+      sd.pop(k, None)
+    logging.getLogger(__name__).warning(
+        "vit_frames: the checkpoint's head.weight %s does not fit the EXPR head %s: dropped "
+        "(the head starts fresh)", rows, want)
+  else:
+    raise KeyError(f"vit_frames: the checkpoint's head.weight has shape {rows}, the model's EXPR "
+                   f"head {want} (outputs {sorted(k[6:] for k in like['params'] if k.startswith('heads_'))}"
+                   f"); import with --partial to start the head fresh")
+
+
 def from_state_dict(state_dict: Mapping[str, Any], like: Mapping[str, Any] | None,
                     partial: bool = False) -> dict[str, Any]:
+  """timm / our layout (`expr_head`…) or MAE's fine-tuned layout (`fc_norm` + `head`) or MAE's
+  pretraining checkpoints (encoder keys + `norm`, with or without the decoder: `partial`)."""
   if like is None:
     raise KeyError("vit_frames: import needs the model's variables (like_variables)")
   sd = strip_prefix(state_dict)
+  _official_head(sd, like, partial)
   head_sd = {k: val for k, val in sd.items() if k.split(".")[0].endswith("_head")}
   enc_sd = {k: val for k, val in sd.items() if k not in head_sd}
   like = {k: val for k, val in dict(like).items() if k in ("params", "constants")}
