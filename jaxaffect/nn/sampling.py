@@ -157,8 +157,10 @@ def _gather_custom_bwd(align_corners, res, g):
   idx = jnp.concatenate([t[0] for t in taps], axis=1)                       # (B, 4P)
   wts = jnp.concatenate([jnp.where(v, wt, 0.0) for _, wt, v in taps], axis=1)
   upd = jnp.concatenate([gf] * 4, axis=1) * wts[..., None]
-  bidx = jnp.arange(b)[:, None]
-  dx = jnp.zeros(xf.shape, jnp.float32).at[bidx, idx].add(upd, mode="drop")
+  # per example, vmapped over the batch: a scatter with a batching dimension, which keeps an
+  # explicitly batch-sharded x (under `jax.set_mesh`) sharded without collectives
+  dx = jax.vmap(lambda z, i, u: z.at[i].add(u, mode="drop"))(
+      jnp.zeros_like(xf, dtype=jnp.float32), idx, upd)
   dx = dx.astype(x.dtype).reshape(x.shape)
   # d out / d grid: the tap values (0 outside) dotted with the cotangent
   gv = [jnp.where(v, jnp.einsum("bpc,bpc->bp", _gather(xf, i).astype(jnp.float32), gf), 0.0)
