@@ -81,18 +81,30 @@ def _shape_bytes(text: str) -> int:
 
 
 def _group_size(line: str, default: int) -> int:
+  """Devices in each replica group: `[G,n]<=[...]`, `{{0,1,..}}` or `mesh['data'=2,'fsdp'=4]
+  {'fsdp'}` (a sub-axis `'fsdp':(1)2` counts its size, 2)."""
   m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
   if m:
     return int(m.group(2))
   m = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
   if m:
     return len([x for x in m.group(1).split(",") if x])
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+  if m:
+    sizes = {a: int(n) for a, n in re.findall(r"'([\w]+)'=(\d+)", m.group(1))}
+    n = 1
+    for entry in [e.strip() for e in m.group(2).split(",") if e.strip()]:
+      sub = re.match(r"'(\w+)':\(\d+\)(\d+)", entry)
+      n *= int(sub.group(2)) if sub else sizes.get(entry.strip("'"), 1)
+    return n
   return default
 
 
-def collectives(hlo: str, num_devices: int) -> dict[str, Any]:
-  """Collective ops of an optimized HLO module, each × the trip counts of its enclosing loops:
-  {"ops": {kind: {"count", "bytes", "ring_bytes"}}, "bytes", "ring_bytes"} (per device)."""
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
+
+
+def _parse(hlo: str):
+  """(computations {name: [line]}, entry name)."""
   comps: dict[str, list[str]] = {}
   entry, cur = None, None
   for line in hlo.splitlines():
@@ -104,6 +116,39 @@ def collectives(hlo: str, num_devices: int) -> dict[str, Any]:
         entry = cur
     elif cur is not None:
       comps[cur].append(line)
+  return comps, entry
+
+
+def _sliced_after(name: str, users: dict, ops: dict, comps: dict, depth: int = 4) -> bool:
+  """Whether the value `name` reaches a dynamic-slice (itself or inside a fusion) through
+  get-tuple-element / convert / bitcast / copy: the all-reduce + dynamic-slice pair that XLA:CPU
+  emits for a partial-sum → sharded reshard, and XLA's GPU/TPU pipelines turn into a
+  reduce-scatter (`ReduceScatterCreator`)."""
+  if depth == 0:
+    return False
+  for u in users.get(name, ()):
+    op, calls = ops[u]
+    if op == "dynamic-slice":
+      return True
+    if op == "fusion" and calls and any("dynamic-slice(" in ln for ln in comps.get(calls, ())):
+      return True
+    if op in ("get-tuple-element", "convert", "bitcast", "copy", "fusion") and _sliced_after(
+        u, users, ops, comps, depth - 1):
+      return True
+  return False
+
+
+def collectives(hlo: str, num_devices: int) -> dict[str, Any]:
+  """Collective ops of an optimized HLO module, each × the trip counts of its enclosing loops:
+  {"ops": {kind: {"count", "bytes", "ring_bytes"}}, "bytes", "ring_bytes"} (per device).
+
+  Bytes are taken from each op's result (the optimized HLO names its operands without shapes):
+  all-gather, all-reduce, all-to-all, collective-permute: the result; reduce-scatter: the result
+  × n (its input). An all-reduce whose result is dynamic-sliced (XLA:CPU's lowering of a
+  reduce-scatter, see `_sliced_after`) is reported as kind "reduce-scatter (all-reduce+slice)"
+  with a reduce-scatter's traffic. Ring traffic per device = bytes · (n − 1)/n (all-reduce × 2;
+  collective-permute: its bytes), n = the replica group size."""
+  comps, entry = _parse(hlo)
   mult = {entry: 1.0} if entry else {}
   order = [entry] if entry else []
   while order:                                   # propagate multiplicities down the call graph
@@ -121,22 +166,56 @@ def collectives(hlo: str, num_devices: int) -> dict[str, Any]:
   ops: dict[str, dict[str, float]] = {}
   for c, lines in comps.items():
     k = mult.get(c, 0.0)
+    if k == 0:
+      continue
+    table, users, gte = {}, {}, {}
+    for line in lines:
+      m = _INSTR.match(line)
+      if m:
+        calls = re.search(r"calls=%?([\w.\-]+)", line)
+        table[m.group(1)] = (m.group(3), calls.group(1) if calls else None)
+        if m.group(3) == "get-tuple-element":
+          gte[m.group(1)] = int(re.search(r"index=(\d+)", line).group(1))
+        for operand in re.findall(r"%([\w.\-]+)", m.group(4).split("),")[0]):
+          users.setdefault(operand, []).append(m.group(1))
     for line in lines:
       m = re.search(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
-      if not m or k == 0:
+      if not m:
         continue
-      kind = m.group(2)
-      result = m.group(1)
-      operands = line[m.end():]
-      b = _shape_bytes(result) if kind == "all-gather" else _shape_bytes(operands.split(")")[0])
-      if m.group(3) and kind == "all-gather":    # async start: (operand, result) tuple
-        b = _shape_bytes(result) - _shape_bytes(operands.split(")")[0])
+      kind, result = m.group(2), m.group(1)
+      shapes = [_shape_bytes(x) for x in re.findall(r"\b[a-z]+\d*\[[\d,]*\]", result)]
+      b = float(sum(shapes))
+      if m.group(3) and kind == "all-gather" and len(shapes) >= 2:   # async: (operand, result)
+        b = float(shapes[-1])
       n = _group_size(line, num_devices)
-      ring = b * (n - 1) / max(n, 1) * (2 if kind == "all-reduce" else 1)
-      d = ops.setdefault(kind, {"count": 0.0, "bytes": 0.0, "ring_bytes": 0.0})
-      d["count"] += k
-      d["bytes"] += k * b
-      d["ring_bytes"] += k * ring
+      if kind == "reduce-scatter":
+        b *= n
+      parts = [(kind, b)]
+      im = _INSTR.match(line)
+      if kind == "all-reduce" and im and n > 1:
+        name = im.group(1)
+        if len(shapes) == 1:
+          elems = {0: [name]}
+        else:                                      # a combined all-reduce: per tuple element
+          elems = {}
+          for u in users.get(name, ()):
+            if u in gte:
+              elems.setdefault(gte[u], []).append(u)
+        rs = sum(shapes[i] for i, vs in elems.items()
+                 if i < len(shapes) and any(_sliced_after(v, users, table, comps) for v in vs))
+        if rs:
+          parts = [("all-reduce", b - rs), ("reduce-scatter (all-reduce+slice)", float(rs))]
+      for kd, bb in parts:
+        if bb <= 0 and len(parts) > 1:
+          continue
+        if kd == "collective-permute":
+          ring = bb
+        else:
+          ring = bb * (n - 1) / max(n, 1) * (2 if kd == "all-reduce" else 1)
+        d = ops.setdefault(kd, {"count": 0.0, "bytes": 0.0, "ring_bytes": 0.0})
+        d["count"] += k
+        d["bytes"] += k * bb
+        d["ring_bytes"] += k * ring
   return {"ops": ops, "bytes": sum(d["bytes"] for d in ops.values()),
           "ring_bytes": sum(d["ring_bytes"] for d in ops.values())}
 

@@ -136,6 +136,46 @@ def drop_path(x: jax.Array, rate, rng: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------
+# FSDP: per-layer weight gathering in the scanned blocks
+
+FSDP_AXIS = "fsdp"   # the mesh axis that shards parameters (jaxaffect.train.mesh.MESH_AXES)
+
+
+def gathering_layers() -> bool:
+  """True inside a step traced under a mesh (`jax.set_mesh`) whose `fsdp` axis has size > 1."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and dict(mesh.shape).get(FSDP_AXIS, 1) > 1
+
+
+@jax.custom_vjp
+def _gathered(x):
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec())
+
+
+def _gathered_fwd(x):
+  return _gathered(x), None
+
+
+def _gathered_bwd(_, ct):
+  return (ct,)          # unconstrained: the partitioner shards the gradient like the stacked leaf
+
+
+_gathered.defvjp(_gathered_fwd, _gathered_bwd)
+
+
+def gather_layer_params(variables):
+  """FSDP / ZeRO-3 inside `nn.scan`: one layer's parameters (a slice of the stacked, `fsdp`-sharded
+  kernels) constrained to replicated for the block's compute, i.e. all-gathered per layer, while
+  the batch stays sharded. The train step (`train.step.fsdp_gather`) gathers the other parameters
+  and leaves the stacked blocks to this; gathering a whole (depth, ...) stack at once would hold
+  the full model per device. The gradient is left unconstrained here (a plain sharding constraint
+  would force it replicated, i.e. an all-reduce of full layer gradients): the partitioner then
+  reduces each layer's gradient straight into the sharded stack (an all-reduce + slice on
+  XLA:CPU, a reduce-scatter on TPU/GPU)."""
+  return jax.tree.map(_gathered, variables)
+
+
+# ------------------------------------------------------------------------------------------------
 # Modules
 
 
@@ -296,7 +336,18 @@ class ViT(nn.Module):
 
       def body(mdl, y, rate):
         return apply_block(mdl, y, 0.0 if fixed else rate), None
-      if self.remat_policy != "none":
+      if gathering_layers() and not self.is_initializing():
+        # FSDP: gather this layer's weights inside the scan body (remat recomputes the gather,
+        # so no gathered stack is kept); see `gather_layer_params`.
+        # Without a remat policy the gathered weights (and their compute-dtype casts) would be
+        # saved for the backward, stacked over the layers: the full model on every device. So
+        # under FSDP "none" becomes "dots_saveable" (the matmul outputs are kept; the weights are
+        # gathered again and the element-wise ops recomputed in the backward).
+        body = nn.map_variables(body, "params", trans_in_fn=gather_layer_params)
+        policy = REMAT_POLICIES["dots_saveable" if self.remat_policy == "none"
+                                else self.remat_policy]
+        body = nn.remat(body, policy=policy, prevent_cse=False)
+      elif self.remat_policy != "none":
         body = nn.remat(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
       split = {"params": True, "dropout": True, self.drop_path_rng: True}
       x, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs=split,

@@ -10,9 +10,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxaffect.nn import vit as vit_lib
 from jaxaffect.train import mesh as mesh_lib
+
+FSDP_AXIS = mesh_lib.MESH_AXES[1]   # "fsdp"
 
 
 def init_state(task, tx, rng, batch) -> dict[str, Any]:
@@ -44,6 +47,67 @@ def make_init_fn(task, tx, mesh: Mesh, shardings, batch_shapes, partitionable_rn
   return call
 
 
+def _without_fsdp(spec: P) -> P:
+  """`spec` with the `fsdp` mesh axis removed from every dimension (the gathered layout)."""
+  def drop(entry):
+    if entry == FSDP_AXIS:
+      return None
+    if isinstance(entry, tuple):
+      kept = tuple(a for a in entry if a != FSDP_AXIS)
+      return kept if len(kept) > 1 else (kept[0] if kept else None)
+    return entry
+  return P(*(drop(e) for e in spec))
+
+
+def fsdp_gather(params, shardings, skip=lambda path: False):
+  """FSDP / ZeRO-3: the parameters a step computes with, gathered over the `fsdp` axis.
+
+  Forward: every leaf sharded over `fsdp` is constrained to its layout without that axis (an
+  all-gather of the weights, per parameter); backward: its gradient is constrained back to the
+  stored sharding, so that the per-device partial gradients (the batch is split over data and
+  fsdp) are reduce-scattered over `fsdp` (and all-reduced over `data`) instead of all-reduced to a
+  full copy. (XLA:CPU lowers that reshard as an all-reduce whose result is dynamic-sliced; the GPU
+  and TPU pipelines turn the pair into a reduce-scatter: bench/plan.py counts it as one.) A plain `with_sharding_constraint` would constrain the gradient to the gathered
+  layout too (its transpose is itself), hence the custom VJP. Leaves not sharded over `fsdp`, or
+  with `skip(path)` true (stacked scanned blocks, gathered per layer by the model), pass through.
+  Without this, XLA's SPMD partitioner follows the weights' sharding into the matmuls and moves
+  activations instead (all-gathers and all-to-alls of (global batch, tokens, width) tensors,
+  all-reduced weight gradients): measured in bench/plan.py.
+  """
+  def one(path, x, sh):
+    if (not isinstance(sh, NamedSharding) or FSDP_AXIS not in _axes(sh.spec)
+        or skip(path)):
+      return x
+    gathered = NamedSharding(sh.mesh, _without_fsdp(sh.spec))
+
+    @jax.custom_vjp
+    def gather(v):
+      return jax.lax.with_sharding_constraint(v, gathered)
+
+    def fwd(v):
+      return gather(v), None
+
+    def bwd(_, ct):
+      return (jax.lax.with_sharding_constraint(ct, sh),)
+    gather.defvjp(fwd, bwd)
+    return gather(x)
+  return jax.tree_util.tree_map_with_path(one, params, shardings)
+
+
+def _gathered_per_layer(path) -> bool:
+  """Stacked (depth, ...) leaves of scanned ViT blocks (`.../blocks/...`): `nn.vit` gathers them one
+  layer at a time inside its scan body (`vit.gather_layer_params`); gathering the stack here would
+  hold every layer's weights (and gradients) on each device at once."""
+  return any(getattr(k, "key", None) == vit_lib.SCAN_BLOCKS for k in path)
+
+
+def _axes(spec: P) -> set:
+  out = set()
+  for e in spec:
+    out.update(e if isinstance(e, tuple) else (e,))
+  return out
+
+
 def make_train_step(task, tx, mesh: Mesh, state_shardings):
   metrics_cls = task.train_metrics
   repl = mesh_lib.replicated(mesh)
@@ -53,10 +117,14 @@ def make_train_step(task, tx, mesh: Mesh, state_shardings):
     rng = jax.random.fold_in(base_rng, state["step"])   # per-step rng, independent of the mesh
 
     def loss_fn(params):
+      # FSDP: compute with gathered weights (see fsdp_gather); a no-op without an `fsdp` axis
+      params = fsdp_gather(params, state_shardings["params"], skip=_gathered_per_layer)
       return task.loss(params, state["extra"], batch, rng)
 
     (loss, (outputs, new_extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
+    # gradients leave the backward pass in the parameters' (FSDP) sharding, stacked blocks too
+    grads = jax.lax.with_sharding_constraint(grads, state_shardings["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     after_update = getattr(task, "after_update", None)   # optional (train/hooks.py): EMA, queues
