@@ -26,9 +26,9 @@ def test_bench_sampling_json(capsys):
     for key in ("fwd", "fwd+bwd", "ratio fwd", "ratio fwd+bwd"):
       assert row[key] > 0, (row["impl"], key)
     if row["impl"] == "torch":
-      assert row["ratio fwd"] == row["ratio fwd+bwd"] == 1.0 and row["temp MiB"] is None
+      assert row["ratio fwd"] == row["ratio fwd+bwd"] == 1.0 and row["mem MiB"] is None
     else:
-      assert row["temp MiB"] > 0
+      assert row["mem MiB"] > 0
   assert "| stage (B·g,H,W,C/g) @points" in err and "matmul" in err        # table on stderr
   assert torch.get_num_threads() == threads                                 # restored
 

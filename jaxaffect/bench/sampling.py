@@ -12,8 +12,9 @@ implementation, on the same random inputs and a random cotangent c (loss = Σ ou
   * fwd: the jitted forward (torch: under `no_grad`);
   * fwd+bwd: the jitted gradient w.r.t. the map AND the grid, forward included (torch: forward
     and `backward(c)` with both requiring grad);
-  * ratio: torch ms / this ms (> 1: faster than torch); temp MiB: XLA's temporaries of the
-    compiled fwd+bwd (memory_analysis; '-' for torch).
+  * ratio: torch ms / this ms (> 1: faster than torch), per round (the two timed back to back)
+    and the median over the rounds (--stat min: the ratio of the minima); mem MiB: arguments + outputs + temporaries of the
+    compiled fwd+bwd (XLA memory_analysis; '-' for torch).
 Implementations: gather (custom_vjp), gather (autodiff), matmul (autodiff), torch (NCHW, as DAT,
 with as many intra-op threads as JAX's CPUs). All runners of a stage alternate, each timed call
 preceded by an untimed one (the other framework's thread pool may still spin); medians of
@@ -82,6 +83,16 @@ def _runners(x, grid, cot) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
   return runners, memory
 
 
+def _ratio(times, impl: str, kind: str, stat: str) -> float:
+  """torch / impl. median: the median over the rounds of the round's ratio (the two ran back to
+  back under the same load; steadier than a ratio of separate medians on a shared box); min: the
+  ratio of the least disturbed calls."""
+  j, t = times[(impl, kind)], times[("torch", kind)]
+  if stat == "min":
+    return min(t) / min(j)
+  return float(statistics.median([b / a for a, b in zip(j, t)]))
+
+
 def time_stage(batch: int, stage: int, repeats: int, stat: str = "median") -> list[dict[str, Any]]:
   x, grid, cot = _inputs(batch, stage)
   runners, memory = _runners(x, grid, cot)
@@ -103,14 +114,14 @@ def time_stage(batch: int, stage: int, repeats: int, stat: str = "median") -> li
   for impl in runners:
     rows.append({"stage": stage, "shape": shape, "impl": impl, "fwd": ms[(impl, "fwd")],
                  "fwd+bwd": ms[(impl, "fwd+bwd")],
-                 "ratio fwd": ms[("torch", "fwd")] / ms[(impl, "fwd")],
-                 "ratio fwd+bwd": ms[("torch", "fwd+bwd")] / ms[(impl, "fwd+bwd")],
-                 "temp MiB": (None if memory[impl].get("memory_bytes") is None
+                 "ratio fwd": _ratio(times, impl, "fwd", stat),
+                 "ratio fwd+bwd": _ratio(times, impl, "fwd+bwd", stat),
+                 "mem MiB": (None if memory[impl].get("memory_bytes") is None
                               else memory[impl]["memory_bytes"] / 2 ** 20)})
   return rows
 
 
-COLUMNS = ("fwd", "fwd+bwd", "ratio fwd", "ratio fwd+bwd", "temp MiB")
+COLUMNS = ("fwd", "fwd+bwd", "ratio fwd", "ratio fwd+bwd", "mem MiB")
 
 
 def format_table(rows: list[dict[str, Any]], header: str) -> str:
@@ -127,7 +138,7 @@ def format_table(rows: list[dict[str, Any]], header: str) -> str:
     for c, w in zip(COLUMNS, cw):
       v = r.get(c)
       text = "-" if v is None else (f"{v:.2f}x" if c.startswith("ratio") else
-                                     f"{v:.1f}" if c == "temp MiB" else f"{v:.2f}")
+                                     f"{v:.1f}" if c == "mem MiB" else f"{v:.2f}")
       cells.append(f"{text:>{w}}")
     lines.append(f"| {str(r['stage']) + ' ' + r['shape']:<{sw}} | {r['impl']:<{iw}} | "
                  + " | ".join(cells) + " |")
