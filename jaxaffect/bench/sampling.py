@@ -13,8 +13,9 @@ implementation, on the same random inputs and a random cotangent c (loss = Σ ou
   * fwd+bwd: the jitted gradient w.r.t. the map AND the grid, forward included (torch: forward
     and `backward(c)` with both requiring grad);
   * ratio: torch ms / this ms (> 1: faster than torch), per round (the two timed back to back)
-    and the median over the rounds (--stat min: the ratio of the minima); mem MiB: arguments + outputs + temporaries of the
-    compiled fwd+bwd (XLA memory_analysis; '-' for torch).
+    and the median over the rounds (--stat min: the ratio of the minima);
+  * mem MiB: arguments + outputs + temporaries of the compiled fwd+bwd (XLA memory_analysis;
+    '-' for torch).
 Implementations: gather (custom_vjp), gather (autodiff), matmul (autodiff), torch (NCHW, as DAT,
 with as many intra-op threads as JAX's CPUs). All runners of a stage alternate, each timed call
 preceded by an untimed one (the other framework's thread pool may still spin); medians of
