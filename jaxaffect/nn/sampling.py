@@ -45,15 +45,16 @@ Forms (equal up to float rounding; both tested against torch in forward and both
   one-hot is built from `floor`, never from a tent `relu(1-|i-j|)` whose derivative at integer `i`
   would be 0 instead of torch's floor convention.
 
-Which to use (`jaxaffect bench sampling`, batch 32 images, 2-core CPU, both gradients; the box
-was shared, ratios varied by ~2x between runs, README has the table): at the stage-3/4 sizes the
-matmul form is the fastest fwd+bwd (1.3-2.8x torch at stage 3, 4.7-5.1x at stage 4) with the
-least memory (45 / 16 MiB vs 93 / 47 for gather); the gather forward is the fastest forward. The
-gather form's custom_vjp needs ~9 % less memory than autodiff (93.2 vs 102.0 MiB, 46.6 vs 51.0)
-and was as fast or faster in every run (its x-gradient is one scatter instead of autodiff's four;
-four scatters measured 1.4x slower than one). The gather backward is dominated by XLA:CPU's
-scatter (~20-40 ms of it at stage 3). Forward-mode (`jax.jvp`, `jacfwd`) is not defined for a
-custom_vjp: use `vjp="autodiff"` or the matmul form there.
+Which to use (`jaxaffect bench sampling`, batch 32 images, 2-core CPU shared with other jobs
+(load 11-13): absolute ms varied ~2x between runs, the README has a table): at the stage-3/4
+sizes the matmul form is the fastest fwd+bwd (1.0-2.8x torch at stage 3, 4.1-6.7x at stage 4 over
+five runs) with the least memory (45 / 16 MiB vs 93 / 47 for gather); the gather forward is the
+fastest forward. The gather form's custom_vjp needs ~9 % less memory than autodiff (93.2 vs
+102.0 MiB at stage 3, 46.6 vs 51.0 at stage 4) and its fwd+bwd is faster: autodiff / custom =
+1.30x (stage 3) and 1.35x (stage 4), medians of 21 back-to-back pairs. Its x-gradient is one
+scatter-add instead of autodiff's four (four measured 1.4x slower than one); the gather backward
+is dominated by XLA:CPU's scatter (~20-40 ms at stage 3). Forward-mode (`jax.jvp`, `jacfwd`) is
+not defined for a custom_vjp: use `vjp="autodiff"` or the matmul form there.
 
 Dtypes: coordinates and weights are always computed in float32 (a bf16 grid is upcast: bf16 has
 too few mantissa bits to place a point to better than ~1/16 pixel on a 14-pixel map); the gather
