@@ -17,7 +17,9 @@ Variants (`--config configs/abaw_tcn.py:VARIANT[,key=value...]`):
   smoke   CPU-sized: one stream of 128-d features of the smoke frame encoder
           (`configs/frame_resnet.py:smoke`, written by `python -m data_prep features`), TCN
           [128, 64, 64] k 3, d 64, 2 layers, FF 128, the three tasks at once, windows 32 / 16 over
-          48-frame synthetic videos, for the learning test.
+          48-frame synthetic videos, for the learning tests; `stream=vit_frames,dim=96` reads the
+          features of the fine-tuned smoke ViT instead (`stream=` is the stream name in the
+          feature shards, the image model's name; `dim=` its width).
 The ABAW6 code restarts the cosine (`CosineAnnealingWarmRestarts`); one cosine over the run is used
 here. Evaluation windows do not overlap, so the in-training metrics count every frame once (CCC of
 all frames concatenated, ABAW); `jaxaffect predict` merges overlapping windows by averaging.
@@ -38,9 +40,12 @@ AUDIO_STREAMS = ("wav_base", "wav_emotion")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="expr", features="", labels="", window=0, stride=0,
-                       audio_rate=50.0, fps=30.0)
+                       audio_rate=50.0, fps=30.0, stream="frame_resnet", dim=128)
   if a.variant not in VARIANTS:
     raise ValueError(f"abaw_tcn config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
+  if a.variant != "smoke" and (a.stream != "frame_resnet" or a.dim != 128):
+    raise ValueError("abaw_tcn config: stream= and dim= are arguments of the smoke variant "
+                     "(the others set their streams in config.data.source.features)")
   c = common.base_config()
   c.variant = a.variant           # which variant built this config (informational)
   c.model_name = "abaw_tcn"       # models.registry key
@@ -116,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
          **({"rate_hz": a.audio_rate} if n in AUDIO_STREAMS else {})}
         for n, _, dim in ABAW5_STREAMS]
   if a.variant == "smoke":
-    c.model.streams = (("frame", (128, 64, 64)),)
+    c.model.streams = (("frame", (a.dim, 64, 64)),)
     c.model.num_expr_classes = 7  # synthetic faces never show `Other`
     c.model.kernel_size = 3
     c.model.d_model = 64
@@ -124,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dim_feedforward = 128
     # the job names the stream after the image model (`data_prep features --stream` to change it)
     c.data.source.features = [{"name": "frame", "kind": "shards", "path": a.features,
-                               "stream": "frame_resnet", "dim": 128}]
+                               "stream": a.stream, "dim": a.dim}]
     c.data.source.eval_select = "test"   # held-out generator seeds: unseen identities
     c.data.expr_vocab = "abaw7"
     c.data.sampler.window, c.data.sampler.stride = 32, 16

@@ -13,8 +13,14 @@ Variants (`--config configs/mae.py:VARIANT[,key=value...]`):
                FER+ image shards, `mixture` source), AdamW lr 5e-4, batch 1024, 500 epochs.
   smoke        a tiny MAE (32 px, patch 8, width 96, 4 blocks, decoder 64 x 2) on synthetic face
                videos through data_prep shards (one random frame per video per step), for the
-               learning test.
-Extra arguments: `shards=DIR` (one data_prep shard directory), or for a mixture
+               learning tests (its encoder is `vit_frames:smoke`'s, which fine-tunes it).
+  finetune_expr  the ABAW6 fine-tune of a pretraining run (issue 13 item 6): exactly
+               `configs/vit_frames.py:finetune_expr` (built there, not repeated here):
+               `init=WORKDIR` keeps the encoder and drops the decoder, layer-wise lr decay 0.65,
+               drop path 0.1, label smoothing 0.1, best by ABAW EXPR macro-F1, `heads=expr`
+               (default), `expr+va` or `expr+va+au` for per-frame VA / AU heads beside EXPR.
+Extra arguments: `shards=DIR` (one data_prep shard directory; finetune_expr: Aff-Wild2 face
+shards; its other arguments are `init=WORKDIR` and `heads=`), or for a mixture
 `affectnet=DIR,rafdb=DIR,fer2013=DIR,ferplus=DIR` (any subset; equal weights, change them with
 `--config.data.source.sources='[...]'`). The weight-decay exclusion of the tokens follows the issue
 (and timm's `no_weight_decay`); MAE's pretraining code (timm `add_weight_decay` without a skip
@@ -27,9 +33,9 @@ import ml_collections
 from configs import common
 from jaxaffect.data import parts
 
-VARIANTS = ("pretrain_b", "pretrain_l", "pretrain_h", "abaw6", "smoke")
+VARIANTS = ("pretrain_b", "pretrain_l", "pretrain_h", "abaw6", "smoke", "finetune_expr")
 SCALE = {"pretrain_b": "vit_b16", "pretrain_l": "vit_l16", "pretrain_h": "vit_h14",
-         "abaw6": "vit_b16", "smoke": "vit_b16"}
+         "abaw6": "vit_b16", "smoke": "vit_b16"}  # (finetune_expr: configs/vit_frames.py)
 CORPUS = ("affectnet", "rafdb", "fer2013", "ferplus")
 # held-out split of each corpus as data_prep writes it (AffectNet: validation; RAF-DB: test;
 # FER2013 / FER+: PublicTest = val)
@@ -51,9 +57,15 @@ NO_DECAY = (r"bias$", r"scale$", r"cls_token$", r"mask_token$")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="pretrain_b", shards="", affectnet="", rafdb="", fer2013="",
-                       ferplus="")
+                       ferplus="", init="", heads="expr")
   if a.variant not in VARIANTS:
     raise ValueError(f"mae config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
+  if a.variant == "finetune_expr":  # the fine-tuning stage: vit_frames builds it (one recipe)
+    from configs import vit_frames
+    return vit_frames.get_config(f"finetune_expr,shards={a.shards},init={a.init},heads={a.heads}")
+  for k in ("init", "heads"):
+    if a[k] != {"init": "", "heads": "expr"}[k]:
+      raise ValueError(f"mae config: {k}= is an argument of the finetune_expr variant only")
   from jaxaffect.nn import vit as vit_lib
   c = common.base_config()
   c.variant = a.variant           # which variant built this config (informational)

@@ -16,9 +16,14 @@ Variants (`--config configs/vit_frames.py:VARIANT[,key=value...]`):
                  bfloat16 compute, parameters and AdamW state sharded over a mesh that is all
                  `fsdp` (`FSDP_RULES`); no layer decay (stacked blocks share one learning rate).
                  `jaxaffect bench vit_frames --plan` projects them to pods.
-  smoke          a tiny ViT (32 px, patch 8, width 32, 2 blocks) on synthetic face videos through
-                 data_prep shards (7 ABAW expressions without `Other`), for the learning tests.
-Extra arguments: `shards=DIR`, `init=WORKDIR` (MAE pretraining run to fine-tune from).
+  smoke          a tiny ViT (32 px, patch 8, width 96, 4 blocks: the encoder of `mae:smoke`, whose
+                 run `init=` loads) on synthetic face videos through data_prep shards (7 ABAW
+                 expressions without `Other`; one random frame per video per step, every frame
+                 of the held-out videos in evaluation), for the learning tests.
+Extra arguments: `shards=DIR`, `init=WORKDIR` (MAE pretraining run to fine-tune from),
+`heads=expr` (default; ABAW6), `expr+va`, `expr+va+au` (any `+`-joined subset of va, expr, au): the
+per-frame heads trained (one loss each, weight 1); without EXPR the best metric is the VA mean CCC
+(`va/p_va`), else the AU mean F1. `configs/mae.py:finetune_expr` is `finetune_expr` built here.
 Not in this recipe (MAE's fine-tuning has them): RandAugment, mixup/cutmix, random erasing.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ from jaxaffect.data import parts
 
 VARIANTS = ("finetune_expr", "b16", "l16", "h14", "smoke")
 SCALE = {"b16": "vit_b16", "l16": "vit_l16", "h14": "vit_h14"}
+HEADS = ("va", "expr", "au")
 
 # FSDP (issue 13 item 4): every kernel (patch embedding, qkv, attn out, fc1, fc2, heads; also the
 # stacked (depth, …) kernels of a scanned encoder) and the cls token, with their AdamW moments,
@@ -45,9 +51,13 @@ NO_DECAY = (r"bias$", r"scale$", r"cls_token$")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, variant="finetune_expr", shards="", init="")
+  a = common.parse_arg(arg, variant="finetune_expr", shards="", init="", heads="expr")
   if a.variant not in VARIANTS:
     raise ValueError(f"vit_frames config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
+  heads = tuple(h for h in a.heads.split("+") if h)
+  if not heads or len(set(heads)) != len(heads) or set(heads) - set(HEADS):
+    raise ValueError(f"vit_frames config: heads={a.heads!r}: expected heads of {HEADS} joined by "
+                     f"'+' (expr, expr+va, expr+va+au, ...)")
   from jaxaffect.nn import vit as vit_lib
   c = common.base_config()
   c.variant = a.variant           # which variant built this config (informational)
@@ -58,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   preset = vit_lib.PRESETS[SCALE.get(a.variant, "vit_b16")]
   c.model = ml_collections.ConfigDict()
-  c.model.outputs = ("expr",)     # heads (any subset of va, expr, au)
+  c.model.outputs = tuple(h for h in HEADS if h in heads)  # per-frame heads (`heads=` argument)
   c.model.num_expr = 8            # ABAW expressions (Neutral .. Other)
   c.model.num_au = 12             # ABAW AUs 1,2,4,6,7,10,12,15,23,24,25,26
   c.model.img_size = c.data.get_ref("image_size")  # the position table's grid
@@ -115,7 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 5
   c.batch_size = 256
   c.num_epochs = 20               # ABAW6 does not state it; one face frame per video per epoch
-  c.checkpoint.best_metric = "expr/macro_f1"
+  # ABAW EXPR macro-F1 (without an EXPR head: the VA mean CCC, else the AU mean F1)
+  c.checkpoint.best_metric = ("expr/macro_f1" if "expr" in heads else
+                              "va/p_va" if "va" in heads else "au/f1")
   c.checkpoint.best_mode = "max"
   c.sharding_rules = FSDP_RULES   # no-op at mesh.fsdp = 1
   # Fine-tune from an MAE pretraining run: its encoder, nothing else (decoder, mask token,
@@ -141,12 +153,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.shards:
       c.data.source.eval_select = "test"  # held-out generator seeds: unseen identities
     c.data.image_size = 32
-    c.model.patch_size = 8
-    c.model.embed_dim = 32
-    c.model.depth = 2
-    c.model.num_heads = 2
+    c.model.patch_size = 8        # the encoder of `mae:smoke`, so `init=<mae:smoke run>` loads
+    c.model.embed_dim = 96
+    c.model.depth = 4
+    c.model.num_heads = 4
     c.model.drop_path_rate = 0.0
-    c.data.sampler.crop = ""
+    # every face frame of the held-out videos in evaluation (`frame`: only the middle one)
+    c.data.sampler = parts.sampler_config("frame_views", crop="", hflip=True, landmarks=False,
+                                          frames_per_video=1)
     c.optim.lr = 1e-3
     c.optim.layer_decay = 0.0
     c.optim.warmup_epochs = 1

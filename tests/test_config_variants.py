@@ -198,6 +198,7 @@ CASES = [
     ("mae:abaw6,rafdb={syn_shards},ferplus={syn_shards}",
      lambda d: MAE + ["--config.data.source.eval_select=test"]),
     ("mae:smoke,shards={syn_shards}", lambda d: MAE),
+    ("mae:finetune_expr,shards={aw2_shards},heads=expr+va+au", lambda d: VIT),
     ("abaw_tcn:va,labels={aw2_labels}",
      lambda d: TCN + _tcn_streams([{"name": "mae", "kind": "npy", "path": d["mae"] + "/mae",
                                     "dim": 6}])),
