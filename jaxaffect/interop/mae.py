@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxaffect.errors import UserError
 from jaxaffect.interop import vit as vit_interop
 from jaxaffect.interop.mapping import (ModelMapping, Rule, from_torch, layernorm, linear, param,
                                        strip_prefix, to_torch, torch_load_expr)
@@ -184,3 +185,92 @@ MAPPING = ModelMapping(
     to_state_dict=to_state_dict, from_state_dict=from_state_dict,
     description="MAE ↔ facebookresearch/mae MaskedAutoencoderViT (pretraining keys; input "
                 "(B,3,H,W) in [0,1] + masking noise (B,L); output pred (B,L,p*p*3))")
+
+
+# ------------------------------------------------------------------------------------------------
+# facebookresearch/mae checkpoints out: `{'model': sd}` .pth + a verification sample
+
+LAYOUTS = ("pretrain", "encoder", "finetune")
+
+
+def export_official(layout: str, module, variables: Mapping[str, Any], out_path: str, *,
+                    seed: int = 0, batch: int = 2) -> dict[str, Any]:
+  """Write `torch.save({'model': sd}, out_path)` in one of MAE's checkpoint layouts, and
+  `<out_path>.verify.npz` (`input` (B, 3, H, W) pixels in [0, 1], `output` ours):
+
+    pretrain  an `mae` model, every key (`models_mae.MaskedAutoencoderViT`, strict); the sample
+              has `input_noise` (B, L) and `output` = pred (B, L, p·p·3)
+    encoder   an `mae` model's encoder (MAE's released `mae_pretrain_vit_base.pth`: timm
+              `VisionTransformer(global_pool='token', num_classes=0)` loads it strictly);
+              `output` = the class token after `norm` (B, D)
+    finetune  a `vit_frames` model with the one head `expr` (`mae_finetuned_vit_base.pth`:
+              `models_vit.VisionTransformer(global_pool=True, num_classes=num_expr)`); `output` =
+              the EXPR logits
+  The MAE model and timm's take ImageNet-normalised input (normalise `input` first). Returns
+  {"weights", "verify", "layout", "num_tensors"}."""
+  import os
+
+  import jax.numpy as jnp
+  if layout not in LAYOUTS:
+    raise UserError(f"layout={layout!r}: expected one of {LAYOUTS}")
+  v = _keep(variables)
+  rng = np.random.default_rng(seed)
+  if layout == "finetune":
+    from jaxaffect.interop import vit_frames as vf_map
+    sd = vf_map.to_mae_state_dict(v)
+    x = rng.random((batch, module.img_size, module.img_size, 3), dtype=np.float32)
+    out = {"output": np.asarray(jax.jit(lambda v, a: module.apply(v, a, train=False)["expr"])(
+        v, x), np.float32)}
+  else:
+    if not isinstance(module, mae_lib.MAE):
+      raise UserError(f"layout={layout!r} exports an mae model; got {type(module).__name__}")
+    x_t, x = _example_input(module, v, batch, rng)
+    x = x["imgs"]
+    if layout == "pretrain":
+      sd = to_state_dict(v)
+      out = {"input_noise": x_t["noise"], "output": _run_eval(module, v, x_t | {"imgs": x})}
+    else:
+      sd = encoder_state_dict(v)
+
+      def cls_feature(v, a):
+        def f(mdl, a):
+          enc = mdl.encoder
+          t = enc.encode(enc.add_cls(enc.embed(mdl.preprocess(a))), train=False)
+          return enc.final_norm(t)[:, 0]
+        return module.apply(v, a, method=f)
+      out = {"output": np.asarray(jax.jit(cls_feature)(v, jnp.asarray(x)), np.float32)}
+  tmp = out_path + ".tmp"
+  try:
+    save_official(sd, tmp)
+    with open(out_path + ".verify.npz.tmp", "wb") as f:
+      np.savez(f, input=np.ascontiguousarray(x.transpose(0, 3, 1, 2)), **out)
+    os.replace(tmp, out_path)
+    os.replace(out_path + ".verify.npz.tmp", out_path + ".verify.npz")
+  finally:
+    for p in (tmp, out_path + ".verify.npz.tmp"):
+      if os.path.exists(p):
+        os.unlink(p)
+  return {"weights": out_path, "verify": out_path + ".verify.npz", "layout": layout,
+          "num_tensors": len(sd)}
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m jaxaffect.interop.mae --checkpoint WORKDIR --out FILE.pth --layout L [--step N]`:
+  a checkpoint of an mae / vit_frames run in one of MAE's layouts (`export_official`)."""
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m jaxaffect.interop.mae")
+  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--layout", choices=LAYOUTS, required=True)
+  p.add_argument("--step", type=int, default=None)
+  a = p.parse_args(argv)
+  from jaxaffect.train import loop
+  _, s, variables, step = loop.restore_state(a.checkpoint, a.step)
+  info = export_official(a.layout, s.task.module, variables, a.out)
+  print(f"exported step {step} as MAE's {a.layout} layout: {info}")
+  return 0
+
+
+if __name__ == "__main__":
+  import sys
+  sys.exit(main())

@@ -19,6 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from jaxaffect import interop
+from jaxaffect.errors import UserError
 from jaxaffect.interop import mae as mae_map
 from jaxaffect.interop import vit_frames as vf_map
 from jaxaffect.models import mae
@@ -303,3 +304,46 @@ def test_cli_import_of_an_official_checkpoint(tmp_path, capsys):
   assert set(back) == set(sd)
   for k in sd:
     np.testing.assert_array_equal(back[k], sd[k].numpy(), err_msg=k)
+
+
+# ------------------------------------------------------------------------------- export back
+
+
+def test_export_official_layouts_load_strictly_and_match_their_samples(tmp_path):
+  """`export_official` writes MAE's `{'model': sd}` in the three layouts; each loads strictly into
+  an independent torch module (TorchMAE; timm token-pool encoder; timm avg-pool + head) which
+  reproduces the verification sample written next to it."""
+  t = _torch_mae()
+  sd = {k: v.detach().clone() for k, v in t.state_dict().items()}
+  model = mae.MAE(**SMALL, norm_pix_loss=True)
+  v = interop.from_torch_state_dict("mae", sd, _mae_like(model))
+  for layout in ("pretrain", "encoder"):
+    path = str(tmp_path / f"{layout}.pth")
+    info = mae_map.export_official(layout, model, v, path)
+    got = torch.load(path)["model"]
+    ref = np.load(info["verify"])
+    x01 = torch.from_numpy(ref["input"])
+    if layout == "pretrain":
+      t2 = TorchMAE(IMG, PATCH, DIM, DEPTH, HEADS, DDIM, DDEPTH, DHEADS, True).eval()
+      t2.load_state_dict(got, strict=True)
+      with torch.no_grad():
+        pred = t2(x01, torch.from_numpy(ref["input_noise"]))[1].numpy()
+    else:
+      t2 = _vit_timm(seed=7, num_classes=0, pool="token")
+      t2.load_state_dict(got, strict=True)
+      with torch.no_grad():
+        pred = t2(_nchw(ref["input"].transpose(0, 2, 3, 1))).numpy()
+    assert len(got) == info["num_tensors"]
+    _close(ref["output"], pred, what=layout)
+  ft = _frames()
+  tf = _vit_timm(num_classes=8)
+  vf = interop.from_torch_state_dict("vit_frames", tf.state_dict(), _frames_like(ft))
+  info = mae_map.export_official("finetune", ft, vf, str(tmp_path / "ft.pth"))
+  ref = np.load(info["verify"])
+  t2 = _vit_timm(seed=8, num_classes=8)
+  t2.load_state_dict(torch.load(info["weights"])["model"], strict=True)
+  with torch.no_grad():
+    logits = t2(_nchw(ref["input"].transpose(0, 2, 3, 1))).numpy()
+  _close(ref["output"], logits, ulps=512, what="finetune")
+  with pytest.raises(UserError, match="exports an mae model"):
+    mae_map.export_official("encoder", ft, vf, str(tmp_path / "x.pth"))
