@@ -12,7 +12,16 @@
                                                   mlp.fc1,mlp.fc2}
     params/decoder_norm, decoder_pred             decoder_norm, decoder_pred
 Scanned models (`encoder/blocks`, `decoder_blocks`) go through the looped layout. A checkpoint of
-another image size gets the sin-cos tables of the model's grid (they are fixed functions of it).
+another image size gets the sin-cos tables of the model's grid (they are fixed functions of it;
+`interop.vit.sincos_for_grid` warns when the checkpoint's table was not sin-cos).
+
+facebookresearch/mae checkpoints: a full pretraining checkpoint (with the decoder) imports strictly;
+the released encoder-only `mae_pretrain_vit_base.pth` (timm keys + `norm`) with `--partial`
+(decoder and mask_token from the init). `export_official` writes `{'model': sd}` .pth files in
+MAE's three layouts (pretrain, encoder, fine-tuned `vit_frames`) with a verification sample
+(`python -m jaxaffect.interop.mae --checkpoint WORKDIR --out F.pth --layout ...`). Equality with
+the checkout itself (loss, pred, mask, all gradients): `python -m jaxaffect.bench.mae
+--equivalence PATH`.
 Verification sample: `input_imgs` (B, 3, H, W) pixels in [0, 1] (MAE's model takes them after
 `Normalize(ImageNet mean, std)`), `input_noise` (B, L) the masking noise, `output` = `pred`.
 """
