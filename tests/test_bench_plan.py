@@ -34,6 +34,34 @@ ENTRY %main (a: f32[8,4]) -> f32[8,4] {
   assert c["ops"]["all-reduce"] == {"count": 1, "bytes": 40, "ring_bytes": 2 * 40 * 0.75}
 
 
+def test_collective_parser_reads_optimized_hlo_and_all_reduce_slice_as_reduce_scatter():
+  """The optimized HLO's form: operands without shapes (bytes from the results), `mesh[...]`
+  replica groups (sub-axes too), and XLA:CPU's reduce-scatter lowering (an all-reduce whose
+  result, or one element of a combined tuple, is dynamic-sliced, here inside a fusion) counted as a
+  reduce-scatter of the full operand while the other elements stay all-reduces."""
+  hlo = """HloModule m
+
+%fused_slice (p0: f32[32,32], p1: s32[]) -> f32[8,32] {
+  %ds = f32[8,32]{1,0} dynamic-slice(f32[32,32]{1,0} %p0, s32[] %p1, s32[] %c), dynamic_slice_sizes={8,32}
+}
+
+ENTRY %main (a: f32[8,32]) -> f32[8,32] {
+  %ar = (f32[32,32]{1,0}, f32[32]{0}) all-reduce(%x, %y), channel_id=1, replica_groups=mesh['data'=2,'fsdp'=4] {'fsdp'}, use_global_device_ids=true, to_apply=%add
+  %g0 = f32[32,32]{1,0} get-tuple-element(%ar), index=0
+  %g1 = f32[32]{0} get-tuple-element(%ar), index=1
+  %f = f32[8,32]{1,0} fusion(%g0, %pid), kind=kLoop, calls=%fused_slice
+  %ag = f32[16,32]{1,0} all-gather(%f), channel_id=2, replica_groups=mesh['data'=2,'fsdp'=4] {'fsdp':(1)2}, dimensions={0}
+  %a2a = (f32[2,4]{1,0}, f32[2,4]{1,0}) all-to-all(%u, %v), channel_id=3, replica_groups=mesh['data'=2,'fsdp'=4] {'data','fsdp'}
+}
+"""
+  c = plan.collectives(hlo, 8)["ops"]
+  assert c["reduce-scatter (all-reduce+slice)"] == {"count": 1, "bytes": 4096,
+                                                    "ring_bytes": 4096 * 3 / 4}
+  assert c["all-reduce"] == {"count": 1, "bytes": 128, "ring_bytes": 2 * 128 * 3 / 4}
+  assert c["all-gather"] == {"count": 1, "bytes": 2048, "ring_bytes": 2048 / 2}    # group of 2
+  assert c["all-to-all"] == {"count": 1, "bytes": 64, "ring_bytes": 64 * 7 / 8}
+
+
 def test_plan_cells_are_consistent(capsys):
   r = plan.run([TOY], OV, [1, 4], per_device_batch=2, log=lambda m: None)
   one, four = r["cells"]
@@ -49,6 +77,10 @@ def test_plan_cells_are_consistent(capsys):
   # FSDP gathers at least every sharded parameter once per step (forward)
   sharded = one["param_bytes"] - (four["param_bytes"] - one["param_bytes"] / 4) * 4 / 3
   assert ops["all-gather"]["bytes"] >= 0.9 * sharded
+  # ... weights, not activations (train/step.py fsdp_gather): their gradients are reduce-scattered
+  # once (XLA:CPU: all-reduce + slice) and nothing moves (global batch, tokens, width) tensors
+  assert np.isclose(ops["reduce-scatter (all-reduce+slice)"]["bytes"], sharded), ops
+  assert "all-to-all" not in ops and "collective-permute" not in ops, ops
   # depth-extrapolated FLOPs: per device, equal across fsdp (fixed per-device batch), and the
   # scanned step's own count is below (XLA counts the while body once)
   assert four["hw_flops_per_device"] == one["hw_flops_per_device"] > one["xla_flops_per_device"]
