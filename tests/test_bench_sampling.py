@@ -35,7 +35,7 @@ def test_bench_sampling_json(capsys):
 
 def test_bench_sampling_inputs_are_the_dat_layout():
   x, grid, cot = sampling._inputs(2, 3)
-  assert x.shape == (6, 14, 14, 128) and grid.shape == (6, 14, 14, 2) and cot.shape == (6, 14, 14, 128)
+  assert x.shape == cot.shape == (6, 14, 14, 128) and grid.shape == (6, 14, 14, 2)
   x, grid, cot = sampling._inputs(2, 4)
   assert x.shape == (12, 7, 7, 128) and grid.shape == (12, 7, 7, 2)
   assert abs(grid).max() > 1.0                     # some points partly outside, as deformed ones

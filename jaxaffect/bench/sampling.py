@@ -1,4 +1,4 @@
-"""`jaxaffect bench sampling`: `nn.sampling.grid_sample` (both forms) vs torch `grid_sample`, one run.
+"""`jaxaffect bench sampling`: nn.sampling.grid_sample (both forms) vs torch grid_sample, one run.
 
   jaxaffect bench sampling [--batch 32] [--stages 3,4] [--repeats 5] [--stat median|min] [--json]
 
