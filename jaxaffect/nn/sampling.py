@@ -23,7 +23,7 @@ Semantics (as torch's CPU kernels, `aten/src/ATen/native/cpu/GridSamplerKernel.c
 * Integer pixel centres (`i` exactly an integer) and borders: `floor(i) = i`, so `f = 0` and the
   value is exactly the pixel. The gradient w.r.t. the grid there is the FLOOR convention, as torch:
   the one-sided difference towards the next pixel, `d out / d i = x[i+1] - x[i]` (not the average
-  of both sides, not zero). At g = +1 with align_corners=True, `i = size-1`: the next tap is outside,
+  of both sides, not zero). At g = +1 with align_corners=True, `i = size-1`: the next tap is out,
   so `d out / d i = 0 - x[size-1]` (torch gives the same). `d out / d g = d out / d i · s`.
   The gradient w.r.t. `x` is the transpose of the weights (each tap's weight times the cotangent).
 
