@@ -43,3 +43,26 @@ def frame_encoder(tmp_path_factory):
   workdir = str(root / "frame")
   metrics = loop.train(cfg, workdir)
   return {"shards": shards, "workdir": workdir, "metrics": metrics, "root": root}
+
+
+@pytest.fixture(scope="session")
+def mae_smoke(tmp_path_factory):
+  """`mae:smoke` pretraining, once per session: its synthetic face videos (400 + 64 held-out
+  videos × 8 frames, 32 px) prepped into shards and the tiny MAE (ViT width 96 × 4 blocks, patch
+  8) trained on their training split. Shared by the MAE learning test (8a) and the ABAW6 tests
+  that fine-tune its encoder with `vit_frames:smoke,init=<workdir>` (8b, 8c)."""
+  import time
+  from configs import mae
+  from jaxaffect import demo
+  from jaxaffect.train import loop
+  root = tmp_path_factory.mktemp("mae_smoke")
+  t0 = time.time()
+  shards = demo.prep_synthetic(mae.get_config("smoke").data, str(root / "shards"))["out"]
+  cfg = mae.get_config(f"smoke,shards={shards}")
+  cfg.unlock()
+  cfg.checkpoint.async_save = False
+  workdir = str(root / "run")
+  t1 = time.time()
+  metrics = loop.train(cfg, workdir)
+  return {"shards": shards, "workdir": workdir, "metrics": metrics, "config": cfg,
+          "prep_seconds": t1 - t0, "train_seconds": time.time() - t1}
