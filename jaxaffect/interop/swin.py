@@ -28,7 +28,6 @@ unnoticed). `load_pretrained(path, like)` reads `swin_tiny_patch4_window7_224.pt
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Mapping
 
@@ -278,10 +277,3 @@ MAPPING = ModelMapping(
     description="jaxaffect.nn.swin.SwinTransformer ↔ timm SwinTransformer (export); import of "
                 "timm or Microsoft Swin-Transformer checkpoints (NCHW input (B,3,H,W))")
 
-
-def table_window(rows: int) -> int:
-  """The square window of a relative-position table with `rows` = (2w-1)² rows."""
-  w = (math.isqrt(rows) + 1) // 2
-  if (2 * w - 1) ** 2 != rows:
-    raise UserError(f"swin: a table of {rows} rows is not (2w-1)^2")
-  return w

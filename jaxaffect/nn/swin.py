@@ -37,7 +37,10 @@ logits (float32; pooled features if `num_classes == 0`), or with `return_feature
 (the last one before the final norm). `context` goes to every non-window block (e.g. landmarks).
 `forward_features(x)` = timm `forward_features` (after the final norm, (B, h, w, C)).
 The image size is an attribute (`img_size`, as timm's strict image size): the window per stage and
-so the shape of each relative-position table depend on it; another size is a clear error.
+so the shape of each relative-position table depend on it; another size is a clear error. Sizes
+whose merges stay even (multiples of 32: 64, 96, 128, 160, 224) are plain Swin; 112 runs as timm
+runs it (stage 4 built for 3×3 windows on a zero-padded 4×4 map; Microsoft's code refuses it);
+sizes not a multiple of 28 pad some stage's map to whole windows (timm; Microsoft refuses).
 
 Training: dropout (`dropout` after attention proj and in the MLP, `attn_dropout`, `head_dropout`;
 rng "dropout") and drop path (timm `calculate_drop_path_rates(rate, depths, stagewise=True)`:
@@ -195,6 +198,10 @@ def patch_merge_concat(x: jax.Array) -> jax.Array:
 class SwinBlock(nn.Module):
   """timm `SwinTransformerBlock` (window kind): submodules `norm1`, `attn` (`qkv`, `out`), the
   parameter `relative_position_bias_table`, `norm2`, `mlp` (`fc1`, `fc2`).
+  `resolution` is the map size the block is built for (timm `input_resolution`): with `window`
+  and `shift` (from `block_geometry`) it fixes the mask. The map it is given may be one larger
+  after an odd merge (timm builds for ⌊r/2⌋, PatchMerging pads to ⌈r/2⌉; img 112: stage 4 built
+  for 3×3, fed 4×4): it is zero-padded to whole windows, as timm does.
   Call `(x (B, H, W, C), rate=0.0, *, deterministic=True, context=None)` (context unused)."""
   num_heads: int
   resolution: Pair

@@ -261,6 +261,14 @@ def test_microsoft_layout_export_and_import(swin_t_224, tmp_path):
   assert swin_map.detect_layout(ms) == "microsoft" and swin_map.detect_layout(sd_timm) == "timm"
   back = swin_map.from_state_dict(sd_timm, like)                 # timm layout, same result
   jax.tree.map(np.testing.assert_array_equal, back["params"], variables["params"])
+  # the registry mapping (for `jaxaffect export` / `import` of a model holding a Swin)
+  m = swin_map.MAPPING
+  back = m.from_state_dict({"model": ms}, like, False)
+  jax.tree.map(np.testing.assert_array_equal, back["params"], variables["params"])
+  assert m.to_state_dict(variables).keys() == sd_timm.keys()
+  xt, xf = m.example_input(swin.swin_t(), variables, 2, np.random.default_rng(0), None)
+  assert xt.shape == (2, 3, 224, 224) and xf.shape == (2, 224, 224, 3)
+  compile(m.snippet("w.safetensors", "w.verify.npz", swin.swin_t()), "snippet", "exec")
   # timm's own converter reads our Microsoft export into timm's model: same tensors as to_timm
   tmodel = _timm(224)
   conv = timm.models.swin_transformer.checkpoint_filter_fn(
