@@ -20,17 +20,24 @@ something runs on them. The global batch is `--plan-batch` × N (per-device batc
     ("hw": with the config's remat; "model": without remat, the MFU numerator);
   * collectives: every all-gather / reduce-scatter / all-reduce / all-to-all / collective-permute
     of the optimized HLO (`compiled.as_text()`), × the trip count of the `while` loops that hold it
-    (`known_trip_count`); operand bytes (all-gather: its result), and ring traffic per device
-    = bytes · (n − 1)/n (all-reduce: twice that), n = the replica group size.
+    (`known_trip_count`); bytes from each op's result (reduce-scatter: result × n), and ring
+    traffic per device = bytes · (n − 1)/n (all-reduce: twice that), n = the replica group size.
+    XLA:CPU lowers a reduce-scatter (partial sums → sharded) as an all-reduce whose result is
+    dynamic-sliced; the GPU/TPU pipelines rewrite that pair into a reduce-scatter, so it is counted
+    as one ("reduce-scatter (all-reduce+slice)").
 Projection per accelerator (`HARDWARE`: published peak dense bf16 FLOP/s and interconnect
 bandwidth, sources beside the numbers): step ≈ max(compute, collectives) — perfect overlap — with
 compute = hw FLOPs per device / peak and collectives = ring traffic per device / link bandwidth;
 MFU = model FLOPs per device / (step · peak). This is an upper bound (100 % of peak, no kernel
 inefficiency, no exposed latency); it says where a configuration turns communication-bound.
-Finding (vit_frames B/L/H, jax 0.12 CPU partitioner, Auto axes): the step's collectives are all
-all-gathers that grow with the global batch (no reduce-scatter): the partitioner gathers
-activations rather than weights. A weight-gathering FSDP step (parameters constrained to
-replicated inside the loss, gradients reduce-scattered by out_shardings) is the next change.
+Finding (issue 13 item 4; jax 0.12 CPU partitioner, Auto axes): left to itself, the SPMD
+partitioner followed the kernels' fsdp sharding into the matmuls and moved activations
+(all-gathers of (global batch, tokens, width) tensors, all-to-alls of attention heads): for
+mae:pretrain_l, per-device batch 8, 12.6 GiB of all-gathers per device per step at fsdp 64 against
+2.3 GiB at fsdp 8, growing with the global batch. `train.step.fsdp_gather` (+ the per-layer gather
+in `nn.vit`'s scan body) makes the step gather weights: all-gathers = the sharded parameters
+(twice under full remat), their gradients reduce-scattered once, the same bytes at any batch or
+fsdp size.
 """
 from __future__ import annotations
 
@@ -373,23 +380,31 @@ def run(specs: list[str], overrides: list[str], fsdps: list[int], per_device_bat
 def format_table(result: dict[str, Any]) -> str:
   mib = 2.0 ** 20
   lines = [f"{'config':<18}{'fsdp':>5}{'batch':>6}{'params+opt MiB/dev':>19}{'of repl.':>9}"
-           f"{'temp MiB':>9}{'TFLOP/dev':>10}{'coll. MiB':>10}{'compile s':>10}  "
-           + "  ".join(f"{h} ms/MFU" for h in HARDWARE)]
+           f"{'temp MiB':>9}{'TFLOP/dev':>10}{'coll. MiB':>10}{'AG/RS/AR/other':>22}"
+           f"{'lower+compile s':>16}  " + "  ".join(f"{h} ms/MFU" for h in HARDWARE)]
   for r in result["cells"]:
     po = r["param_bytes"] + r["opt_bytes"]
     rep = r["param_bytes_replicated"] + r["opt_bytes_replicated"]
     temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / mib:.0f}"
     tf = r.get("hw_flops_per_device", r["xla_flops_per_device"]) / 1e12
+    ops = r["collectives"]["ops"]
+    get = lambda *kinds: sum(ops.get(k, {}).get("bytes", 0.0) for k in kinds) / mib
+    ag, rs = get("all-gather"), get("reduce-scatter", "reduce-scatter (all-reduce+slice)")
+    ar = get("all-reduce")
+    other = r["collectives"]["bytes"] / mib - ag - rs - ar
+    split = f"{ag:.0f}/{rs:.0f}/{ar:.0f}/{other:.0f}"
     proj = "  ".join(f"{p['step_s'] * 1e3:7.1f}/{p['mfu']:4.0%}"
                      for p in r.get("projection", {}).values())
     lines.append(f"{r['config']:<18}{r['fsdp']:>5}{r['batch']:>6}{po / mib:>19.1f}"
                  f"{po / rep:>9.3f}{temp:>9}{tf:>10.3f}{r['collectives']['bytes'] / mib:>10.1f}"
-                 f"{r['compile_s']:>10.1f}  {proj}")
+                 f"{split:>22}{r['lower_s']:>7.1f}+{r['compile_s']:<8.1f}  {proj}")
   lines.append("formula: " + result["formula"])
   for h, v in HARDWARE.items():
     lines.append(f"  {h}: {v['source']}")
-  lines.append("collective MiB = operand bytes per device per step (all-gather: its result); "
-               "ring traffic = bytes·(n−1)/n (all-reduce ×2)")
+  lines.append("collective MiB = bytes per device per step (all-gather: its result; reduce-scatter: "
+               "its input, incl. XLA:CPU's all-reduce+slice form); AG/RS/AR/other = all-gather / "
+               "reduce-scatter / all-reduce / all-to-all + permute; ring traffic = bytes·(n−1)/n "
+               "(all-reduce ×2)")
   return "\n".join(lines)
 
 
