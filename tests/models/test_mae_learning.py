@@ -7,7 +7,8 @@ image (with norm_pix_loss: 0, loss ≈ 1). Measured on this machine (2 shared co
 baseline 0.995, ratio 0.424 after 720 steps, training 65 s (0.466 at step 400). The evaluation also writes the
 reconstruction sheet to TensorBoard and as PNG. The pretraining run is the session fixture
 `mae_smoke` (tests/conftest.py), shared with the ABAW6 fine-tuning tests (test_abaw6_learning.py).
-Measured again through the fixture: see the module's last run in the lead's report table."""
+Through the fixture (same config, same seed): the same figures to 4 digits (0.4216, 0.9948,
+0.4238), training 124 s on the loaded machine (load average ~10)."""
 import os
 
 import numpy as np
