@@ -22,6 +22,13 @@ does learn to reconstruct) barely encodes the expression (+0.01 macro-F1 over ra
 on 32 px faces of 4 x 4 patches with 75 % masking, 4 visible patches reconstruct the face layout
 (hair, skin, background, pose: most of the pixel variance), not the mouth / brow shapes the
 expressions differ by; as an init it is worse than random at equal steps in both regimes.
+It is the pretraining budget: the same MAE trained 3x longer (360 epochs, 2,160 steps, 288 s
+on the loaded machine instead of ~110; held-out loss ratio 0.303 instead of 0.424) gives
+  70 videos, 150 steps, lr 1e-3          MAE init 0.474, random init 0.423  (margin +0.051)
+  the same, linear probe                 MAE init 0.229, random init 0.189  (+0.040)
+i.e. the threshold is met, by 0.001: too close to call robust, and the longer pretraining would
+add ~3 min to CI, so `mae:smoke` keeps 120 epochs and this test stays xfail (strict: it fails
+loudly the day the 120-epoch MAE init clears the margin).
 
 8c, the ABAW6 chain: the MAE-init fine-tune (EXPR head only, as ABAW6; `vit_frames:smoke`, 600
 steps) on the data of the existing chain (the `frame_encoder` fixture's shards: 1,008 + 140
@@ -94,9 +101,10 @@ def few_labels(tmp_path_factory):
   return demo.prep_synthetic(d, str(tmp_path_factory.mktemp("few_labels") / "shards"))["out"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="measured: the smoke MAE's features barely carry the "
-                   "expression (linear probe 0.199 vs 0.189 random); fine-tuned, MAE init 0.346 vs "
-                   "random 0.423 held-out EXPR macro-F1 (module docstring)")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "measured: the smoke MAE's features barely carry the expression (linear probe 0.199 vs 0.189 "
+    "random); fine-tuned, MAE init 0.346 vs random 0.423 held-out EXPR macro-F1; 3x longer "
+    "pretraining: 0.474 (module docstring)"))
 def test_mae_init_beats_random_init_on_held_out_expressions_with_few_labels(mae_smoke, few_labels,
                                                                             tmp_path):
   from jaxaffect.data import parts
