@@ -230,8 +230,7 @@ class MAE(nn.Module):
     if self.scan:
       def body(mdl, y, _):
         return apply_block(mdl, y), None
-      if self.remat_policy != "none":
-        body = nn.remat(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+      body = vit_lib.scan_body(body, self.remat_policy, self.is_initializing())  # + FSDP gather
       x, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                      "dropout": True},
                      length=self.decoder_depth)(self.decoder_blocks, x,

@@ -175,6 +175,30 @@ def gather_layer_params(variables):
   return jax.tree.map(_gathered, variables)
 
 
+def is_layer_gathered(name: str) -> bool:
+  """A stacked parameter subtree that `scan_body` gathers per layer: the scanned ViT blocks,
+  `blocks` (the encoder) or `*_blocks` (MAE's `decoder_blocks`). The train step leaves them alone."""
+  return name == SCAN_BLOCKS or name.endswith("_" + SCAN_BLOCKS)
+
+
+def scan_body(body, remat_policy: str, initializing: bool):
+  """The `nn.scan` body over a stack of ViT blocks (name it per `is_layer_gathered`), with remat.
+
+  Under FSDP (`gathering_layers()`) each layer's weights are gathered inside the body
+  (`gather_layer_params`) and the gather sits inside the remat, so the backward gathers again
+  instead of keeping a gathered stack. Without a remat policy the gathered weights (and their
+  compute-dtype casts) would be saved for the backward, stacked over the layers: the full model on
+  every device; so under FSDP "none" becomes "dots_saveable" (matmul outputs kept, element-wise
+  ops recomputed)."""
+  if gathering_layers() and not initializing:
+    body = nn.map_variables(body, "params", trans_in_fn=gather_layer_params)
+    policy = REMAT_POLICIES["dots_saveable" if remat_policy == "none" else remat_policy]
+    return nn.remat(body, policy=policy, prevent_cse=False)
+  if remat_policy != "none":
+    return nn.remat(body, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+  return body
+
+
 # ------------------------------------------------------------------------------------------------
 # Modules
 
@@ -336,19 +360,7 @@ class ViT(nn.Module):
 
       def body(mdl, y, rate):
         return apply_block(mdl, y, 0.0 if fixed else rate), None
-      if gathering_layers() and not self.is_initializing():
-        # FSDP: gather this layer's weights inside the scan body (remat recomputes the gather,
-        # so no gathered stack is kept); see `gather_layer_params`.
-        # Without a remat policy the gathered weights (and their compute-dtype casts) would be
-        # saved for the backward, stacked over the layers: the full model on every device. So
-        # under FSDP "none" becomes "dots_saveable" (the matmul outputs are kept; the weights are
-        # gathered again and the element-wise ops recomputed in the backward).
-        body = nn.map_variables(body, "params", trans_in_fn=gather_layer_params)
-        policy = REMAT_POLICIES["dots_saveable" if self.remat_policy == "none"
-                                else self.remat_policy]
-        body = nn.remat(body, policy=policy, prevent_cse=False)
-      elif self.remat_policy != "none":
-        body = nn.remat(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+      body = scan_body(body, self.remat_policy, self.is_initializing())
       split = {"params": True, "dropout": True, self.drop_path_rng: True}
       x, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs=split,
                      length=self.depth)(self.blocks, x, jnp.asarray(rates, jnp.float32))

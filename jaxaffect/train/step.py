@@ -95,10 +95,10 @@ def fsdp_gather(params, shardings, skip=lambda path: False):
 
 
 def _gathered_per_layer(path) -> bool:
-  """Stacked (depth, ...) leaves of scanned ViT blocks (`.../blocks/...`): `nn.vit` gathers them one
-  layer at a time inside its scan body (`vit.gather_layer_params`); gathering the stack here would
-  hold every layer's weights (and gradients) on each device at once."""
-  return any(getattr(k, "key", None) == vit_lib.SCAN_BLOCKS for k in path)
+  """Stacked (depth, ...) leaves of scanned ViT blocks (`.../blocks/...`, `.../decoder_blocks/...`):
+  the model gathers them one layer at a time inside its scan body (`nn.vit.scan_body`); gathering
+  the stack here would hold every layer's weights (and gradients) on each device at once."""
+  return any(vit_lib.is_layer_gathered(str(getattr(k, "key", ""))) for k in path)
 
 
 def _axes(spec: P) -> set:
@@ -145,7 +145,8 @@ def make_eval_step(task, mesh: Mesh, state_shardings):
   bsh = mesh_lib.batch_sharding(mesh)
 
   def step(state, batch):
-    outputs = task.predict(state["params"], state["extra"], batch)
+    params = fsdp_gather(state["params"], state_shardings["params"], skip=_gathered_per_layer)
+    outputs = task.predict(params, state["extra"], batch)
     metrics = metrics_cls.single_from_model_output(**task.metric_inputs(outputs, batch))
     # Outputs leave sharded over the batch; a batch-level scalar (e.g. a CCC loss) is repeated
     # per example so that every leaf has the batch axis.

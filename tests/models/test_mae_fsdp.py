@@ -1,8 +1,8 @@
 """MAE pretraining under FSDP (issue 13 item 4), on the 8 simulated devices of tests/conftest.py.
 
 * (data 2, fsdp 4) equals 1 device after 3 AdamW steps of the MAE recipe at toy size (losses and
-  parameters at float32 rounding tolerance), scanned encoder (the per-layer gather inside
-  `nn.vit`'s scan body) and looped blocks (the step's gather);
+  parameters at float32 rounding tolerance), scanned blocks (the per-layer gather inside
+  `nn.vit.scan_body`, encoder and decoder) and looped blocks (the step's gather);
 * the state is really sharded: every kernel and token, and its two AdamW moments, is split 4 ways
   (per-device bytes of those leaves = 1/4 of replicated; all parameters + optimizer state <= 1/3);
 * the compiled step gathers WEIGHTS, not activations: its all-gathers move exactly the sharded
@@ -142,8 +142,8 @@ def test_mae_fsdp_step_gathers_weights_not_activations(scan):
     print(f"scan={scan}: sharded params {sharded} B; " + "; ".join(
         f"{k} x{v['count']:.0f} {v['bytes']:.0f} B" for k, v in sorted(ops.items())))
     ag = ops.get("all-gather", {}).get("bytes", 0.0)
-    # the weights, gathered in the forward and once more where remat recomputes a layer in the
-    # backward (the decoder blocks under full remat): between 1x and 2x the sharded bytes
+    # the weights, gathered in the forward and, for the scanned blocks (gathered inside their
+    # remat, nn.vit.scan_body), once more in the backward: between 1x and 2x the sharded bytes
     assert sharded <= ag <= 2 * sharded, (ag, sharded)
     # their gradients: reduce-scattered (all-reduce + slice on XLA:CPU), exactly once each
     rs = ops.get("reduce-scatter (all-reduce+slice)", {}).get("bytes", 0.0)
