@@ -379,7 +379,8 @@ def run(specs: list[str], overrides: list[str], fsdps: list[int], per_device_bat
 
 def format_table(result: dict[str, Any]) -> str:
   mib = 2.0 ** 20
-  lines = [f"{'config':<18}{'fsdp':>5}{'batch':>6}{'params+opt MiB/dev':>19}{'of repl.':>9}"
+  w = max([18] + [len(r["config"]) + 1 for r in result["cells"]])
+  lines = [f"{'config':<{w}}{'fsdp':>5}{'batch':>6}{'params+opt MiB/dev':>19}{'of repl.':>9}"
            f"{'temp MiB':>9}{'TFLOP/dev':>10}{'coll. MiB':>10}{'AG/RS/AR/other':>22}"
            f"{'lower+compile s':>16}  " + "  ".join(f"{h} ms/MFU" for h in HARDWARE)]
   for r in result["cells"]:
@@ -395,7 +396,7 @@ def format_table(result: dict[str, Any]) -> str:
     split = f"{ag:.0f}/{rs:.0f}/{ar:.0f}/{other:.0f}"
     proj = "  ".join(f"{p['step_s'] * 1e3:7.1f}/{p['mfu']:4.0%}"
                      for p in r.get("projection", {}).values())
-    lines.append(f"{r['config']:<18}{r['fsdp']:>5}{r['batch']:>6}{po / mib:>19.1f}"
+    lines.append(f"{r['config']:<{w}}{r['fsdp']:>5}{r['batch']:>6}{po / mib:>19.1f}"
                  f"{po / rep:>9.3f}{temp:>9}{tf:>10.3f}{r['collectives']['bytes'] / mib:>10.1f}"
                  f"{split:>22}{r['lower_s']:>7.1f}+{r['compile_s']:<8.1f}  {proj}")
   lines.append("formula: " + result["formula"])
