@@ -12,7 +12,7 @@ def test_bench_swin_toy_json(capsys):
   threads = torch.get_num_threads()
   assert bench.main(["swin", "--batch", "2", "--size", "32", "--embed-dim", "8", "--depths", "1,1",
                      "--heads", "1,2", "--window", "4", "--classes", "5", "--steps", "1",
-                     "--warmup", "0", "--parts", "--json"]) == 0
+                     "--warmup", "0", "--parts", "--reference", "--json"]) == 0
   out, err = capsys.readouterr()
   lines = [l for l in out.splitlines() if l.strip()]
   assert len(lines) == 1

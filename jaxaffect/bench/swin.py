@@ -1,6 +1,6 @@
 """`jaxaffect bench swin`: our Swin-T (`jaxaffect.nn.swin`) beside timm's `SwinTransformer` in one run.
 
-  jaxaffect bench swin [--batch 8] [--size 224] [--steps 5] [--warmup 1] [--json]
+  jaxaffect bench swin [--reference] [--batch 8] [--size 224] [--steps 5] [--warmup 1] [--json]
                        [--embed-dim 96 --depths 2,2,6,2 --heads 3,6,12,24 --window 7] [--parts]
 
 Both models hold the same weights (ours exported to timm's keys) and see the same batch (random
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--window", type=int, default=7)
   p.add_argument("--classes", type=int, default=1000)
   p.add_argument("--parts", action="store_true", help="also time the pieces of one block")
+  p.add_argument("--reference", action="store_true",
+                 help="accepted (issue 14's command line): timm's model is always timed beside")
   p.add_argument("--json", action="store_true", help="one JSON line on stdout (table to stderr)")
   return p
 
