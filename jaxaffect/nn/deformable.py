@@ -42,12 +42,24 @@ into a `functools.partial`:
 points, stage 4 (7×7) 49 (`num_points=None` = the area of the built resolution). The points live in
 the `constants` collection (`model.init` returns it; pass it to `apply` with the params). FL-Swin
 (mode "fl") takes each image's points from `context` (Swin passes `context` to non-window blocks):
-an array (B, N_r, 2) image-normalised, or a dict with key "points".
+an array (B, N_r, 2) image-normalised, or a dict with key "points". Every deformable block of a
+stage draws the same points (same keypoints, sigma and `seed`); give blocks different seeds through
+separate factories if wanted.
+
+Parameters (one block, `jax.eval_shape`): stage 3 (384, 12 heads, 14×14): DeformableBlock
+3,108,866 (of which the offset network 1,334,402: conv1 3×3×384×384) vs SwinBlock 1,776,492;
+stage 4 (768, 24 heads): 12,410,882 (offsets 5,323,010) vs 7,091,928. q/k/v/out (4·(C²+C)) equal
+Swin's qkv + proj; the window block's extra is its relative-position table. `offset_hidden=C/4`
+brings the stage-3 block to 2,108,066. The paper gives no hidden width; C is the literal reading.
+
+The paper's trailing ReLU (offsets "paper") has a dead zone: a point whose pre-activation offset
+is negative gets zero gradient on that axis and can only move again if the input changes; the
+"signed" variant has no dead zone.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
