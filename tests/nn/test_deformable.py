@@ -287,6 +287,13 @@ def test_registered_as_swin_block_kind():
   assert ref == {"layers_2": {"blocks_1": {"attn": {"ref_points": (196, 2)}}},
                  "layers_3": {"blocks_1": {"attn": {"ref_points": (49, 2)}}}}, ref
   assert "offset" in v["params"]["layers_2"]["blocks_1"]["attn"]
+  # FL-Swin: each image's points reach the deformable blocks through Swin's `context`
+  fl = model.clone(block_types=(("deformable", functools.partial(D.DeformableBlock, mode="fl")),))
+  ctx = jnp.zeros((1, 30, 2))
+  v = jax.eval_shape(functools.partial(fl.init, context=ctx), jax.random.key(0), x)
+  assert "constants" not in v and "offset" not in v["params"]["layers_2"]["blocks_1"]["attn"]
+  with pytest.raises(UserError, match="mode 'fl' needs"):
+    jax.eval_shape(fl.init, jax.random.key(0), x)
 
 
 # ------------------------------------------------------------------------------------------------
