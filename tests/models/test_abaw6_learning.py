@@ -62,20 +62,20 @@ MARGIN = 0.05            # 8b: MAE-init minus random-init held-out EXPR macro-F1
 THRESHOLDS = {"ccc_valence": 0.80, "ccc_arousal": 0.80, "expr_macro_f1": 0.80}   # 8c
 
 
-def _finetune(shards: str, workdir: str, *, init: str = "", heads: str = "expr", **over):
-  """`vit_frames:smoke` (the encoder of `mae:smoke`) on `shards`, from `init` (an MAE run)."""
+def _finetune(shards: str, workdir: str, *, init: str = "", heads: str = "expr", sampler=None,
+              **top):
+  """`vit_frames:smoke` (the encoder of `mae:smoke`) on `shards`, from `init` (an MAE run);
+  `sampler` replaces config.data.sampler, `top` sets top-level config fields."""
   from configs import vit_frames
   from jaxaffect.train import loop
   arg = f"smoke,shards={shards},heads={heads}" + (f",init={init}" if init else "")
   cfg = vit_frames.get_config(arg)
   cfg.unlock()
   cfg.checkpoint.async_save = False
-  for k, v in over.items():
-    node, *path = k.split("__")
-    target = cfg
-    for p in [node, *path][:-1]:
-      target = target[p]
-    target[[node, *path][-1]] = v
+  if sampler is not None:
+    cfg.data.sampler = sampler
+  for k, v in top.items():
+    cfg[k] = v
   t = time.time()
   m = loop.train(cfg, workdir)
   return m, time.time() - t
@@ -110,7 +110,7 @@ def few_labels(tmp_path_factory):
 def test_mae_init_beats_random_init_on_held_out_expressions_with_few_labels(mae_smoke, few_labels,
                                                                             tmp_path):
   from jaxaffect.data import parts
-  over = dict(num_steps=150, eval_every_steps=150, data__sampler=parts.sampler_config(
+  over = dict(num_steps=150, eval_every_steps=150, sampler=parts.sampler_config(
       "frame_views", crop="", hflip=True, landmarks=False, frames_per_video=4))
   got = {}
   for name, init in (("mae", mae_smoke["workdir"]), ("random", "")):
