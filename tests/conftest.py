@@ -64,5 +64,7 @@ def mae_smoke(tmp_path_factory):
   workdir = str(root / "run")
   t1 = time.time()
   metrics = loop.train(cfg, workdir)
+  # a SIGTERM makes loop.train save and return early: later tests must not fine-tune from that
+  assert "preempted" not in metrics, metrics["preempted"]
   return {"shards": shards, "workdir": workdir, "metrics": metrics, "config": cfg,
           "prep_seconds": t1 - t0, "train_seconds": time.time() - t1}
