@@ -25,7 +25,7 @@ def test_bench_swin_toy_json(capsys):
   assert r["forward_max_abs_diff"] <= 1e-5 * max(1.0, r["logit_scale"])   # same weights
   assert [p["part"] for p in r["parts"]] == ["layernorm", "roll+partition+reverse",
                                              "relative-bias gather", "attention core (+mask)",
-                                             "mlp fc1-gelu-fc2"]
+                                             "mlp fc1-gelu-fc2 4-D", "mlp fc1-gelu-fc2 2-D"]
   assert "jax/torch" in err and "block part" in err                 # the table went to stderr
   assert torch.get_num_threads() == threads                         # restored
 

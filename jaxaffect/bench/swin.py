@@ -223,7 +223,9 @@ def parts(args) -> list[dict[str, Any]]:
            ("roll+partition+reverse", jpart, tpart, (x,)),
            ("relative-bias gather", jbias, tbias, (table,)),
            ("attention core (+mask)", jattn, tattn, (qkv,)),
-           ("mlp fc1-gelu-fc2", jmlp, lambda x, wm: F.gelu(x @ wm) @ wm.T, (win, wm))]
+           ("mlp fc1-gelu-fc2 4-D", jmlp, lambda x, wm: F.gelu(x @ wm) @ wm.T, (win, wm)),
+           ("mlp fc1-gelu-fc2 2-D", jmlp, lambda x, wm: F.gelu(x @ wm) @ wm.T,
+            (win.reshape(-1, c), wm))]
   rows = []
   for name, jf, tf, inputs in cases:
     def jloss(*a, jf=jf):
