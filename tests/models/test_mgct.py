@@ -201,7 +201,7 @@ def _inputs(b=3, t=37, d=12, seed=0):
   x = rng.standard_normal((b, t, d)).astype(np.float32)
   valid = np.ones((b, t), bool)
   if b >= 3:
-    valid[1, 29:] = False        # trailing padding (more than a level-2 group's worth)
+    valid[1, 31:] = False        # trailing padding; frame 30 in the right half of its groups
     valid[2, 5:9] = False        # a hole: a fully padded level-1 group
   return x, valid
 
@@ -260,7 +260,8 @@ def test_trailing_padding_is_invisible():
   """Real frames of a padded clip get the truncated clip's outputs (every level) and gradients."""
   model, _ = _model()
   x, _ = _inputs(b=1, t=40)
-  t_real = 21
+  t_real = 31                    # last real frame in the right half of its groups: the
+  #                                interpolation reaches past it (edge fill matters)
   params = model.init(jax.random.PRNGKey(2), jnp.asarray(x))["params"]
   x_pad = x.copy()
   x_pad[:, t_real:] = 100.0                          # garbage in the padding
