@@ -11,7 +11,7 @@ Architecture (timm `swin_tiny_patch4_window7_224` = Microsoft Swin-T; `SWIN_T`):
     .permute(0,1,3,4,2,5) give the same order, so one reduction weight serves both) → LayerNorm(4C)
     → Linear 4C → 2C without bias; then `depths[i]` blocks `blocks_j`;
   block (timm `SwinTransformerBlock`): x += DropPath(WindowAttn(LN1 x)); x += DropPath(MLP(LN2 x)).
-    WindowAttn: cyclic shift by -s (`jnp.roll`) → zero-pad H, W to multiples of the window (timm)
+    WindowAttn (`WindowAttention`): cyclic shift by -s (`jnp.roll`) → zero-pad H, W to multiples of the window (timm)
     → partition into w×w windows (row-major inside a window) → multi-head self-attention with packed
     `attn/qkv` (bias) and `attn/out` (timm `attn.proj`), logits + relative position bias
     `B[h, i, j] = table[index[i, j], h]` (`relative_position_bias_table ((2wh-1)(2ww-1), heads)`,
@@ -47,8 +47,10 @@ rng "dropout") and drop path (timm `calculate_drop_path_rates(rate, depths, stag
 linear 0 → rate over all blocks, split by stage) on `drop_path_rng`. timm's SwinTransformer default
 drop_path_rate is 0.1 (kept); Microsoft's Swin-T config uses 0.2.
 
-Init (timm `init_weights`): Dense kernels truncated normal std 0.02 (|x| < 2 absolute, i.e. a plain
-normal at this std), zero biases; tables truncated normal 0.02; patch conv torch's default.
+Init: tables, PatchMerging reduction and head truncated normal std 0.02 (|x| < 2 absolute, i.e. a
+plain normal at this std; timm), zero head bias; the attention and MLP Dense layers and the patch
+conv torch's defaults (`jaxaffect.nn.Dense`; timm re-draws them at std 0.02). The paper starts from
+ImageNet weights (`jaxaffect.interop.swin.load_pretrained`).
 `dtype` is the compute dtype (bfloat16 switch), softmax and LayerNorm statistics run in float32.
 """
 from __future__ import annotations
@@ -62,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect.errors import UserError
-from jaxaffect.nn.attention import FeedForward, MultiHeadAttention
+from jaxaffect.nn.attention import FeedForward
 from jaxaffect.nn.layers import Dense, layer_norm
 from jaxaffect.nn.vit import drop_path, drop_path_rates
 
@@ -195,6 +197,41 @@ def patch_merge_concat(x: jax.Array) -> jax.Array:
 # Modules
 
 
+class WindowAttention(nn.Module):
+  """timm `WindowAttention` on (B, nW, N, C) windows with an additive bias (relative position
+  bias + shift mask) broadcastable to (B, nW, heads, N, N): Dense `qkv` (packed, `(3, heads, Dh)`
+  order) and `out` (timm `proj`) — the parameter names of `jaxaffect.nn.MultiHeadAttention` —
+  applied to the flattened (B·nW·N, C) matrix (XLA:CPU's backward of a Dense on the 4-D map is
+  2-3x slower: bench/swin.py --parts), q pre-scaled by Dh^-0.5 as Swin, softmax in float32."""
+  num_heads: int
+  qkv_bias: bool = True
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, windows: jax.Array, bias: jax.Array, *,
+               deterministic: bool = True) -> jax.Array:
+    b, nw, n, c = windows.shape
+    h = self.num_heads
+    dh = c // h
+    dense = lambda feats, use_bias, name: Dense(feats, use_bias=use_bias, dtype=self.dtype,
+                                                param_dtype=self.param_dtype, name=name)
+    qkv = dense(3 * c, self.qkv_bias, "qkv")(windows.reshape(b * nw * n, c))
+    qkv = qkv.reshape(b, nw, n, 3, h, dh)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    acc = jnp.promote_types(self.dtype, jnp.float32)
+    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * jnp.asarray(dh ** -0.5, q.dtype), k,
+                        preferred_element_type=acc) + bias.astype(acc)
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
+    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights.astype(self.dtype), v)
+    out = dense(c, True, "out")(out.reshape(b * nw * n, c))
+    out = nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+    return out.reshape(b, nw, n, c)
+
+
 class SwinBlock(nn.Module):
   """timm `SwinTransformerBlock` (window kind): submodules `norm1`, `attn` (`qkv`, `out`), the
   parameter `relative_position_bias_table`, `norm2`, `mlp` (`fc1`, `fc2`).
@@ -250,10 +287,9 @@ class SwinBlock(nn.Module):
                         f"mask built for {tuple(self.resolution)} has {mask.shape[0]} (timm fails "
                         "here too: choose an image size whose merges are even)")
       bias = bias[None] + jnp.asarray(mask)[:, None]               # (nW, heads, N, N)
-    attn = MultiHeadAttention(self.num_heads, qkv_layout="packed", qkv_bias=self.qkv_bias,
-                              attn_dropout=self.attn_dropout, proj_dropout=self.dropout,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name="attn")
-    out = attn(windows, bias=bias, deterministic=deterministic)
+    attn = WindowAttention(self.num_heads, self.qkv_bias, self.attn_dropout, self.dropout,
+                           self.dtype, self.param_dtype, name="attn")
+    out = attn(windows, bias, deterministic=deterministic)
     y = window_reverse(out, win, h + ph, w + pw)[:, :h, :w]
     if any(sh):
       y = jnp.roll(y, sh, axis=(1, 2))
