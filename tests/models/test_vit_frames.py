@@ -20,6 +20,7 @@ from flax import traverse_util
 from jaxaffect import config_loader, interop
 from jaxaffect.bench.plan import _tree_bytes
 from jaxaffect.models import abaw_tcn, vit_frames
+from jaxaffect.nn import vit as vit_lib
 from jaxaffect.nn.vit import ViT
 from jaxaffect.train import init_from, loop, mesh as mesh_lib
 from tests import tolerances as tol
@@ -96,12 +97,13 @@ def test_fsdp_2x4_equals_one_device_and_shards_the_state():
   assert per_dev <= repl / 3
 
 
-def _pretend_pretraining_variables(c):
+def _pretend_pretraining_variables(c, scan=None):
   """What an MAE pretraining checkpoint holds: encoder = ViT(global_pool token, sin-cos) named
   `encoder` (with its final `norm`), plus decoder parameters the fine-tune does not have."""
   m = c.model
   enc = ViT(img_size=m.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
-            num_heads=m.num_heads, global_pool="token", pos_embed="sincos", scan=m.scan)
+            num_heads=m.num_heads, global_pool="token", pos_embed="sincos",
+            scan=m.scan if scan is None else scan)
   x = jnp.zeros((1, m.img_size, m.img_size, 3))
   v = jax.jit(lambda: enc.init(jax.random.key(3), x))()
   return {"params": {"encoder": v["params"], "decoder_embed": {"kernel": np.ones((4, 4))},
@@ -110,10 +112,14 @@ def _pretend_pretraining_variables(c):
 
 
 @pytest.mark.parametrize("variant", ["finetune_expr", "b16"])
-def test_mae_pretraining_encoder_paths_line_up_with_init_from_keep(variant):
+@pytest.mark.parametrize("other_layout", [False, True])
+def test_mae_pretraining_encoder_paths_line_up_with_init_from_keep(variant, other_layout):
+  """Every encoder variable loads, also when the pretraining run used the other block layout
+  (`mae:abaw6` / `pretrain_*` scan their blocks, `finetune_expr` loops them for layer decay)."""
   c = config_loader.load(f"vit_frames:{variant},shards=/nowhere,init=/some/pretrain_run", TOY)
   assert c.init_from.workdir == "/some/pretrain_run"
-  loaded = _pretend_pretraining_variables(c)
+  fine_scan = bool(c.model.scan)
+  loaded = _pretend_pretraining_variables(c, scan=fine_scan != other_layout)
   module = vit_frames.ViTFrames(**{k: v for k, v in c.model.items() if k != "dtype"})
   x = jnp.zeros((1, c.data.image_size, c.data.image_size, 3))
   fresh = jax.device_get(jax.jit(lambda: module.init(jax.random.key(0), x, train=False))())
@@ -129,6 +135,12 @@ def test_mae_pretraining_encoder_paths_line_up_with_init_from_keep(variant):
                                             for p in ("bias", "kernel")]])
   assert set(rep["unused"]) == {"params/encoder/norm/bias", "params/encoder/norm/scale",
                                 "params/decoder_embed/kernel", "params/mask_token"}
+  assert bool(rep["relayout"]) == other_layout
+  if other_layout:                 # compare in the fine-tune's layout
+    enc = loaded["params"]["encoder"]
+    enc = vit_lib.to_looped(enc) if not fine_scan else vit_lib.to_scanned(enc, c.model.depth)
+    src = traverse_util.flatten_dict({"params": {**loaded["params"], "encoder": enc},
+                                      "constants": loaded["constants"]}, sep="/")
   for k in rep["loaded"]:
     np.testing.assert_array_equal(flat[k], src[k])
 
