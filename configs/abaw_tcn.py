@@ -9,7 +9,10 @@ Variants (`--config configs/abaw_tcn.py:VARIANT[,key=value...]`):
           (10 epochs; `window=300,stride=200` or `window=400,stride=200` are the paper's other
           EXPR settings). Features: `features=DIR` (per-frame `.npy` files `DIR/<video>/00001.npy`
           or per-video arrays `DIR/<video>.npy`), labels: `labels=DIR` (the Aff-Wild2 annotation
-          folder or our face shards).
+          folder or our face shards). `stream=NAME[,dim=D]` reads `data_prep features` shards
+          instead (`features=` = the job's `--out`, NAME = its stream, the image model's name,
+          e.g. `stream=vit_frames` for the ABAW6 fine-tuned ViT-B; D defaults to 768); the
+          labels then come with the shards (`labels=` may stay empty).
   abaw5_va  the ABAW5 VA fusion (Zhou et al. 2023): six streams (wav2vec base, wav2vec emotion,
           ArcFace, EfficientNet emotion 1280-d, AffectNet-8, RAF-DB), one TCN each, separate valence
           and arousal heads, dropout 0.3; the stream roots are `features=DIR` with one sub-folder
@@ -40,12 +43,14 @@ AUDIO_STREAMS = ("wav_base", "wav_emotion")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="expr", features="", labels="", window=0, stride=0,
-                       audio_rate=50.0, fps=30.0, stream="frame_resnet", dim=128)
+                       audio_rate=50.0, fps=30.0, stream="", dim=0)
   if a.variant not in VARIANTS:
     raise ValueError(f"abaw_tcn config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
-  if a.variant != "smoke" and (a.stream != "frame_resnet" or a.dim != 128):
-    raise ValueError("abaw_tcn config: stream= and dim= are arguments of the smoke variant "
-                     "(the others set their streams in config.data.source.features)")
+  if a.variant == "abaw5_va" and (a.stream or a.dim):
+    raise ValueError("abaw_tcn config: stream= and dim= are not arguments of abaw5_va (its six "
+                     "streams are set in config.data.source.features)")
+  if a.dim and not a.stream and a.variant != "smoke":
+    raise ValueError("abaw_tcn config: dim= goes with stream= (the width of that feature stream)")
   c = common.base_config()
   c.variant = a.variant           # which variant built this config (informational)
   c.model_name = "abaw_tcn"       # models.registry key
@@ -111,6 +116,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if a.variant == "expr":
     c.data.sampler.window, c.data.sampler.stride = 100, 50
+  if a.variant in ("va", "expr", "au") and a.stream:
+    # per-frame features of our own image model (python -m data_prep features), e.g. the ABAW6
+    # fine-tuned ViT (`stream=vit_frames`): feature shards carry the labels and the frame times
+    dim = a.dim or 768
+    c.model.streams = (("mae", (dim, 256, 128)),)
+    c.data.source.features = [{"name": "mae", "kind": "shards", "path": a.features,
+                               "stream": a.stream, "dim": dim}]
   if a.variant == "abaw5_va":
     c.model.streams = tuple((n, ch) for n, ch, _ in ABAW5_STREAMS)
     c.model.va_heads = "split"
@@ -121,7 +133,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
          **({"rate_hz": a.audio_rate} if n in AUDIO_STREAMS else {})}
         for n, _, dim in ABAW5_STREAMS]
   if a.variant == "smoke":
-    c.model.streams = (("frame", (a.dim, 64, 64)),)
+    stream, dim = a.stream or "frame_resnet", a.dim or 128
+    c.model.streams = (("frame", (dim, 64, 64)),)
     c.model.num_expr_classes = 7  # synthetic faces never show `Other`
     c.model.kernel_size = 3
     c.model.d_model = 64
@@ -129,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dim_feedforward = 128
     # the job names the stream after the image model (`data_prep features --stream` to change it)
     c.data.source.features = [{"name": "frame", "kind": "shards", "path": a.features,
-                               "stream": a.stream, "dim": a.dim}]
+                               "stream": stream, "dim": dim}]
     c.data.source.eval_select = "test"   # held-out generator seeds: unseen identities
     c.data.expr_vocab = "abaw7"
     c.data.sampler.window, c.data.sampler.stride = 32, 16

@@ -209,6 +209,10 @@ CASES = [
      lambda d: TCN + _tcn_streams([{"name": "mae", "kind": "npy", "path": d["mae"] + "/mae",
                                     "dim": 6}])),
     ("abaw_tcn:abaw5_va,labels={aw2_labels}", lambda d: TCN + _abaw5(d)),
+    # the ABAW6 chain's last link: a va/expr/au variant over `data_prep features` shards of our
+    # own image model (here the smoke frame encoder's 32-d stream), as built by the config
+    ("abaw_tcn:expr,features={syn_feats},stream=frame_resnet,dim=32",
+     lambda d: TCN + ["--config.data.source.eval_select=test"]),
     ("abaw_tcn:smoke,features={syn_feats}",
      lambda d: TCN + _tcn_streams([{"name": "frame", "kind": "shards", "path": d["syn_feats"],
                                     "stream": "frame_resnet", "dim": 32}])),
