@@ -110,9 +110,11 @@ SINCOS_ATOL = 1e-5     # a float32 copy of MAE's float64 table differs by < 1e-7
 def sincos_deviation(table: Any, num_extra_tokens: int = 1) -> float:
   """max |table − the fixed 2-D sin-cos table of its own (square) grid| (inf if not square)."""
   arr = np.asarray(table, np.float64)
+  if arr.ndim != 3 or arr.shape[1] <= num_extra_tokens:
+    return float("inf")
   n = arr.shape[1] - num_extra_tokens
   side = int(round(math.sqrt(n)))
-  if arr.ndim != 3 or side * side != n or arr.shape[-1] % 4:
+  if side * side != n or arr.shape[-1] % 4:
     return float("inf")
   ref = vit_lib.sincos_2d_pos_embed(arr.shape[-1], side, cls_token=False)
   return float(np.abs(arr[0, num_extra_tokens:] - ref).max(initial=0.0))
