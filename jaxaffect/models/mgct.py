@@ -47,6 +47,10 @@ each group (`downsample_labels`; a group without a labelled frame is masked out)
 and the usual choice for these datasets; our reading, the paper writes its level loss without
 saying MSE or CCC) or "mse" (a switch). Eq. 11, `cross_clip_loss`, and Eq. 12, `total_loss`: see
 their docstrings.
+
+Elsewhere: the stage-2 task (Eq. 10 loss, VA metrics, Fig. 11 level curves) is
+`models/mgct_task.py`, the PyTorch layout (the independent `TorchMGCT` of tests/models/test_mgct.py:
+there is no official code) `interop/mgct.py`, the configs `configs/mgct.py`.
 """
 from __future__ import annotations
 
@@ -330,48 +334,22 @@ def param_count(module: MGCT, d_in: int = 768) -> int:
   return sum(int(a.size) for a in jax.tree.leaves(v["params"]))
 
 
-# ------------------------------------------------------------------------------------------ task
-
-
-def _task_class():
-  import dataclasses
-  from jaxaffect.models import tasks
-
-  @dataclasses.dataclass(frozen=True)
-  class MGCTTask(tasks.FrameLabelsTask):
-    """Stage 2 (MGCT on frozen TDLS feature windows) as a per-frame VA task: the inputs, masks,
-    metrics (CCC of valence / arousal of the level-0 prediction over all frames) and progress of
-    `FrameLabelsTask(input="features", outputs=("va",))`, with the loss replaced by Eq. 10
-    (`mgct_loss`, `level_weights`, `level_loss` "ccc" | "mse"). Several feature streams are
-    concatenated on channels in name order. L_CCL (Eq. 11) needs batches of N_c clips per video,
-    which no sampler makes yet: it is not part of this task (the function is `cross_clip_loss`)."""
-    level_weights: tuple = LEVEL_WEIGHTS
-    level_loss: str = "ccc"
-
-    def inputs(self, batch):
-      feats, kw, keep = super().inputs(batch)
-      x = jnp.concatenate([feats[k] for k in sorted(feats)], axis=-1)
-      return x, kw, keep
-
-    def _losses(self, out, batch, keep):
-      masks = self._masks(batch, keep)
-      total, _ = mgct_loss(out, batch["va"], masks["va"], group_size=self.module.group_size,
-                           weights=self.level_weights, kind=self.level_loss)
-      return total, {"va": total}, masks
-
-  return MGCTTask
+# ------------------------------------------------------------------------- model-module hooks
 
 
 def make_task(module: MGCT, task_config) -> Any:
-  """The model-module hook (models/registry.py): `config.task` fields `level_weights`,
-  `level_loss`, `ccc_ddof` (metrics only) and the `FrameLabelsTask` ones; outputs are ("va",)."""
-  kw = {k: v for k, v in dict(task_config).items() if k not in ("name", "outputs", "input")}
-  if "level_weights" in kw:
-    kw["level_weights"] = tuple(kw["level_weights"])
-  try:
-    return _task_class()(module=module, outputs=("va",), input="features", **kw)
-  except TypeError as e:
-    raise UserError(f"config.task of mgct: {e}") from None
+  """The model-module hook (models/registry.py): `mgct_task.MGCTTask` (stage 2 on feature windows:
+  Eq. 10 loss, VA metrics, Fig. 11 level curves); `config.task` fields `level_weights`,
+  `level_loss`, `num_curves` and the `FrameLabelsTask` ones; outputs are ("va",)."""
+  from jaxaffect.models import mgct_task
+  return mgct_task.make_task(module, task_config)
+
+
+def torch_mapping():
+  """The state-dict layout of the independent torch MGCT `TorchMGCT` in tests/models/test_mgct.py
+  (the paper has no code): `jaxaffect.interop.mgct`."""
+  from jaxaffect.interop import mgct as mgct_map
+  return mgct_map.MAPPING
 
 
 Model = MGCT
