@@ -24,7 +24,7 @@ from jaxaffect.train import loop
 from tests.data_prep import fixtures_sources as fx
 from tests.train.test_real_layouts import affwild2_layout
 
-CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames", "mae")
+CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames", "mae", "mgct")
 RUN = ["--config.num_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=2",
        "--config.batch_size=8", "--config.checkpoint.async_save=false"]
 FD = ["--config.model.width=8", "--config.data.image_size=32", "--config.data.sampler.num_segments=2",
@@ -40,6 +40,10 @@ MAE = VIT + ["--config.model.decoder_embed_dim=16", "--config.model.decoder_dept
 TCN = ["--config.model.d_model=8", "--config.model.num_layers=1",
        "--config.model.dim_feedforward=8", "--config.model.kernel_size=3",
        "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
+MGCT = ["--config.model.channels=[8, 16, 16]", "--config.model.num_heads=2",
+        "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
+MGCT_BASE = ["--config.model.channels=[8]", "--config.model.depth=1", "--config.model.num_heads=2",
+             "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
 SYN = ["--config.data.source.num_train=8", "--config.data.source.num_eval=4", "--config.data.source.video_frames=6"]
 
 
@@ -216,6 +220,15 @@ CASES = [
     ("abaw_tcn:smoke,features={syn_feats}",
      lambda d: TCN + _tcn_streams([{"name": "frame", "kind": "shards", "path": d["syn_feats"],
                                     "stream": "frame_resnet", "dim": 32}])),
+    # TDLS + MGCT stage 2 over `data_prep features` shards (the smoke frame encoder's 32-d stream
+    # standing in for TDLS's 768-d one)
+    ("mgct:recola,features={syn_feats},stream=frame_resnet,dim=32",
+     lambda d: MGCT + ["--config.data.source.eval_select=test"]),
+    ("mgct:sewa,features={syn_feats},stream=frame_resnet,dim=32",
+     lambda d: MGCT + ["--config.data.source.eval_select=test"]),
+    ("mgct:baseline,features={syn_feats},stream=frame_resnet,dim=32",
+     lambda d: MGCT_BASE + ["--config.data.source.eval_select=test"]),
+    ("mgct:smoke,features={syn_feats},dim=32", lambda d: MGCT),
 ]
 
 
