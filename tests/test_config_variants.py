@@ -24,7 +24,8 @@ from jaxaffect.train import loop
 from tests.data_prep import fixtures_sources as fx
 from tests.train.test_real_layouts import affwild2_layout
 
-CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames", "mae", "mgct")
+CONFIG_FILES = ("former_dfer", "est", "abaw_tcn", "frame_resnet", "vit_frames", "mae", "mgct",
+                "tdls")
 RUN = ["--config.num_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=2",
        "--config.batch_size=8", "--config.checkpoint.async_save=false"]
 FD = ["--config.model.width=8", "--config.data.image_size=32", "--config.data.sampler.num_segments=2",
@@ -40,6 +41,11 @@ MAE = VIT + ["--config.model.decoder_embed_dim=16", "--config.model.decoder_dept
 TCN = ["--config.model.d_model=8", "--config.model.num_layers=1",
        "--config.model.dim_feedforward=8", "--config.model.kernel_size=3",
        "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
+TDLS = ["--config.data.image_size=32", "--config.model.patch_size=2", "--config.model.embed_dim=8",
+        "--config.model.depths=[1, 1, 2, 2]", "--config.model.num_heads=[1, 2, 2, 4]",
+        "--config.model.window_size=4", "--config.model.offset_hidden=8",
+        "--config.model.proj_hidden=16", "--config.model.proj_dim=8", "--config.model.tg_hidden=8",
+        "--config.task.queue_size=16", "--config.task.num_neighbours=4"]
 MGCT = ["--config.model.channels=[8, 16, 16]", "--config.model.num_heads=2",
         "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
 MGCT_BASE = ["--config.model.channels=[8]", "--config.model.depth=1", "--config.model.num_heads=2",
@@ -93,6 +99,56 @@ def _basic6(root):
       fx.write_jpeg(str(root / "frames" / f"s{v:02d}" / f"{i}.jpg"), fx.image(v, i, 32))
     rows.append(f"s{v:02d},{names[v % 6]},{'train' if v < 6 else 'test'}")
   fx.write_text(str(root / "labels.csv"), "video_id,label,split\n" + "\n".join(rows) + "\n")
+  return root
+
+
+def _faces(seed, n):
+  """Frames of a synthetic talking face at 160 px: BlazeFace finds these (tests/data_prep/
+  test_faces.py), so RECOLA / SEWA videos go through the detector as real recordings do."""
+  from jaxaffect.data import synthetic
+  return list(synthetic.generate_video(seed, num_frames=n, size=160, occlusion_prob=0.0)["frames"])
+
+
+def _recola(root):
+  """RECOLA: `recordings_video/<name>.mp4` + gold-standard ARFF valence/arousal at 40 ms."""
+  gs = root / "ratings_gold_standard"
+  for k, name in enumerate(("train_1", "train_2", "dev_1")):
+    for dim, off in (("valence", 0.0), ("arousal", 0.3)):
+      rows = "".join(f"{name},{0.04 * i:.2f},{np.sin(i / 3 + k + off):.4f}\n" for i in range(8))
+      fx.write_text(str(gs / dim / f"{name}.arff"),
+                    "@relation GOLDSTANDARD\n\n@attribute Instance_name string\n@attribute "
+                    "frameTime numeric\n@attribute GoldStandard numeric\n\n@data\n\n" + rows)
+    fx.write_video(str(root / "recordings_video" / f"{name}.mp4"), _faces(k, 8))
+  return root
+
+
+def _sewa(root):
+  """SEWA: `labels/<instance>.csv` (time; arousal; valence; liking at 100 ms) + videos."""
+  for k, name in enumerate(("Train_DE_01", "Train_DE_02", "Devel_DE_03")):
+    rows = "".join(f"{name}; {0.1 * i:.1f}; {np.cos(i / 2 + k):.3f}; {np.sin(i / 2 + k):.3f}; 0.0\n"
+                   for i in range(4))
+    fx.write_text(str(root / "labels" / f"{name}.csv"), rows)
+    fx.write_video(str(root / "vids" / f"{name}.avi"), _faces(k + 3, 8), fps=25)
+  return root
+
+
+def _affectnet(root):
+  """AffectNet: `Manually_Annotated_Images/<dir>/<file>` + the two list CSVs with boxes, 68
+  landmarks, expression, valence, arousal (one image with no VA: -2)."""
+  header = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
+            "expression,valence,arousal\n")
+  rng = np.random.default_rng(0)
+  rows = {"training.csv": [], "validation.csv": []}
+  for k in range(10):
+    rel = f"{100 + k % 2}/im {k}.jpg"
+    fx.write_jpeg(str(root / "Manually_Annotated_Images" / rel), fx.image(k, 0, 32))
+    lm = ";".join(f"{v:.2f}" for v in rng.uniform(4, 28, (68, 2)).reshape(-1))
+    va = (-2, -2) if k == 3 else (round(float(rng.uniform(-1, 1)), 3),
+                                  round(float(rng.uniform(-1, 1)), 3))
+    rows["training.csv" if k < 8 else "validation.csv"].append(
+        f"{rel},2,2,28,28,{lm},{k % 7},{va[0]},{va[1]}\n")
+  for name, r in rows.items():
+    fx.write_text(str(root / "Manually_Annotated_file_lists" / name), header + "".join(r))
   return root
 
 
@@ -156,6 +212,16 @@ def data(tmp_path_factory):
   assert prep_cli.main(["features", "--shards", out["syn_shards"], "--checkpoint",
                         str(t / "frame_enc"), "--out", str(t / "syn_feats"), "--quiet"]) == 0
   out["syn_feats"] = str(t / "syn_feats")
+  # TDLS stage 1: RECOLA / SEWA videos through the face detector (BlazeFace + FaceMesh's
+  # approximate iBUG-68 landmarks) and AffectNet images with the dataset's boxes and 68 landmarks
+  _prep("recola", "--src", str(_recola(t / "RECOLA")), "--out", str(t / "recola_shards"))
+  sewa = _sewa(t / "SEWA")
+  _prep("sewa", "--src", str(sewa), "--video-dir", str(sewa / "vids"), "--out",
+        str(t / "sewa_shards"))
+  _prep("affectnet", "--src", str(_affectnet(t / "AffectNet")), "--out",
+        str(t / "affectnet_shards"))
+  for k in ("recola", "sewa", "affectnet"):
+    out[f"{k}_shards"] = str(t / f"{k}_shards")
   out["root"] = t
   return out
 
@@ -229,6 +295,15 @@ CASES = [
     ("mgct:baseline,features={syn_feats},stream=frame_resnet,dim=32",
      lambda d: MGCT_BASE + ["--config.data.source.eval_select=test"]),
     ("mgct:smoke,features={syn_feats},dim=32", lambda d: MGCT),
+    # TDLS stage 1 on each dataset layout it reads; Table IV modes as arguments
+    ("tdls:affectnet,shards={affectnet_shards}", lambda d: TDLS),
+    ("tdls:affectnet,shards={affectnet_shards},mode=fl,tg=1,neighbours=label", lambda d: TDLS),
+    ("tdls:recola,shards={recola_shards}", lambda d: TDLS),
+    ("tdls:recola,shards={recola_shards},mode=fl", lambda d: TDLS),
+    ("tdls:sewa,shards={sewa_shards}", lambda d: TDLS),
+    ("tdls:sewa,shards={sewa_shards},mode=rp,offsets=signed", lambda d: TDLS),
+    ("tdls:sewa,shards={sewa_shards},mode=swin,tg=0", lambda d: TDLS),
+    ("tdls:smoke,shards={syn_shards}", lambda d: TDLS),
 ]
 
 

@@ -123,7 +123,7 @@ class FrameViews:
       if not self.landmarks:
         lms = np.zeros((rec.num_frames, 68, 2), np.float32)
       elif lms.ndim != 3 or lms.shape[1:] != (68, 2) or (
-          rec.landmark_scheme and rec.landmark_scheme != "ibug68"):
+          rec.landmark_scheme and not rec.landmark_scheme.startswith("ibug68")):
         raise UserError(f"{where}: data.sampler 'frame_views' needs iBUG-68 landmarks (field "
                         f"'frame/landmarks' has shape {lms.shape}, 'video/landmark_scheme' "
                         f"{rec.landmark_scheme!r}); prep the source with a 68-point landmarker")

@@ -136,6 +136,15 @@ class TDLS(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    # configs restored from JSON give lists: keep the module hashable (jit static arguments)
+    if self.keypoints is not None:
+      object.__setattr__(self, "keypoints", tuple(tuple(float(v) for v in p)
+                                                  for p in self.keypoints))
+    for f in ("depths", "num_heads", "deformable_stages"):
+      object.__setattr__(self, f, tuple(int(v) for v in getattr(self, f)))
+    super().__post_init__()
+
   def setup(self):
     if self.mode not in MODES:
       raise UserError(f"TDLS.mode={self.mode!r}: expected one of {MODES} (Table IV)")
@@ -144,7 +153,7 @@ class TDLS(nn.Module):
         dla.DeformableBlock, mode="tdls" if self.mode == "swin" else self.mode,
         offsets=self.offsets, offset_range=self.offset_range,
         offset_hidden=self.offset_hidden or None,
-        keypoints=None if self.keypoints is None else tuple(map(tuple, self.keypoints)),
+        keypoints=self.keypoints,
         sigma=self.sigma, heat_size=self.heat_size, seed=self.seed, form=self.form)
     self.backbone = SwinTransformer(
         img_size=self.img_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
