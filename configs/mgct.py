@@ -36,8 +36,13 @@ The paper's ablations are model fields, overridable on the command line:
   Table XI    `--config.model.summarise_twice=true`, `--config.model.guidance=false`
 The paper gives no training-window stride, number of epochs or dropout: stride = window / 4,
 100 epochs (RECOLA's 9 training recordings give ~5 steps per epoch at batch 64), dropout 0 and a
-constant learning rate are ours. L_CCL (Eq. 11) is not trained: it needs several clips per video
-in a batch, which no sampler makes yet.
+constant learning rate are ours.
+
+Cross-clip loss (Eq. 11-12, stage 2's L = L_MGCT + 0.1 L_CCL): `ccl=1` (default; `baseline`: 0)
+samples windows of N_c = 3 consecutive clips of one video and the task cuts each into its clips
+(models/mgct_task.py: MGCT runs per clip; a random main clip per window; CCL mode `stats`), so
+`window=` is the CLIP length (768 / 400 frames) and the sampled window is 3× that (clip starts
+advance by `stride`); `ccl=0` trains MGCT on single clips without L_CCL (the ablation).
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ VARIANTS = ("recola", "sewa", "baseline", "smoke")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="recola", features="", stream="", dim=0, window=0, stride=0,
+                       ccl=-1,
                        fps=0.0)
   if a.variant not in VARIANTS:
     raise ValueError(f"mgct config: unknown variant {a.variant!r} ({', '.join(VARIANTS)})")
@@ -81,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.level_weights = (1.2, 0.9, 0.6)  # Eq. 10 λ per level, frame level first
   c.task.level_loss = "ccc"       # level loss: 'ccc' (1 − CCC, mean over V and A) or 'mse'
   c.task.num_curves = 2           # evaluation windows drawn in eval/level_curves (Fig. 11)
+  c.task.ccl_clips = 3            # N_c clips per sampled window (Eq. 11); 0 = no L_CCL
+  c.task.ccl_weight = 0.1         # γ of Eq. 12
+  c.task.ccl_mode = "stats"       # Eq. 11 reading: stats | relative | overlap (models/mgct.py)
 
   # The data config by parts (jaxaffect/data/parts.py): shared fields, then `source` and `sampler`.
   c.data = ml_collections.ConfigDict()
@@ -137,5 +146,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.sampler.stride = a.stride or max(a.window // 4, 1)
   if a.stride:
     c.data.sampler.stride = a.stride
+  use_ccl = (a.variant != "baseline") if a.ccl < 0 else bool(a.ccl)
+  if use_ccl:
+    c.data.sampler.window *= c.task.ccl_clips   # a window = N_c consecutive clips of one video
+  else:
+    c.task.ccl_clips = 0
   c.lock()
   return c

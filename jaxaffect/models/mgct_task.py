@@ -14,8 +14,15 @@ sampler `video_index (B,)`, `start (B,)` (the window's first frame in its video)
               `eval_images` draws them as `eval/level_curves` (Fig. 11 of the paper: valence and
               arousal over the window, one line per level at its groups' centres, labels in
               black), which the trainer writes to TensorBoard and as `tensorboard/images/*.png`.
-L_CCL (Eq. 11) needs batches of N_c clips per video, which no sampler makes yet: it is not part of
-this task (`mgct.cross_clip_loss` is the function).
+  L_CCL       (Eq. 11) with `ccl_clips = N_c > 1`: each sampled window (one video's consecutive
+              frames) is cut into N_c consecutive clips of window / N_c frames; MGCT runs on every
+              clip on its own (the clip is the model's input length, in training and evaluation),
+              L_MGCT is taken over all clips' levels (the clip length must be a multiple of
+              g^L so the groups do not straddle clips), a main clip is drawn per window from the
+              step's key, and `ccl_weight` · `mgct.cross_clip_loss(mode=ccl_mode)` is added
+              (Eq. 12's γ = 0.1): stage 2's L = L_MGCT + 0.1 L_CCL. Evaluation metrics and the
+              curves see the clips' predictions joined back into the window. `ccl_clips = 0`:
+              MGCT on the whole window, no L_CCL (the "without CCL" ablation).
 """
 from __future__ import annotations
 
@@ -81,6 +88,73 @@ class MGCTTask(tasks.FrameLabelsTask):
   level_weights: tuple = mgct.LEVEL_WEIGHTS
   level_loss: str = "ccc"
   num_curves: int = 2             # windows drawn in `eval/level_curves` (0 = no picture)
+  ccl_clips: int = 0              # N_c of Eq. 11 (0: no clips, no L_CCL)
+  ccl_weight: float = 0.1         # γ of Eq. 12
+  ccl_mode: str = "stats"         # `mgct.cross_clip_loss` mode: stats | relative | overlap
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.ccl_clips == 1 or self.ccl_clips < 0:
+      raise UserError(f"task.ccl_clips={self.ccl_clips}: 0 (no L_CCL) or N_c >= 2")
+    if self.ccl_mode not in mgct.CCL_MODES:
+      raise UserError(f"task.ccl_mode={self.ccl_mode!r}: expected one of {mgct.CCL_MODES}")
+
+  def _apply(self, params, extra, batch, *, train: bool, rng=None):
+    """The model on the batch's windows, or on their N_c clips joined back (module docstring).
+    Returns (outputs with `va`, `levels`, `level_masks` over the window and, with clips,
+    `clip_va (B, N_c, T_c, 2)`, keep mask)."""
+    x, kw, keep = self.inputs(batch)
+    variables = {"params": params, **extra}
+    rngs = {"dropout": rng} if train else {}
+    nc = self.ccl_clips
+    if nc < 2:
+      return self.module.apply(variables, x, train=train, rngs=rngs, **kw), keep
+    b, w, d = x.shape
+    span = self.module.group_size ** self.module.num_levels
+    if w % nc or (w // nc) % span:
+      raise UserError(f"task.ccl_clips={nc}: the window of {w} frames must split into {nc} clips "
+                      f"whose length is a multiple of group_size^num_levels = {span} "
+                      f"(config.data.sampler.window = N_c x clip length)")
+    t = w // nc
+    out = self.module.apply(variables, x.reshape(b * nc, t, d), train=train, rngs=rngs,
+                            frame_mask=kw["frame_mask"].reshape(b * nc, t))
+    join = lambda a: a.reshape((b, nc * a.shape[1]) + a.shape[2:])
+    return {"va": join(out["va"]), "levels": tuple(join(p) for p in out["levels"]),
+            "level_masks": tuple(join(m) for m in out["level_masks"]),
+            "clip_va": out["va"].reshape(b, nc, t, -1)}, keep
+
+  def forward(self, params, extra, batch):
+    """Evaluation outputs on windows without labels (`jaxaffect predict`)."""
+    return self._apply(params, extra, batch, train=False)[0]
+
+  def loss(self, params, extra, batch, rng):
+    d_rng, m_rng = jax.random.split(rng)
+    out, keep = self._apply(params, extra, batch, train=True, rng=d_rng)
+    total, parts, masks = self._losses(out, batch, keep)
+    if self.ccl_clips >= 2:
+      b, nc, t, _ = out["clip_va"].shape
+      main = jax.random.randint(m_rng, (b,), 0, nc)                 # a random main clip
+      parts["ccl"] = mgct.cross_clip_loss(
+          out["clip_va"], masks["va"].reshape(b, nc, t), main, mode=self.ccl_mode,
+          labels=batch["va"].reshape(b, nc, t, -1),
+          starts=jnp.broadcast_to(jnp.arange(nc) * t, (b, nc)))
+      total = total + self.ccl_weight * parts["ccl"]
+    out = {k: v for k, v in out.items() if k != "clip_va"}
+    return total, ({**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()},
+                    "masks": masks}, dict(extra))
+
+  def predict(self, params, extra, batch):
+    out, keep = self._apply(params, extra, batch, train=False)
+    total, parts, masks = self._losses(out, batch, keep)
+    out = {k: v for k, v in out.items() if k != "clip_va"}
+    return {**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "masks": masks}
+
+  @property
+  def train_metrics(self):
+    f = self._fields()
+    if self.ccl_clips >= 2:
+      f["loss_ccl"] = tasks._named_batch_average("loss_ccl")
+    return clu_metrics.Collection.create(**f)
 
   def inputs(self, batch):
     feats, kw, keep = super().inputs(batch)
@@ -102,6 +176,8 @@ class MGCTTask(tasks.FrameLabelsTask):
 
   def metric_inputs(self, outputs, batch):
     kw = super().metric_inputs(outputs, batch)
+    if "loss_ccl" in outputs:
+      kw["loss_ccl"] = outputs["loss_ccl"]
     b = batch["mask"].shape[0]
     zeros = jnp.zeros((b,), jnp.int32)
     kw.update(curve_levels=outputs["levels"], curve_level_masks=outputs["level_masks"],

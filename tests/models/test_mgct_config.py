@@ -20,7 +20,7 @@ from jaxaffect.train import loop, mesh as mesh_lib
 
 TOY = ["--config.model.channels=[8, 16, 16]", "--config.model.num_heads=2",
        "--config.data.sampler.window=32", "--config.data.sampler.stride=16",
-       "--config.batch_size=4", "--config.optim.lr=0.001"]
+       "--config.batch_size=4", "--config.optim.lr=0.001", "--config.task.ccl_clips=0"]
 
 
 def test_variants_hold_the_paper_settings():
@@ -29,13 +29,18 @@ def test_variants_hold_the_paper_settings():
       ((128, 256, 512), 4, 2, "max")
   assert (r.optim.name, r.optim.lr, r.batch_size) == ("adam", 1e-4, 64)
   assert r.task.level_weights == (1.2, 0.9, 0.6) and r.checkpoint.best_metric == "va/p_va"
-  assert r.data.sampler.window == 768 and r.data.source.features[0]["stream"] == "tdls"
+  # N_c = 3 clips of 768 frames per sampled window (Eq. 11), γ = 0.1
+  assert (r.data.sampler.window, r.task.ccl_clips, r.task.ccl_weight) == (3 * 768, 3, 0.1)
+  assert r.data.source.features[0]["stream"] == "tdls"
   assert r.data.source.features[0]["dim"] == 768
-  assert config_loader.load("mgct:sewa", []).data.sampler.window == 400
+  assert config_loader.load("mgct:sewa", []).data.sampler.window == 3 * 400
+  assert config_loader.load("mgct:sewa,ccl=0", []).data.sampler.window == 400
   b = config_loader.load("mgct:baseline", [])
   assert (b.model.num_levels, b.model.depth, tuple(b.model.channels)) == (0, 4, (128,))
-  w = config_loader.load("mgct:recola,stream=vit_frames,dim=96,window=100", [])
-  assert w.data.source.features[0]["stream"] == "vit_frames" and w.data.sampler.stride == 25
+  assert (b.task.ccl_clips, b.data.sampler.window) == (0, 768)
+  w = config_loader.load("mgct:recola,stream=vit_frames,dim=96,window=96", [])
+  assert w.data.source.features[0]["stream"] == "vit_frames" and w.data.sampler.stride == 24
+  assert w.data.sampler.window == 288
   assert w.data.source.features[0]["dim"] == 96
   # parameter counts at D_in 768 (the README's figures)
   assert mgct.param_count(mgct.MGCT(**_model_kw(r)), 768) == 3_191_430
@@ -172,3 +177,37 @@ def test_an_evaluation_writes_the_level_curves_png(tmp_path):
   from PIL import Image
   img = np.asarray(Image.open(png).convert("RGB"))
   assert img.shape[0] > 200 and len(_red_rows(img)) > 200
+
+
+def test_cross_clip_loss_trains_on_the_clips_of_each_window():
+  """`ccl_clips = N_c`: each window is cut into N_c clips, MGCT runs on each clip alone, and the
+  loss is Eq. 12's L_MGCT + γ L_CCL with a main clip per window drawn from the step's key."""
+  import jax
+  import jax.numpy as jnp
+  from jaxaffect.errors import UserError
+  m = mgct.MGCT(channels=(8, 16, 16), num_heads=2)
+  t = mgct_task.MGCTTask(module=m, outputs=("va",), input="features", ccl_clips=3,
+                         ccl_weight=0.1)
+  r = np.random.default_rng(0)
+  b, nc, tc = 2, 3, 16
+  batch = {"feat/x": r.normal(size=(b, nc * tc, 6)).astype(np.float32),
+           "valid": np.ones((b, nc * tc), np.float32), "mask": np.ones(b, np.float32),
+           "va": r.uniform(-1, 1, (b, nc * tc, 2)).astype(np.float32),
+           "va_mask": np.ones((b, nc * tc), np.float32)}
+  params, extra = t.init(jax.random.PRNGKey(0), batch)
+  pred = t.predict(params, extra, batch)
+  clips = batch["feat/x"].reshape(b * nc, tc, 6)
+  alone = m.apply({"params": params}, clips)["va"].reshape(b, nc * tc, 2)
+  np.testing.assert_allclose(pred["va"], alone, rtol=1e-5, atol=1e-6)
+  rng = jax.random.PRNGKey(7)
+  loss, (out, _) = t.loss(params, extra, batch, rng)
+  _, m_rng = jax.random.split(rng)
+  main = jax.random.randint(m_rng, (b,), 0, nc)
+  l_mgct, _ = mgct.mgct_loss(pred, batch["va"], batch["va_mask"], group_size=4)
+  l_ccl = mgct.cross_clip_loss(alone.reshape(b, nc, tc, 2), jnp.ones((b, nc, tc)), main)
+  np.testing.assert_allclose(float(out["loss_ccl"]), float(l_ccl), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(l_mgct) + 0.1 * float(l_ccl), rtol=1e-5)
+  assert float(l_ccl) > 0
+  bad = dict(batch, **{k: v[:, :40] for k, v in batch.items() if k not in ("mask",)})
+  with pytest.raises(UserError, match="must split into 3 clips"):
+    t.predict(params, extra, bad)
