@@ -383,8 +383,8 @@ def _parser() -> argparse.ArgumentParser:
 
 # `jaxaffect bench NAME ...` for these names runs `jaxaffect.bench.NAME.main(argv)`: benches of ops or
 # layers rather than of a model's train step (ops: per-op forward/gradient vs torch; sampling:
-# grid_sample forms vs torch; swin: Swin-T vs timm).
-STANDALONE = ("ops", "sampling", "swin")
+# grid_sample forms vs torch; swin: Swin-T vs timm; tdls: deformable blocks vs Swin-T).
+STANDALONE = ("ops", "sampling", "swin", "tdls")
 
 
 def main(argv: list[str]) -> int:
