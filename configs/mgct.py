@@ -20,7 +20,7 @@ Variants (`--config configs/mgct.py:VARIANT[,key=value...]`):
           transformer encoder over the frames (MGCT with num_levels=0, channels (128,): the
           frame-level width of MGCT, our choice; the paper gives none), plain 1 − CCC loss
           (λ = 1); RECOLA's settings (`window=400` for SEWA's).
-  smoke   CPU-sized (channels 16 / 32 / 64, 2 heads, windows 32 / 16) on feature shards of the
+  smoke   CPU-sized (channels 16 / 32 / 64, 2 heads, clips of 16 frames, stride 8) on feature shards of the
           smoke frame encoder over synthetic videos (`stream=frame_resnet`, 128-d by default).
 Arguments: `features=DIR` (the `data_prep features` job's `--out`), `stream=NAME` (the stream in
 those shards, the image model's name: default `tdls`, smoke `frame_resnet`), `dim=D` (its width:
@@ -136,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.channels = (16, 32, 64)
     c.model.num_heads = 2
     c.data.source.eval_select = "test"   # held-out generator seeds: unseen identities
-    c.data.sampler.window, c.data.sampler.stride = 32, 16
+    c.data.sampler.window, c.data.sampler.stride = 16, 8   # clips of 16: 3 clips = a 48-frame video
     c.optim.lr = 1e-3
     c.batch_size = 32
     c.num_epochs = 12
