@@ -15,15 +15,22 @@ time), and with mode "fl" `landmarks` / `landmarks_2` (68 points in output pixel
               (`hooks.queue_push_sharded`, shard_map + all-gather over the batch axes).
   use_tg=False  the Swin / RP / FL / TDLS baselines of Table IV trained on VA alone (no momentum
               copy, no queue).
-Evaluation: VA of the unaugmented frame (`va/ccc_valence`, `va/ccc_arousal`, `va/p_va`).
+Evaluation: VA of the unaugmented frame (`va/ccc_valence`, `va/ccc_arousal`, `va/p_va`), and
+Fig. 8 of the paper as `eval/sampling_points` (TensorBoard and `tensorboard/images/*.png`): for the
+first `num_fig8` evaluation frames, the first deformable block of the first deformable stage's
+regular Swin grid (its map's cell centres), reference points p (FL-Swin: the face's own landmarks)
+and deformed points p + Δp (the `sampling_points` the block sows), drawn on the faces
+(`plots.sampling_points_sheet`).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from clu import metrics as clu_metrics
 
 from jaxaffect.errors import UserError
@@ -44,6 +51,7 @@ class TDLSTask(tasks.FrameLabelsTask):
   tg_error: str = "mse"            # "mse" | "l1"
   tg_weight: float = 0.1           # β of Eq. 12
   use_tg: bool = True
+  num_fig8: int = 4                # evaluation frames drawn in eval/sampling_points (0 = none)
 
   def __post_init__(self):
     super().__post_init__()
@@ -111,7 +119,13 @@ class TDLSTask(tasks.FrameLabelsTask):
 
   def predict(self, params, extra, batch):
     x, kw, keep = self.inputs(batch)
-    out = self.module.apply(self._model_vars(params, extra), x, train=False, **kw)
+    variables = self._model_vars(params, extra)
+    if self._fig8():
+      out, inter = self.module.apply(variables, x, train=False, mutable=["intermediates"], **kw)
+      out = dict(out, **fig8_points(inter, variables.get("constants", {}), kw.get("landmarks"),
+                                    x.shape[1]))
+    else:
+      out = self.module.apply(variables, x, train=False, **kw)
     total, parts, masks = self._losses(out, batch, keep)
     return {**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "masks": masks}
 
@@ -134,18 +148,85 @@ class TDLSTask(tasks.FrameLabelsTask):
       f["tg_pairs"] = tasks._named_batch_average("tg_pairs")
     return clu_metrics.Collection.create(**f)
 
+  def _fig8(self) -> bool:
+    return self.num_fig8 > 0 and self.module.mode != "swin"
+
   @property
   def eval_metrics(self):
-    return clu_metrics.Collection.create(**self._fields())
+    f = self._fields()
+    if self._fig8():
+      f["_fig8"] = _fig8_metric(self.num_fig8)
+    return clu_metrics.Collection.create(**f)
 
   def metric_inputs(self, outputs, batch):
     kw = super().metric_inputs(outputs, batch)
     if "loss_tg" in outputs:
       kw["loss_tg"], kw["tg_pairs"] = outputs["loss_tg"], outputs["tg_pairs"]
+    if "fig8_points" in outputs:
+      kw.update(fig8_image=batch["image"], fig8_points=outputs["fig8_points"],
+                fig8_ref=outputs["fig8_ref"])
     return kw
 
   def eval_images(self, metrics: dict[str, Any], data_config) -> dict[str, Any]:
-    return {}
+    if "fig8_image" not in metrics:
+      return {}
+    keep = np.asarray(metrics["fig8_real"]) > 0
+    if not keep.any():
+      return {}
+    from jaxaffect import plots
+    m = self.module
+    n = max(m.img_size // (m.patch_size * 2 ** min(m.deformable_stages)), 1)
+    g = (np.arange(n) + 0.5) / n * 2 - 1
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    img = np.clip(np.rint(np.asarray(metrics["fig8_image"])[keep]), 0, 255).astype(np.uint8)
+    ref = "landmarks p'" if m.mode == "fl" else "reference p"
+    sheet = plots.sampling_points_sheet(
+        img, [grid, np.asarray(metrics["fig8_ref"])[keep],
+              np.asarray(metrics["fig8_points"])[keep]],
+        [f"Swin grid {n}x{n}", ref, "deformed p+dp" if m.mode == "tdls" else "sampled"],
+        scale=max(1, 192 // img.shape[1]))
+    return {"eval/sampling_points": sheet}
+
+
+def fig8_points(intermediates, constants, landmarks, size: int) -> dict[str, jax.Array]:
+  """The first deformable block's sown `sampling_points` (B, N, 2) and its reference points
+  (B, N, 2): the block's constant p, or with per-image landmarks (FL-Swin) those landmarks."""
+  inter = intermediates["intermediates"]["backbone"]
+  stage = sorted(inter, key=lambda k: int(k.split("_")[-1]))[0]
+  block = sorted(inter[stage], key=lambda k: int(k.split("_")[-1]))[0]
+  pts = inter[stage][block]["attn"]["sampling_points"][0]
+  if landmarks is not None:
+    ref = tdls.landmarks_to_points(landmarks, size)
+  else:
+    ref = jnp.broadcast_to(constants["backbone"][stage][block]["attn"]["ref_points"], pts.shape)
+  return {"fig8_points": pts.astype(jnp.float32), "fig8_ref": ref.astype(jnp.float32)}
+
+
+def _fig8_metric(k: int):
+  @flax.struct.dataclass
+  class SamplingPoints(clu_metrics.Metric):
+    """The first `k` evaluation frames with their points (`merge` keeps the first batch)."""
+    image: jax.Array
+    points: jax.Array
+    ref: jax.Array
+    real: jax.Array
+
+    @classmethod
+    def from_model_output(cls, *, fig8_image, fig8_points, fig8_ref, mask, **_):
+      n = min(k, mask.shape[0])
+      return cls(image=jnp.asarray(fig8_image[:n], jnp.float32),
+                 points=jnp.asarray(fig8_points[:n], jnp.float32),
+                 ref=jnp.asarray(fig8_ref[:n], jnp.float32),
+                 real=jnp.asarray(mask[:n], jnp.float32))
+
+    def merge(self, other):
+      return self
+
+    def compute(self):
+      return {"fig8_image": self.image, "fig8_points": self.points, "fig8_ref": self.ref,
+              "fig8_real": self.real}
+  SamplingPoints.__name__ = f"SamplingPoints_{k}"
+  return SamplingPoints
 
 
 def make_task(module, task_config) -> TDLSTask:

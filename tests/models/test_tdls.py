@@ -288,3 +288,35 @@ def test_config_reads_the_template_of_the_shards(tmp_path):
   pts = dla.landmark_reference_points(kp, sigma=1.0, num_points=16, seed=0)
   # image-normalised: u = 0.25 -> -0.5, v = 0.5 -> 0
   assert np.all(np.abs(np.asarray(pts) - [-0.5, 0.0]).max(-1) < 0.3)
+
+
+@pytest.mark.parametrize("mode", ("tdls", "fl"))
+def test_evaluation_draws_fig8_sampling_points(mode):
+  """Fig. 8 at evaluation: grid, reference (or landmark) and deformed points on the first frames;
+  the deformed column's dots sit where the block's sown `sampling_points` say."""
+  from jaxaffect import plots
+  m = tdls.TDLS(mode=mode, **SMALL)
+  t = tdls_task.TDLSTask(module=m, outputs=("va",), input="image", queue_size=16,
+                         num_neighbours=3, num_fig8=3)
+  b = _batch()
+  params, extra = t.init(jax.random.PRNGKey(0), b)
+  out = t.predict(params, extra, b)
+  # the points are the block's own: stage 3 (layers_2), block 1
+  _, inter = m.apply({"params": params, **{k: v for k, v in extra.items()
+                                           if k not in tdls_task.STATE}},
+                     jnp.asarray(b["image"] / 255.0), landmarks=b["landmarks"] if mode == "fl"
+                     else None, mutable=["intermediates"])
+  want = inter["intermediates"]["backbone"]["layers_2"]["blocks_1"]["attn"]["sampling_points"][0]
+  np.testing.assert_allclose(out["fig8_points"], want, rtol=1e-6)
+  if mode == "fl":
+    np.testing.assert_allclose(out["fig8_ref"], tdls.landmarks_to_points(b["landmarks"], 32))
+  coll = t.eval_metrics.single_from_model_output(**t.metric_inputs(out, b))
+  metrics = loop.compute_metrics(coll)          # the trainer's flattening (`_fig8` -> bare keys)
+  sheet = t.eval_images(metrics, None)["eval/sampling_points"]
+  assert sheet.dtype == np.uint8 and sheet.ndim == 3
+  # 3 rows of 32 px faces at scale 6 (192 // 32), 3 columns
+  assert sheet.shape[0] > 3 * 32 * 6 and sheet.shape[1] > 3 * 32 * 6
+  colour = np.asarray(plots.POINT_COLORS[2], np.uint8)
+  assert np.all(sheet == colour, axis=-1).sum() > 10       # deformed-point dots are drawn
+  assert tdls_task.TDLSTask(module=tdls.TDLS(mode="swin", **SMALL), outputs=("va",),
+                            input="image").eval_metrics is not None
