@@ -43,12 +43,12 @@ and every device writes the same rows (tested: 8 devices = 1 device).
 Parameter count (Table III says 60.7 M for TDLS + MGCT): `param_table()` gives backbone, heads,
 the momentum copy (backbone + proj again, counted separately: it is training state, not part of the
 model that runs at inference), and MGCT. Measured (`jax.eval_shape`, 224 px, D_in 768): Swin-T
-backbone 27,519,354 (timm's 28,288,354 minus its 769,000-parameter ImageNet head); TDLS with the
-alternating placement and offsets conv1 of width C 36,835,430 (deformable attention 13,462,664,
-of which offset networks 9.3 M), heads 527,236; MGCT 3,191,430; TDLS + MGCT 40,554,096 at inference;
-with `offset_hidden=96` 32,894,064. Table III's 60.7 M is not reached by any one reading; Swin-T
-+ its momentum copy + MGCT (28.0 + 28.0 + 3.2 ≈ 59.3 M, + heads) is the nearest, which suggests the
-paper counts the momentum encoder (our reading, not stated).
+backbone 27,519,354 (timm's 28,288,354 minus its 769,000-parameter ImageNet head). With the
+configs' offset hidden width 96: backbone 29,175,398 (deformable attention 5,802,632), heads
+527,236, TDLS 29,702,634, momentum copy 29,634,790, MGCT 3,191,430: TDLS + MGCT 32,894,064 at
+inference, 62,528,854 with the momentum copy, the reading nearest Table III's 60.7 M (the paper
+does not say what it counts). With hidden width C (the literal reading of Eq. 2) TDLS is
+36,835,430 + heads.
 """
 from __future__ import annotations
 
