@@ -47,8 +47,8 @@ backbone 27,519,354 (timm's 28,288,354 minus its 769,000-parameter ImageNet head
 configs' offset hidden width 96: backbone 29,175,398 (deformable attention 5,802,632), heads
 527,236, TDLS 29,702,634, momentum copy 29,634,790, MGCT 3,191,430: TDLS + MGCT 32,894,064 at
 inference, 62,528,854 with the momentum copy, the reading nearest Table III's 60.7 M (the paper
-does not say what it counts). With hidden width C (the literal reading of Eq. 2) TDLS is
-36,835,430 + heads.
+does not say what it counts). With hidden width C (the literal reading of Eq. 2): backbone
+36,835,430, TDLS 37,362,666.
 """
 from __future__ import annotations
 
