@@ -11,6 +11,7 @@ time), and with mode "fl" `landmarks` / `landmarks_2` (68 points in output pixel
               (frame, neighbour) pairs L_TG used: 0 while the queue holds no neighbour), `va/...`.
   extra       `constants` (the reference points), `momentum` = {"params": {backbone, proj}}
               (EMA, `momentum`), `queue` (`tdls.queue_init`: keys, va, va_mask, video, time).
+  after_load  (init_from, import) the momentum copy = the loaded weights;
   after_update  EMA of the new parameters; the batch's momentum keys pushed
               (`hooks.queue_push_sharded`, shard_map + all-gather over the batch axes).
   use_tg=False  the Swin / RP / FL / TDLS baselines of Table IV trained on VA alone (no momentum
@@ -128,6 +129,15 @@ class TDLSTask(tasks.FrameLabelsTask):
       out = self.module.apply(variables, x, train=False, **kw)
     total, parts, masks = self._losses(out, batch, keep)
     return {**out, "loss": total, **{f"loss_{k}": v for k, v in parts.items()}, "masks": masks}
+
+  def after_load(self, variables):
+    """`init_from` / `import` (train/loop.py): the momentum copy starts as the loaded online
+    `backbone` + `proj` (MoCo's key encoder = query encoder at the start), not at the fresh
+    random init (with m = 0.999 that would take thousands of steps to wash out)."""
+    if not self.use_tg or "momentum" not in variables:
+      return variables
+    copy = {k: jax.tree.map(np.array, variables["params"][k]) for k in MOMENTUM_PARTS}
+    return {**variables, "momentum": {"params": copy}}
 
   def after_update(self, extra, params, outputs, batch, step):
     if not self.use_tg:

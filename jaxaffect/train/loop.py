@@ -293,7 +293,12 @@ def _train(s: Setup, config, workdir: str, stop_after_steps: int | None,
 
 
 def _with_variables(s: Setup, state, variables):
-  """`state` with its params and extra collections replaced (sharded), optimizer state fresh."""
+  """`state` with its params and extra collections replaced (sharded), optimizer state fresh.
+  A task may adjust loaded variables first with `after_load(variables) -> variables` (e.g. TDLS:
+  the momentum encoder starts as a copy of the loaded weights, as MoCo's does)."""
+  after_load = getattr(s.task, "after_load", None)
+  if after_load is not None:
+    variables = after_load(variables)
   params = jax.device_put(variables["params"], s.state_shardings["params"])
   extra = jax.device_put({k: variables[k] for k in state["extra"]}, s.state_shardings["extra"])
   return dict(state, params=params, extra=extra,

@@ -320,3 +320,27 @@ def test_evaluation_draws_fig8_sampling_points(mode):
   assert np.all(sheet == colour, axis=-1).sum() > 10       # deformed-point dots are drawn
   assert tdls_task.TDLSTask(module=tdls.TDLS(mode="swin", **SMALL), outputs=("va",),
                             input="image").eval_metrics is not None
+
+
+def test_init_from_starts_the_momentum_copy_at_the_loaded_weights(tmp_path):
+  """A stage that starts from another run (`init_from`, e.g. recola from affectnet, whose queue
+  and momentum copy are not kept) must start its momentum encoder at the loaded weights."""
+  src = config_loader.load("tdls:smoke,shards=/nowhere,tg=0", TOY + ["--config.seed=1"])
+  s1 = loop.build(src, mesh=mesh_lib.make_mesh(data=1, devices=jax.devices()[:1]),
+                  sources=loop.spec_sources(src))
+  loaded = jax.device_get(s1.init_fn(jax.random.PRNGKey(3)))
+  dst = config_loader.load("tdls:smoke,shards=/nowhere", TOY)
+  s2 = loop.build(dst, mesh=mesh_lib.make_mesh(data=1, devices=jax.devices()[:1]),
+                  sources=loop.spec_sources(dst))
+  with jax.set_mesh(s2.mesh):
+    fresh = s2.init_fn(jax.random.PRNGKey(0))
+    merged = {**jax.device_get({"params": fresh["params"], **fresh["extra"]}),
+              "params": loaded["params"]}
+    state = jax.device_get(loop._with_variables(s2, fresh, merged))
+  for k in tdls_task.MOMENTUM_PARTS:
+    got, want = _leaves(state["extra"]["momentum"]["params"][k]), _leaves(loaded["params"][k])
+    assert got.keys() == want.keys()
+    for n in want:
+      np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+  assert not np.allclose(_leaves(fresh["extra"]["momentum"]["params"]["proj"])["fc1/kernel"],
+                         _leaves(loaded["params"]["proj"])["fc1/kernel"])
