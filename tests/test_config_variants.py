@@ -46,8 +46,9 @@ TDLS = ["--config.data.image_size=32", "--config.model.patch_size=2", "--config.
         "--config.model.window_size=4", "--config.model.offset_hidden=8",
         "--config.model.proj_hidden=16", "--config.model.proj_dim=8", "--config.model.tg_hidden=8",
         "--config.task.queue_size=16", "--config.task.num_neighbours=4"]
+# a sampled window = 3 clips (L_CCL) of 16 frames (group 4, 2 levels: clips are multiples of 16)
 MGCT = ["--config.model.channels=[8, 16, 16]", "--config.model.num_heads=2",
-        "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
+        "--config.data.sampler.window=48", "--config.data.sampler.stride=4"]
 MGCT_BASE = ["--config.model.channels=[8]", "--config.model.depth=1", "--config.model.num_heads=2",
              "--config.data.sampler.window=8", "--config.data.sampler.stride=4"]
 SYN = ["--config.data.source.num_train=8", "--config.data.source.num_eval=4", "--config.data.source.video_frames=6"]
