@@ -7,6 +7,7 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jaxaffect  # noqa: E402,F401  (its XLA:CPU flags, jaxaffect/xla_flags.py, before JAX starts)
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
