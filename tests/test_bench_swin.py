@@ -12,7 +12,7 @@ def test_bench_swin_toy_json(capsys):
   threads = torch.get_num_threads()
   assert bench.main(["swin", "--batch", "2", "--size", "32", "--embed-dim", "8", "--depths", "1,1",
                      "--heads", "1,2", "--window", "4", "--classes", "5", "--steps", "1",
-                     "--warmup", "0", "--parts", "--reference", "--json"]) == 0
+                     "--warmup", "0", "--parts", "--reference", "--json", "--profile"]) == 0
   out, err = capsys.readouterr()
   lines = [l for l in out.splitlines() if l.strip()]
   assert len(lines) == 1
@@ -27,6 +27,11 @@ def test_bench_swin_toy_json(capsys):
                                              "relative-bias gather", "attention core (+mask)",
                                              "mlp fc1-gelu-fc2 4-D", "mlp fc1-gelu-fc2 2-D"]
   assert "jax/torch" in err and "block part" in err                 # the table went to stderr
+  # --profile: XLA's thunks of the train step attributed to the HLO, torch's aten ops beside
+  pj, pt = r["profile"]["jax"], r["profile"]["torch"]
+  assert pj["ops_s"] > 0 and pj["unmatched_s"] <= 0.05 * pj["ops_s"]
+  assert {g["pass"] for g in pj["groups"]} >= {"fwd", "bwd"} and pt["top"]
+  assert "by kind and pass" in err and "PyTorch step" in err
   assert torch.get_num_threads() == threads                         # restored
 
 

@@ -107,7 +107,7 @@ def other_ops(b: int) -> list[Op]:
   import jax
   import jax.numpy as jnp
   import torch
-  from jaxaffect.nn import tcn
+  from jaxaffect.nn import fast_grads, tcn
 
   def attention(n, length, d, heads):
     def jf(flag, x, wqkv, wo):
@@ -125,9 +125,13 @@ def other_ops(b: int) -> list[Op]:
               ((d, 3 * d), (d, d)))
 
   def gelu(approx):
-    jf = lambda flag, x: jax.nn.gelu(x, approximate=approx)
+    if approx:
+      jf = lambda flag, x: jax.nn.gelu(x, approximate=True)
+    else:
+      jf = lambda flag, x: fast_grads.gelu(x, flag=bool(flag))
     tf = lambda x: torch.nn.functional.gelu(x, approximate="tanh" if approx else "none")
-    return Op(f"gelu {'tanh' if approx else 'erf'} 49x1024", jf, tf, (b, 49, 1024))
+    return Op(f"gelu {'tanh' if approx else 'erf'} 49x1024", jf, tf, (b, 49, 1024),
+              fast=not approx)
 
   def tcn_conv(cin, cout, k, d, t=300):
     jf = lambda flag, x, w: tcn.causal_conv1d(x, w, d)

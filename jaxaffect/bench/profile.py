@@ -4,9 +4,10 @@ The step runs under `jax.profiler` for a few steps; XLA:CPU records one trace ev
 thunk, named after its HLO instruction (`ynn_fusion.7`, `wrapped_reduce-window`, `convolution.3`,
 ...). Each instruction is looked up in the compiled module's HLO text: its opcode, result shape, the
 "heavy" ops inside a fusion (convolution, dot, reduce-window, scatter, ...) and the JAX source of
-its metadata (`op_name`: the module path and primitive; `transpose(...)` there marks a backward op,
-`jvp(...)` a forward one, neither the optimizer and metrics). The report gives the top
-instructions and the time per (kind, pass), per step, against the step's wall time.
+its metadata (`op_name`: the module path and primitive). Its pass: `transpose(...)` in the op name
+marks a backward op, `jvp(...)` a forward one, neither the optimizer and metrics ('other'), no
+metadata at all 'n/a'. The report gives the top instructions and the time per (kind, pass), per
+step, against the step's wall time.
 
 With `--reference`, the PyTorch step is profiled the same way (`torch.profiler`, self CPU time
 per aten op), so the two breakdowns sit side by side.
@@ -29,6 +30,9 @@ from typing import Any, Callable
 HEAVY = ("convolution", "dot", "custom-call", "select-and-scatter", "scatter", "gather",
          "reduce-window", "sort", "reduce", "transpose", "concatenate", "pad", "dynamic-slice",
          "dynamic-update-slice", "copy")
+# Thunks that run other thunks (a scan's while loop): their span covers their body's thunks, which
+# are traced and counted themselves, so they are reported apart, not summed.
+CONTAINERS = ("while", "conditional", "call")
 _TRIVIAL = {"parameter", "constant", "bitcast", "broadcast", "reshape", "tuple",
             "get-tuple-element", "iota", "slice"}
 
@@ -91,7 +95,11 @@ def hlo_index(text: str) -> dict[str, dict[str, Any]]:
 
 
 def pass_of(op_name: str) -> str:
-  """'bwd' for ops from a VJP transpose, 'fwd' for the linearised forward, else 'other'."""
+  """'bwd' for ops from a VJP transpose, 'fwd' for the linearised forward, 'n/a' for an op XLA
+  left without source metadata (e.g. the weight-gradient convolutions its passes rewrite), else
+  'other' (optimizer, metrics)."""
+  if not op_name:
+    return "n/a"
   if "transpose(" in op_name:
     return "bwd"
   if "jvp(" in op_name or "checkpoint" in op_name or "remat" in op_name:
@@ -168,11 +176,14 @@ def profile_jax(compiled, run: Callable[[], None], steps: int, top: int = 25) ->
   """The per-op breakdown of `compiled` (an AOT-compiled step) run by `run`."""
   index = hlo_index(compiled.as_text())
   totals, wall = trace_thunks(run, steps, set(index))
-  rows, unknown = [], 0.0
+  rows, unknown, containers = [], 0.0, {}
   for name, s in totals.items():
     d = index.get(name)
     if d is None:
       unknown += s
+      continue
+    if d["opcode"] in CONTAINERS:              # its body's thunks are counted themselves
+      containers[name] = s
       continue
     rows.append({"name": name, "s": s, "kind": d["kind"], "pass": pass_of(d["op_name"]),
                  "shape": d["shape"][:60], "source": _source(d["op_name"])})
@@ -182,6 +193,7 @@ def profile_jax(compiled, run: Callable[[], None], steps: int, top: int = 25) ->
     groups[(r["kind"], r["pass"])] += r["s"]
   total = sum(r["s"] for r in rows)
   return {"step_s": wall, "ops_s": total, "unmatched_s": unknown, "n_ops": len(rows),
+          "containers_s": containers,
           "top": rows[:top],
           "groups": sorted(({"kind": k, "pass": p, "s": s} for (k, p), s in groups.items()),
                            key=lambda g: -g["s"])}
@@ -210,6 +222,10 @@ def format_profile(jp: dict[str, Any], tp: dict[str, Any] | None = None) -> str:
          f"{jp['ops_s'] * 1e3:.1f} ms ({jp['ops_s'] / jp['step_s']:.2f} of the step)"
          + (f"; {jp['unmatched_s'] * 1e3:.1f} ms in events not in the HLO" if jp["unmatched_s"]
             > 1e-4 else ""),
+         *([f"loops (spans include their bodies' ops, not summed): " + ", ".join(
+             f"{k} {v * 1e3:.0f} ms" for k, v in sorted(jp["containers_s"].items(),
+                                                        key=lambda kv: -kv[1])[:6])]
+           if jp.get("containers_s") else []),
          "", "by kind and pass (ms per step, share of the ops' sum):",
          f"  {'kind':<22} {'pass':<6} {'ms':>9} {'share':>7}"]
   for g in jp["groups"]:

@@ -49,4 +49,8 @@ def _fmt_table(r: dict[str, Any]) -> str:
          if r.get("torch_peak_matmul") else ""),
       "(timings vary with other load on this machine; compare the ratios of one run)",
   ]
+  if r.get("step_has_loops"):
+    lines.append("NOTE: the compiled step has while loops (scanned layers); XLA's cost analysis "
+                 "counts each loop body once, so GFLOP, GFLOP/s and 'of peak' are understated "
+                 "(the step times and jax/torch ratio are not affected)")
   return "\n".join(lines)

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--reference", action="store_true",
                  help="accepted (issue 14's command line): timm's model is always timed beside")
   p.add_argument("--json", action="store_true", help="one JSON line on stdout (table to stderr)")
+  p.add_argument("--profile", action="store_true", help="per-op breakdown of both train steps "
+                 "(bench/profile.py)")
   return p
 
 
@@ -161,7 +163,8 @@ def build(args):
   info = {"init_s": init_s, "compile_s": compile_s,
           "forward_max_abs_diff": float(np.abs(y_jax - y_t).max()),
           "logit_scale": float(np.abs(y_t).max()),
-          "params": int(sum(p.numel() for p in tmodel.parameters()))}
+          "params": int(sum(p.numel() for p in tmodel.parameters())),
+          "_step_compiled": step_c}
   return {"forward": (j_fwd, t_fwd), "train step": (j_step, t_step)}, info
 
 
@@ -292,6 +295,7 @@ def main(argv: list[str]) -> int:
   try:
     _log(f"building Swin (ours and timm's), batch {args.batch}, {args.size}x{args.size}")
     runners, info = build(args)
+    step_compiled = info.pop("_step_compiled")
     _log(f"timing {args.steps} steps of each, interleaved")
     flat = {f"{k}/{fw}": fn for k, (j, t) in runners.items() for fw, fn in (("jax", j),
                                                                            ("torch", t))}
@@ -312,9 +316,19 @@ def main(argv: list[str]) -> int:
     if args.parts:
       _log("timing the parts of one block")
       result["parts"] = parts(args)
+    if args.profile:
+      from jaxaffect.bench import profile
+      _log(f"profiling {args.steps} train steps op by op")
+      j_step, t_step = runners["train step"]
+      result["profile"] = {"jax": profile.profile_jax(step_compiled, j_step, args.steps),
+                           "torch": profile.profile_torch(t_step, args.steps)}
   finally:
     torch.set_num_threads(old)
-  return _emit(format_table(result), result, args.json)
+  text = format_table(result)
+  if "profile" in result:
+    from jaxaffect.bench import profile
+    text += "\n\n" + profile.format_profile(result["profile"]["jax"], result["profile"]["torch"])
+  return _emit(text, result, args.json)
 
 
 if __name__ == "__main__":

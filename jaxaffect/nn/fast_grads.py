@@ -13,6 +13,11 @@ a switch; with the switch off the ops are exactly the plain ones (same calls, bi
   the padded input stacked as `(B·Ho·Wo, k·k·Cin)` and contracted with the cotangent
   `(B·Ho·Wo, Cout)` over the rows (`dot_general`, no transposed copy); 1×1 kernels are one GEMM.
   Used only for the kernels where it measured faster (`patch_gemm_wins`), XLA's own elsewhere.
+* `gelu`: the exact (erf) GELU as torch computes it, `0.5·x·(1 + erf(x/√2))`, instead of
+  `jax.nn.gelu(approximate=False)`'s `0.5·x·erfc(−x/√2)`: XLA:CPU expands erfc into two
+  polynomial branches plus an exp, erf into one polynomial. Same function; in float32 the two
+  differ by rounding (≤ a few ulp of the result for x ≥ −3; for x ≪ 0 the erf form's 1 + erf
+  cancels, an absolute error ≤ 1e-7·|x|, which is torch's own). Gradient by autodiff of the form.
 
 The switch, per op (`OPS`): an explicit `flag` argument wins, then `override(...)` (a context
 manager, e.g. the benchmark's before/after), then the environment `JAXAFFECT_FAST_GRADS`
@@ -33,10 +38,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-OPS = ("max_pool", "conv")
+OPS = ("max_pool", "conv", "gelu")
 ENV = "JAXAFFECT_FAST_GRADS"
 # Measured per backend (README "CPU speed"); an op missing here is off.
-DEFAULTS: dict[str, dict[str, bool]] = {"cpu": {"max_pool": True, "conv": False}}
+DEFAULTS: dict[str, dict[str, bool]] = {"cpu": {"max_pool": True, "conv": False, "gelu": True}}
 
 _OVERRIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("fast_grads", default=None)
 
@@ -253,14 +258,32 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def patch_gemm_wins(w_shape, strides) -> bool:
-  """Where the patch-GEMM weight gradient beat XLA:CPU's in `bench ops` (README "CPU speed"):
-  1×1 kernels, and strided kernels over ≥ 32 input channels (ResNet's 3×3/2 convs); not the
-  stride-1 3×3 convs nor the 7×7/2 stem over 3 channels (slower there)."""
-  kh, kw, cin, _ = w_shape
-  return kh * kw == 1 or (max(strides) > 1 and cin >= 32)
+  """Where the patch-GEMM weight gradient beat XLA:CPU's in `bench ops` (README "CPU speed"),
+  with jaxaffect's XLA:CPU flag (Eigen convolutions, jaxaffect/xla_flags.py): 1×1 kernels only
+  (1.3-2.0x faster at 112 and 224). Without the flag (YNNPACK convolutions) the strided 3×3 convs
+  over ≥ 32 channels gained too; with it they lost (e.g. 64→128 @56: 143 vs 96 ms)."""
+  kh, kw, _, _ = w_shape
+  return kh * kw == 1
 
 
 def conv_fn(flag: Any = None):
   """What `flax.linen.Conv(conv_general_dilated=...)` should get: None (flax's default, the plain
   op) with the `conv` switch off, else `conv_general_dilated` above."""
   return conv_general_dilated if enabled("conv", flag) else None
+
+
+# ------------------------------------------------------------------------------------------- gelu
+
+_SQRT_HALF = 0.7071067811865476
+
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+  """torch's exact GELU, `0.5·x·(1 + erf(x·√½))` (see the module docstring)."""
+  return 0.5 * x * (1.0 + lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+
+
+def gelu(x: jax.Array, *, flag: Any = None) -> jax.Array:
+  """Exact GELU: `gelu_erf` with the `gelu` switch on, else `jax.nn.gelu(x, approximate=False)`."""
+  if enabled("gelu", flag):
+    return gelu_erf(x)
+  return jax.nn.gelu(x, approximate=False)

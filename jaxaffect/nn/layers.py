@@ -37,9 +37,12 @@ def torch_linear_bias_init(fan_in: int) -> Initializer:
   return init
 
 
+from jaxaffect.nn import fast_grads as _fast_grads  # noqa: E402
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     # torch nn.GELU() (exact erf form): timm/MAE/DAT/Swin.
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    # With the CPU `gelu` switch (nn/fast_grads.py) in torch's erf form, else jax.nn.gelu's erfc.
+    "gelu": lambda x: _fast_grads.gelu(x),
     # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): Former-DFER's custom GELU class, nn.GELU('tanh').
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,

@@ -190,3 +190,50 @@ def test_switch_off_is_the_plain_model_and_on_gives_the_same_gradient():
   for (path, a), (_, b) in zip(flat_off, flat_on):
     assert_close_ulps(b, a, magnitude=float(jnp.max(jnp.abs(a))), ulps=400,
                       err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------------------- gelu
+
+
+def test_gelu_erf_form_matches_jax_and_torch_forward_and_gradient():
+  """torch's erf form, jax.nn.gelu's erfc form and torch itself against the float64 truth,
+  forward and gradient, on −12…12 (tails included): each within 8 eps·max(|y|, 1) + 4 eps·|x|
+  (the second term: the erf form's 1 + erf cancels for x ≪ 0, torch's too). A wrong form (the
+  tanh approximation) is ~1e-3 off and fails that bound."""
+  import math
+  import torch
+  x = np.concatenate([np.linspace(-12, 12, 4001),
+                      np.random.default_rng(0).normal(0, 3, 20000)]).astype(np.float32)
+  x64 = x.astype(np.float64)
+  erf64 = np.vectorize(math.erf)(x64 / math.sqrt(2.0))
+  y64 = 0.5 * x64 * (1.0 + erf64)
+  d64 = 0.5 * (1.0 + erf64) + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2.0 * math.pi)
+  eps = float(np.finfo(np.float32).eps)
+  tol = lambda ref: 8 * eps * np.maximum(np.abs(ref), 1.0) + 4 * eps * np.abs(x64)
+  grad = lambda f: np.asarray(jax.vmap(jax.grad(f))(jnp.asarray(x)), np.float64)
+  xt = torch.from_numpy(x).requires_grad_(True)
+  yt = torch.nn.functional.gelu(xt)
+  yt.sum().backward()
+  cases = {"erf form (ours)": (np.asarray(fg.gelu_erf(jnp.asarray(x))), grad(fg.gelu_erf)),
+           "jax.nn.gelu": (np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=False)),
+                           grad(lambda a: jax.nn.gelu(a, approximate=False))),
+           "torch": (yt.detach().numpy(), xt.grad.numpy())}
+  for name, (y, d) in cases.items():
+    ey, ed = np.abs(y - y64), np.abs(d - d64)
+    assert np.all(ey <= tol(y64)), (name, "forward", ey.max(), x[np.argmax(ey / tol(y64))])
+    assert np.all(ed <= tol(d64)), (name, "gradient", ed.max(), x[np.argmax(ed / tol(d64))])
+  wrong = np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=True))
+  assert not np.all(np.abs(wrong - y64) <= tol(y64))
+
+
+def test_gelu_switch_off_is_jax_nn_gelu_bit_for_bit():
+  from jaxaffect.nn import layers
+  x = jnp.asarray(np.random.default_rng(1).normal(0, 3, (64, 33)).astype(np.float32))
+  act = layers.get_activation("gelu")
+  with fg.override(False):
+    off = jax.jit(lambda a: act(a))(x)
+  np.testing.assert_array_equal(
+      np.asarray(off), np.asarray(jax.jit(lambda a: jax.nn.gelu(a, approximate=False))(x)))
+  with fg.override(["gelu"]):
+    on = jax.jit(lambda a: act(a))(x)
+  np.testing.assert_array_equal(np.asarray(on), np.asarray(jax.jit(fg.gelu_erf)(x)))
