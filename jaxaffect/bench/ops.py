@@ -87,12 +87,13 @@ def resnet_ops(b: int, size: int) -> list[Op]:
   def jbn(flag, x, scale, bias):
     v = {"params": {"scale": scale, "bias": bias},
          "batch_stats": {"mean": scale * 0, "var": scale * 0 + 1}}
-    return bn.apply(v, x, mutable=["batch_stats"])[0]
+    return bn.clone(fast_grads=bool(flag)).apply(v, x, mutable=["batch_stats"])[0]
 
   def tbn(x, scale, bias):
     return torch.nn.functional.batch_norm(x, None, None, scale, bias, training=True, eps=1e-5)
 
-  ops.append(Op(f"batchnorm train 64 @{s4}", jbn, tbn, (b, s4, s4, 64), ((64,), (64,)), _nchw))
+  ops.append(Op(f"batchnorm train 64 @{s4}", jbn, tbn, (b, s4, s4, 64), ((64,), (64,)), _nchw,
+                fast=True))
   h, c = s4, 64
   for stage in range(4):
     if stage:

@@ -13,6 +13,12 @@ a switch; with the switch off the ops are exactly the plain ones (same calls, bi
   the padded input stacked as `(B·Ho·Wo, k·k·Cin)` and contracted with the cotangent
   `(B·Ho·Wo, Cout)` over the rows (`dot_general`, no transposed copy); 1×1 kernels are one GEMM.
   Used only for the kernels where it measured faster (`patch_gemm_wins`), XLA's own elsewhere.
+* `batch_norm`: train-mode BatchNorm (`nn.layers.BatchNorm`, unmasked) with the same forward
+  (two-pass mean and biased variance, `(x − mean)·scale·rsqrt(var + eps) + bias`) and the
+  closed-form backward `dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂))`, `dscale = Σ g·x̂`,
+  `dbias = Σ g` (plus the cotangents of the returned mean and variance, zero when they only feed
+  the running statistics): one fused two-output reduction and one elementwise pass instead of
+  autodiff's chain through both statistics.
 * `gelu`: the exact (erf) GELU as torch computes it, `0.5·x·(1 + erf(x/√2))`, instead of
   `jax.nn.gelu(approximate=False)`'s `0.5·x·erfc(−x/√2)`: XLA:CPU expands erfc into two
   polynomial branches plus an exp, erf into one polynomial. Same function; in float32 the two
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import contextvars
+import math
 import os
 from typing import Any, Iterable, Sequence
 
@@ -38,10 +45,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-OPS = ("max_pool", "conv", "gelu")
+OPS = ("max_pool", "conv", "gelu", "batch_norm")
 ENV = "JAXAFFECT_FAST_GRADS"
 # Measured per backend (README "CPU speed"); an op missing here is off.
-DEFAULTS: dict[str, dict[str, bool]] = {"cpu": {"max_pool": True, "conv": False, "gelu": True}}
+DEFAULTS: dict[str, dict[str, bool]] = {"cpu": {"max_pool": True, "conv": False, "gelu": True,
+                                                  "batch_norm": False}}
 
 _OVERRIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("fast_grads", default=None)
 
@@ -287,3 +295,53 @@ def gelu(x: jax.Array, *, flag: Any = None) -> jax.Array:
   if enabled("gelu", flag):
     return gelu_erf(x)
   return jax.nn.gelu(x, approximate=False)
+
+
+# ------------------------------------------------------------------------------------ batch norm
+
+
+def _bn_stats(xf, axes):
+  mean = jnp.mean(xf, axes)
+  var = jnp.mean(jnp.square(xf - mean), axes)            # two-pass, biased
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_train(x, scale, bias, eps):
+  f = jnp.promote_types(x.dtype, jnp.float32)
+  xf = x.astype(f)
+  mean, var = _bn_stats(xf, tuple(range(x.ndim - 1)))
+  mul = scale.astype(f) * lax.rsqrt(var + eps)
+  return (xf - mean) * mul + bias.astype(f), mean, var
+
+
+def _bn_train_fwd(x, scale, bias, eps):
+  out = _bn_train(x, scale, bias, eps)
+  return out, (x, scale, bias, out[1], out[2])
+
+
+def _bn_train_bwd(eps, res, cts):
+  x, scale, bias, mean, var = res
+  gy, gmean, gvar = cts
+  f = jnp.promote_types(x.dtype, jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  n = math.prod(x.shape[:-1])
+  rstd = lax.rsqrt(var + eps)
+  xc = x.astype(f) - mean
+  xhat = xc * rstd
+  gy = gy.astype(f)
+  sum_g = jnp.sum(gy, axes)
+  sum_gx = jnp.sum(gy * xhat, axes)
+  sf = scale.astype(f)
+  dx = (sf * rstd) * (gy - sum_g / n - xhat * (sum_gx / n))
+  dx = dx + gmean.astype(f) / n + xc * (2.0 * gvar.astype(f) / n)
+  return (dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(bias.dtype))
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+def batch_norm_train(x, scale, bias, eps: float):
+  """Train-mode batch norm over all axes but the last: `(y, mean, biased var)` in float32 (at
+  least), y = `(x − mean)·scale·rsqrt(var + eps) + bias`, with the closed-form backward."""
+  return _bn_train(x, scale, bias, float(eps))

@@ -105,6 +105,8 @@ class BatchNorm(nn.Module):
   unbiased_running_var: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # `nn/fast_grads` switch of the train-mode backward (None: the backend default).
+  fast_grads: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
@@ -121,15 +123,21 @@ class BatchNorm(nn.Module):
       mean, var = self._masked_statistics(x, mask, ra_mean, ra_var)
     else:
       axes = tuple(range(x.ndim - 1))
-      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      mean = jnp.mean(xf, axes)
-      var = jnp.mean(jnp.square(xf - mean), axes)   # two-pass, biased (used to normalise)
+      fused = _fast_grads.enabled("batch_norm", self.fast_grads)
+      if fused:            # same forward, closed-form backward (nn/fast_grads.py)
+        y, mean, var = _fast_grads.batch_norm_train(x, scale, bias, self.epsilon)
+      else:
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean = jnp.mean(xf, axes)
+        var = jnp.mean(jnp.square(xf - mean), axes)   # two-pass, biased (used to normalise)
       if not self.is_initializing():
         n = math.prod(x.shape[:-1])
         run_var = var * (n / (n - 1)) if (self.unbiased_running_var and n > 1) else var
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1.0 - m) * jax.lax.stop_gradient(mean)
         ra_var.value = m * ra_var.value + (1.0 - m) * jax.lax.stop_gradient(run_var)
+      if fused:
+        return y.astype(self.dtype)
     f = jnp.promote_types(x.dtype, jnp.float32)
     mul = scale.astype(f) * jax.lax.rsqrt(var.astype(f) + self.epsilon)
     y = (x.astype(f) - mean.astype(f)) * mul + bias.astype(f)

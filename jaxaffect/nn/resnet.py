@@ -10,8 +10,8 @@ use kaiming-normal(fan_out) init, BN scale 1 / bias 0, `fc` the torch Linear def
 Pieces: `ResNetStem` (conv1, bn1, ReLU, maxpool) and `ResNetStage` (torch `layerN`, blocks named
 `block_0`, …) can be composed freely (Former-DFER puts a transformer between layer3 and layer4).
 `width` is the stem/layer1 channel count (64 = torchvision); stage i has `width·2^i` channels.
-`fast_grads` (every piece): the `jaxaffect.nn.fast_grads` switch for the max-pool and conv
-gradients (None: the backend's measured default; False: exactly the plain flax ops).
+`fast_grads` (every piece): the `jaxaffect.nn.fast_grads` switch for the max-pool, BatchNorm and
+conv gradients (None: the backend's measured default; False: exactly the plain flax ops).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class BasicBlock(nn.Module):
     conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype,
                              fast_grads=self.fast_grads)
     bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
-                           param_dtype=self.param_dtype)
+                           param_dtype=self.param_dtype, fast_grads=self.fast_grads)
     y = conv(self.features, 3, self.strides, 1, name="conv1")(x)
     y = nn.relu(bn(name="bn1")(y))
     y = conv(self.features, 3, 1, 1, name="conv2")(y)
@@ -76,7 +76,7 @@ class ResNetStem(nn.Module):
     x = _conv(self.features, 7, 2, 3, self.dtype, self.param_dtype, "conv1",
               self.fast_grads)(x.astype(self.dtype))
     x = BatchNorm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="bn1")(x)
+                  fast_grads=self.fast_grads, name="bn1")(x)
     x = nn.relu(x)
     # lax.reduce_window pads with the init value -inf, like torch MaxPool2d(3, 2, padding=1).
     return fg.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), flag=self.fast_grads)

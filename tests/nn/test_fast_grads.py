@@ -237,3 +237,63 @@ def test_gelu_switch_off_is_jax_nn_gelu_bit_for_bit():
   with fg.override(["gelu"]):
     on = jax.jit(lambda a: act(a))(x)
   np.testing.assert_array_equal(np.asarray(on), np.asarray(jax.jit(fg.gelu_erf)(x)))
+
+
+# ------------------------------------------------------------------------------------ batch norm
+
+
+@pytest.mark.parametrize("shape", [(4, 9, 7, 6), (3, 5, 16), (2, 3, 4, 5, 8)])
+def test_batch_norm_closed_form_backward_matches_autodiff_and_torch(shape):
+  """The `batch_norm` switch: same forward and running statistics as the plain BatchNorm, and
+  gradients w.r.t. x, scale and bias equal to autodiff's and to torch's (f32, ulps of Σ|terms|).
+  A non-zero input mean (3) makes a wrong centring term visible."""
+  import torch
+  from jaxaffect.nn.layers import BatchNorm
+  rng = np.random.default_rng(7)
+  c = shape[-1]
+  x = jnp.asarray((rng.standard_normal(shape) * 2 + 3).astype(np.float32))
+  g = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+  scale = jnp.asarray(rng.uniform(0.5, 1.5, c).astype(np.float32))
+  bias = jnp.asarray(rng.standard_normal(c).astype(np.float32))
+  stats = {"mean": jnp.zeros(c), "var": jnp.ones(c)}
+
+  def run(flag, x, scale, bias, g):
+    bn = BatchNorm(use_running_average=False, fast_grads=flag)
+
+    def f(x, scale, bias):
+      y, upd = bn.apply({"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x,
+                        mutable=["batch_stats"])
+      return y, upd["batch_stats"]
+    y, new = f(x, scale, bias)
+    _, pull = jax.vjp(lambda *a: f(*a)[0], x, scale, bias)
+    return y, new, pull(g)
+
+  on = jax.jit(lambda *a: run(["batch_norm"], *a))(x, scale, bias, g)
+  off = jax.jit(lambda *a: run(False, *a))(x, scale, bias, g)
+  np.testing.assert_allclose(np.asarray(on[0]), np.asarray(off[0]), rtol=0, atol=4e-6)
+  for k in ("mean", "var"):
+    np.testing.assert_allclose(np.asarray(on[1][k]), np.asarray(off[1][k]), rtol=1e-6)
+  # Σ |terms| of each gradient (float64): dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂)); sums.
+  x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+  axes = tuple(range(x.ndim - 1))
+  xc = x64 - x64.mean(axes)
+  rstd = 1 / np.sqrt((xc ** 2).mean(axes) + 1e-5)
+  xhat = xc * rstd
+  mag = (np.abs(np.asarray(scale, np.float64)) * rstd
+         * (np.abs(g64) + np.abs(g64).mean(axes) + np.abs(xhat) * np.abs(g64 * xhat).mean(axes)),
+         np.abs(g64 * xhat).sum(axes), np.abs(g64).sum(axes))
+  for name, a, b, m in zip(("dx", "dscale", "dbias"), on[2], off[2], mag):
+    assert_close_ulps(a, b, magnitude=m, ulps=ULPS * 4, err_msg=f"{name} closed form vs autodiff")
+  # torch: channels first
+  perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+  xt = torch.from_numpy(np.asarray(x).transpose(perm).copy()).requires_grad_()
+  st = torch.from_numpy(np.asarray(scale)).requires_grad_()
+  bt = torch.from_numpy(np.asarray(bias)).requires_grad_()
+  yt = torch.nn.functional.batch_norm(xt, None, None, st, bt, training=True, eps=1e-5)
+  yt.backward(torch.from_numpy(np.asarray(g).transpose(perm).copy()))
+  inv = tuple(np.argsort(perm))
+  np.testing.assert_allclose(np.asarray(on[0]), yt.detach().numpy().transpose(inv), atol=2e-5)
+  for name, a, ref, m in (("dx", on[2][0], xt.grad.numpy().transpose(inv), mag[0]),
+                          ("dscale", on[2][1], st.grad.numpy(), mag[1]),
+                          ("dbias", on[2][2], bt.grad.numpy(), mag[2])):
+    assert_close_ulps(a, ref, magnitude=m, ulps=ULPS * 4, err_msg=f"{name} closed form vs torch")
