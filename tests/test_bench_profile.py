@@ -77,13 +77,16 @@ def test_bench_main_profile_reports_both_frameworks(capsys, monkeypatch):
   spec = dataclasses.replace(bench.FORMER_DFER, reference=_tiny_reference)
   monkeypatch.setattr(former_dfer, "bench_model", lambda: spec)
   assert bench.main(["former_dfer", *TINY, "--json", "--reference", "/nowhere", "--profile",
-                     "--profile-top", "5"]) == 0
+                     "--profile-top", "200"]) == 0
   captured = capsys.readouterr()
   r = _last_json(captured.out)
   pj, pt = r["profile"]["jax"], r["profile"]["torch"]
-  assert len(pj["top"]) == 5 and pj["groups"] and pj["ops_s"] > 0
+  assert 5 <= len(pj["top"]) <= 200 and pj["groups"] and pj["ops_s"] > 0
   assert any(g["kind"] == "convolution" for g in pj["groups"])
-  assert pt["top"] and any("addmm" in t["name"] or "linear" in t["name"] for t in pt["top"])
+  # the tiny torch model is Flatten + Linear: its matmul is among torch's ops (all of them listed:
+  # in so small a model the optimizer's elementwise ops may take more time than the matmul)
+  assert len(pt["top"]) < 200 and any("addmm" in t["name"] for t in pt["top"])
+  assert [t["s"] for t in pt["top"]] == sorted((t["s"] for t in pt["top"]), reverse=True)
   assert "by kind and pass" in captured.err and "PyTorch step" in captured.err
 
 
