@@ -381,9 +381,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--plan-configs", default="", help="with --plan: config specs separated by ';'")
   p.add_argument("--plan-fsdp", default="1,8,64,256", help="with --plan: fsdp sizes")
   p.add_argument("--plan-batch", type=int, default=8, help="with --plan: per-device batch")
-  p.add_argument("--profile", action="store_true", help="per-op breakdown of the train step "
-                 "(jax.profiler thunks mapped to the HLO; with --reference also torch.profiler)")
-  p.add_argument("--profile-top", type=int, default=25, help="with --profile: ops listed")
+  from jaxaffect.bench import profile
+  profile.add_arguments(p)
   return p
 
 
@@ -456,12 +455,7 @@ def main(argv: list[str]) -> int:
       result["torch_peak_matmul"] = torch_matmul_peak(args.peak_size, threads)
     if args.profile:
       from jaxaffect.bench import profile
-      _log(f"profiling {args.steps} steps op by op")
-      result["profile"] = {"jax": profile.profile_jax(jstep.compiled, jstep.step, args.steps,
-                                                      args.profile_top)}
-      if tstep is not None:
-        result["profile"]["torch"] = profile.profile_torch(tstep.step, args.steps,
-                                                           args.profile_top)
+      result["profile"] = profile.for_bench(args, jstep, tstep)
   finally:
     if tstep is not None:
       tstep.close()
@@ -492,12 +486,8 @@ def main(argv: list[str]) -> int:
       result["inference"]["reference"] = {"step_s": t_s, "step_s_all": ti[1],
                                           "per_s": args.batch / t_s}
       result["inference"]["jax_over_torch"] = t_s / j_s
-  text = _fmt_table(result)
-  if "profile" in result:
-    from jaxaffect.bench import profile
-    text += "\n\n" + profile.format_profile(result["profile"]["jax"],
-                                             result["profile"].get("torch"))
-  return _emit(text, result, args.json)
+  from jaxaffect.bench import profile
+  return _emit(_fmt_table(result) + profile.report_text(result), result, args.json)
 
 
 def _emit(text: str, data: dict[str, Any], as_json: bool) -> int:

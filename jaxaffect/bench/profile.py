@@ -245,3 +245,29 @@ def format_profile(jp: dict[str, Any], tp: dict[str, Any] | None = None) -> str:
       out.append(f"  {r['s'] * 1e3:>8.1f} {r['s'] / tp['ops_s']:>6.1%} {r['calls']:>6.0f}  "
                  f"{r['name']}")
   return "\n".join(out)
+
+
+# ------------------------------------------------------------------------- `jaxaffect bench` glue
+
+
+def add_arguments(p) -> None:
+  p.add_argument("--profile", action="store_true", help="per-op breakdown of the train step "
+                 "(jax.profiler thunks mapped to the HLO; with --reference also torch.profiler)")
+  p.add_argument("--profile-top", type=int, default=25, help="with --profile: ops listed")
+
+
+def for_bench(args, jstep, tstep) -> dict[str, Any]:
+  """The profiles of a `bench/core.py` run: its `JaxStep` and, if any, its `TorchStep`."""
+  from jaxaffect.bench.core import _log
+  _log(f"profiling {args.steps} steps op by op")
+  out = {"jax": profile_jax(jstep.compiled, jstep.step, args.steps, args.profile_top)}
+  if tstep is not None:
+    out["torch"] = profile_torch(tstep.step, args.steps, args.profile_top)
+  return out
+
+
+def report_text(result: dict[str, Any]) -> str:
+  """The profile tables to append to a bench report ('' without --profile)."""
+  if "profile" not in result:
+    return ""
+  return "\n\n" + format_profile(result["profile"]["jax"], result["profile"].get("torch"))
