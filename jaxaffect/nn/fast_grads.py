@@ -300,7 +300,8 @@ def gelu(x: jax.Array, *, flag: Any = None) -> jax.Array:
 # ------------------------------------------------------------------------------------ batch norm
 
 
-def _bn_stats(xf, axes):
+def bn_stats(xf, axes):
+  """Batch mean and biased variance, two-pass (BatchNorm's statistics, both paths)."""
   mean = jnp.mean(xf, axes)
   var = jnp.mean(jnp.square(xf - mean), axes)            # two-pass, biased
   return mean, var
@@ -310,18 +311,18 @@ def _bn_stats(xf, axes):
 def _bn_train(x, scale, bias, eps):
   f = jnp.promote_types(x.dtype, jnp.float32)
   xf = x.astype(f)
-  mean, var = _bn_stats(xf, tuple(range(x.ndim - 1)))
+  mean, var = bn_stats(xf, tuple(range(x.ndim - 1)))
   mul = scale.astype(f) * lax.rsqrt(var + eps)
   return (xf - mean) * mul + bias.astype(f), mean, var
 
 
 def _bn_train_fwd(x, scale, bias, eps):
   out = _bn_train(x, scale, bias, eps)
-  return out, (x, scale, bias, out[1], out[2])
+  return out, (x, scale, out[1], out[2])
 
 
 def _bn_train_bwd(eps, res, cts):
-  x, scale, bias, mean, var = res
+  x, scale, mean, var = res
   gy, gmean, gvar = cts
   f = jnp.promote_types(x.dtype, jnp.float32)
   axes = tuple(range(x.ndim - 1))
@@ -335,7 +336,7 @@ def _bn_train_bwd(eps, res, cts):
   sf = scale.astype(f)
   dx = (sf * rstd) * (gy - sum_g / n - xhat * (sum_gx / n))
   dx = dx + gmean.astype(f) / n + xc * (2.0 * gvar.astype(f) / n)
-  return (dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(bias.dtype))
+  return (dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(scale.dtype))   # scale, bias: one param dtype
 
 
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)

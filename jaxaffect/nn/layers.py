@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxaffect.errors import UserError
+from jaxaffect.nn import fast_grads as _fast_grads
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -37,12 +38,10 @@ def torch_linear_bias_init(fan_in: int) -> Initializer:
   return init
 
 
-from jaxaffect.nn import fast_grads as _fast_grads  # noqa: E402
-
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     # torch nn.GELU() (exact erf form): timm/MAE/DAT/Swin.
     # With the CPU `gelu` switch (nn/fast_grads.py) in torch's erf form, else jax.nn.gelu's erfc.
-    "gelu": lambda x: _fast_grads.gelu(x),
+    "gelu": _fast_grads.gelu,
     # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): Former-DFER's custom GELU class, nn.GELU('tanh').
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
@@ -127,9 +126,7 @@ class BatchNorm(nn.Module):
       if fused:            # same forward, closed-form backward (nn/fast_grads.py)
         y, mean, var = _fast_grads.batch_norm_train(x, scale, bias, self.epsilon)
       else:
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        mean = jnp.mean(xf, axes)
-        var = jnp.mean(jnp.square(xf - mean), axes)   # two-pass, biased (used to normalise)
+        mean, var = _fast_grads.bn_stats(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axes)
       if not self.is_initializing():
         n = math.prod(x.shape[:-1])
         run_var = var * (n / (n - 1)) if (self.unbiased_running_var and n > 1) else var
