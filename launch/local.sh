@@ -26,6 +26,19 @@ find_python() {
   return 1
 }
 
+check_disk() {
+  # torch + torchvision (CUDA build, the pair that imports beside timm) need ~6 GB in the venv and
+  # ~3 GB of wheels while installing: say so before pip fails half-way with "No space left on device".
+  local need_kb=$((10 * 1024 * 1024)) avail_kb d
+  for d in "$VENV" "${TMPDIR:-/tmp}"; do
+    avail_kb="$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')" || continue
+    [ -n "$avail_kb" ] || continue
+    if [ "$avail_kb" -lt "$need_kb" ]; then
+      echo "[setup] warning: only $((avail_kb / 1024)) MB free on the file system of $d; the install needs ~10 GB (set TMPDIR or JAXAFFECT_VENV to a larger disk)" >&2
+    fi
+  done
+}
+
 setup() {
   local stamp="$VENV/.jaxaffect-installed"
   if [ ! -x "$VENV/bin/python" ]; then
@@ -34,9 +47,11 @@ setup() {
     "$py" -m venv "$VENV"
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "[setup] installing jaxaffect[dev] into $VENV (first time: a few minutes)" >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    echo "[setup] installing jaxaffect[dev] into $VENV (first time: a few minutes, ~8 GB: torch is a CUDA build)" >&2
+    check_disk
+    # --no-cache-dir: pip's cache would keep a second copy of torch's ~3 GB of wheels on disk.
+    "$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q --no-cache-dir -e '.[dev]'
     touch "$stamp"
   fi
 }
