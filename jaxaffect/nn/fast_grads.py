@@ -336,7 +336,8 @@ def _bn_train_bwd(eps, res, cts):
   sf = scale.astype(f)
   dx = (sf * rstd) * (gy - sum_g / n - xhat * (sum_gx / n))
   dx = dx + gmean.astype(f) / n + xc * (2.0 * gvar.astype(f) / n)
-  return (dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(scale.dtype))   # scale, bias: one param dtype
+  # scale and bias share one dtype (checked in batch_norm_train): bias is not kept as a residual
+  return dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(scale.dtype)
 
 
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
@@ -344,5 +345,8 @@ _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 def batch_norm_train(x, scale, bias, eps: float):
   """Train-mode batch norm over all axes but the last: `(y, mean, biased var)` in float32 (at
-  least), y = `(x − mean)·scale·rsqrt(var + eps) + bias`, with the closed-form backward."""
+  least), y = `(x − mean)·scale·rsqrt(var + eps) + bias`, with the closed-form backward.
+  `scale` and `bias` must have one dtype (BatchNorm's `param_dtype`)."""
+  if scale.dtype != bias.dtype:
+    raise TypeError(f"batch_norm_train: scale is {scale.dtype} but bias is {bias.dtype}")
   return _bn_train(x, scale, bias, float(eps))

@@ -297,3 +297,10 @@ def test_batch_norm_closed_form_backward_matches_autodiff_and_torch(shape):
                           ("dscale", on[2][1], st.grad.numpy(), mag[1]),
                           ("dbias", on[2][2], bt.grad.numpy(), mag[2])):
     assert_close_ulps(a, ref, magnitude=m, ulps=ULPS * 4, err_msg=f"{name} closed form vs torch")
+
+
+def test_batch_norm_train_refuses_scale_and_bias_of_different_dtypes():
+  """The closed-form backward returns both parameter cotangents in scale's dtype."""
+  x = jnp.ones((4, 3))
+  with pytest.raises(TypeError, match="scale is float32 but bias is bfloat16"):
+    fg.batch_norm_train(x, jnp.ones(3), jnp.zeros(3, jnp.bfloat16), 1e-5)
